@@ -1,0 +1,20 @@
+"""User-facing errors: one line that names the file, the key and what would be valid."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class DdpmKitError(Exception):
+    """An error caused by the user's input. The CLI prints it as one line and exits 2."""
+
+    exit_code = 2
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?) valid: a, b, c' -- a close-match suggestion plus the full list."""
+    choices = sorted(set(choices))
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"{hint}; valid: {', '.join(choices) if choices else '(none)'}"

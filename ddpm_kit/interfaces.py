@@ -1,0 +1,153 @@
+"""The interfaces each plugin kind provides. Timesteps are 0-based: index t is the paper's t+1.
+
+A recipe name becomes one of these objects through the registry (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+if TYPE_CHECKING:
+    from .diffusion import GaussianDiffusion
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""A backbone: ``model(x [B,C,H,W], t [B] long) -> [B, C_out, H, W]``."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A forward-process noise schedule: beta_1..beta_T (float64, Ho et al. 2020 eq. 2)."""
+
+    betas: torch.Tensor
+
+    def __post_init__(self) -> None:
+        betas = torch.as_tensor(self.betas, dtype=torch.float64)
+        if betas.ndim != 1 or len(betas) == 0:
+            raise ValueError("betas must be a non-empty 1-D sequence")
+        if not bool(((betas > 0) & (betas <= 1)).all()):
+            raise ValueError("every beta must lie in (0, 1]")
+        object.__setattr__(self, "betas", betas)
+
+    @property
+    def num_timesteps(self) -> int:
+        return len(self.betas)
+
+
+class Parameterization(ABC):
+    """What the network's mean output predicts (eps, x0, or the posterior mean mu).
+
+    Subclasses define the two conversions below; everything else follows from them. The MSE
+    target of L_simple is ``from_x0`` at the true x0: the output a perfect network would give.
+    """
+
+    name: str = ""
+
+    @abstractmethod
+    def from_x0(self, d: GaussianDiffusion, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network output that corresponds to predicting ``x0`` from ``x_t``."""
+
+    @abstractmethod
+    def predict_x0(self, d: GaussianDiffusion, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x0-hat from the network output."""
+
+    def predict_eps(self, d: GaussianDiffusion, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """eps-hat from the network output (via x0-hat, eq. 4 solved for eps)."""
+        return d.eps_from_x0(x_t, t, self.predict_x0(d, output, x_t, t))
+
+    def predict_mean(
+        self, d: GaussianDiffusion, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, x0_hat: torch.Tensor
+    ) -> torch.Tensor:
+        """mu_theta(x_t, t): the posterior mean (eq. 7) at x0-hat."""
+        return d.q_posterior_mean(x0_hat, x_t, t)
+
+    def target(
+        self, d: GaussianDiffusion, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """The regression target of L_simple."""
+        return self.from_x0(d, x0, x_t, t)
+
+
+class VarianceChoice(ABC):
+    """Sigma_theta(x_t, t) of the reverse process (section 3.2)."""
+
+    name: str = ""
+    learned: bool = False
+
+    def extra_channels(self, channels: int) -> int:
+        """Output channels the network needs beyond the mean's ``channels``."""
+        return 0
+
+    def split(self, output: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Split a network output into (mean part, variance part or None)."""
+        return output, None
+
+    @abstractmethod
+    def log_variance(
+        self, d: GaussianDiffusion, var_output: torch.Tensor | None, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """log sigma_t^2, broadcastable to x_t."""
+
+
+class Decoder(ABC):
+    """L_0 = -log p(x0 | x_1): the reverse process decoder (section 3.3)."""
+
+    name: str = ""
+
+    @abstractmethod
+    def log_likelihood(self, x0: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+        """Elementwise log-likelihood in nats of data ``x0`` under N(mean, exp(log_scale)^2)."""
+
+
+class Sampler(Protocol):
+    """A flat sampling function (k-diffusion style). ``callback`` gets a dict per step with
+    keys ``i`` (timestep index), ``x`` (the new sample) and ``x0_hat`` (the prediction of x0).
+    """
+
+    def __call__(
+        self,
+        diffusion: GaussianDiffusion,
+        model: Model,
+        x_T: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+    ) -> torch.Tensor: ...
+
+
+class Objective(ABC):
+    """A training loss: per-example loss for a batch at given timesteps and noise."""
+
+    name: str = ""
+
+    def check(self, d: GaussianDiffusion) -> None:
+        """Raise ``DdpmKitError`` if this objective cannot train ``d`` (e.g. cannot learn variance)."""
+
+    def sample_t(self, d: GaussianDiffusion, batch_size: int, device: torch.device,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Timesteps for a batch and their importance weights (uniform by default)."""
+        t = torch.randint(0, d.num_timesteps, (batch_size,), device=device, generator=generator)
+        return t, torch.ones(batch_size, device=device)
+
+    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Observe per-example losses (for importance sampling of t); no-op by default."""
+
+    @abstractmethod
+    def losses(
+        self, d: GaussianDiffusion, model: Model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Per-example terms; the key ``loss`` is minimised."""
+
+
+class Metric(ABC):
+    """An evaluation metric over a trained run's model and data."""
+
+    name: str = ""
+
+    @abstractmethod
+    def compute(self, context: Any) -> dict[str, float]:
+        """Return named figures."""

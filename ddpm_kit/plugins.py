@@ -1,0 +1,305 @@
+"""Plugin loading and the component registry (modelled on simonw/llm's plugins.py).
+
+Built-in plugins are registered through the same hooks as third-party ones. Third-party
+packages declare ``[project.entry-points.ddpm_kit]``. Unlike pluggy's own loader, a plugin that
+fails to import (or implements a misspelled hook) is recorded and skipped so the rest keep
+working; ``strict=True`` makes that fatal. Duplicate entry-point names are both loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+import pydantic
+
+from . import __version__, hookspecs
+from .errors import DdpmKitError, did_you_mean
+
+ENTRY_POINT_GROUP = "ddpm_kit"
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "ddpm_kit.builtins.schedules",
+    "ddpm_kit.builtins.parameterizations",
+    "ddpm_kit.builtins.variances",
+    "ddpm_kit.builtins.decoders",
+    "ddpm_kit.builtins.samplers",
+    "ddpm_kit.builtins.objectives",
+)
+
+# kind -> hook name; the order is the order `ddpm-kit plugins` lists them in.
+KINDS: dict[str, str] = {
+    "schedule": "register_schedules",
+    "parameterization": "register_parameterizations",
+    "variance": "register_variances",
+    "decoder": "register_decoders",
+    "sampler": "register_samplers",
+    "objective": "register_objectives",
+    "backbone": "register_backbones",
+    "dataset": "register_datasets",
+    "metric": "register_metrics",
+}
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """Where a registered plugin comes from."""
+
+    name: str
+    distribution: str
+    version: str
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that could not be used, and why."""
+
+    plugin: str
+    distribution: str
+    version: str
+    stage: str  # "import", "hooks", "registration"
+    error: str
+
+    def __str__(self) -> str:
+        return (
+            f"plugin '{self.plugin}' from {self.distribution} {self.version} failed at "
+            f"{self.stage}: {self.error}"
+        )
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One component offered by one plugin."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    plugin: PluginInfo
+
+    def matches_prefix(self, prefix: str) -> bool:
+        return prefix in (self.plugin.name, self.plugin.distribution)
+
+
+@dataclass
+class PluginSet:
+    """A plugin manager plus what is known about its plugins."""
+
+    pm: pluggy.PluginManager
+    info: dict[str, PluginInfo] = field(default_factory=dict)
+    failures: list[PluginFailure] = field(default_factory=list)
+
+
+def _fail(plugins: PluginSet, failure: PluginFailure, strict: bool) -> None:
+    if strict:
+        raise DdpmKitError(f"{failure} (strict plugin mode)")
+    plugins.failures.append(failure)
+
+
+def _register(plugins: PluginSet, module: Any, info: PluginInfo, strict: bool) -> None:
+    """Register one plugin module; an invalid hook implementation unregisters it again."""
+    try:
+        plugins.pm.register(module, name=info.name)
+        plugins.pm.check_pending()
+    except Exception as exc:  # pluggy raises PluginValidationError / ValueError
+        if plugins.pm.get_plugin(info.name) is not None:
+            plugins.pm.unregister(name=info.name)
+        _fail(plugins, PluginFailure(info.name, info.distribution, info.version, "hooks", _one_line(exc)), strict)
+        return
+    plugins.info[info.name] = info
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _entry_points() -> list[md.EntryPoint]:
+    seen: set[tuple[str, str, str]] = set()
+    unique = []
+    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+        key = (ep.dist.name if ep.dist else "?", ep.name, ep.value)
+        if key not in seen:
+            seen.add(key)
+            unique.append(ep)
+    return unique
+
+
+def get_plugin_manager(*, strict: bool = False, entry_points: bool = True) -> PluginSet:
+    """Build a fresh plugin manager with the built-ins and (optionally) installed plugins."""
+    plugins = PluginSet(pluggy.PluginManager("ddpm_kit"))
+    plugins.pm.add_hookspecs(hookspecs)
+    for module_name in DEFAULT_PLUGINS:
+        info = PluginInfo(module_name.rsplit(".", 1)[-1], "ddpm-kit", __version__)
+        _register(plugins, importlib.import_module(module_name), info, strict=True)
+    if entry_points:
+        for ep in _entry_points():
+            dist = ep.dist.name if ep.dist else "unknown"
+            version = ep.dist.version if ep.dist else "?"
+            name = ep.name if plugins.pm.get_plugin(ep.name) is None else f"{dist}:{ep.name}"
+            try:
+                module = ep.load()
+            except Exception as exc:  # any error in third-party import code
+                _fail(plugins, PluginFailure(name, dist, version, "import", _one_line(exc)), strict)
+                continue
+            _register(plugins, module, PluginInfo(name, dist, version), strict)
+    return plugins
+
+
+def call_each(
+    plugins: PluginSet,
+    hook_name: str,
+    strict: bool,
+    make_kwargs: Callable[[PluginInfo], tuple[dict[str, Any], Callable[[], None]]],
+) -> None:
+    """Call a hook on each plugin separately, so that one plugin's error is attributed to it.
+
+    ``make_kwargs(info)`` returns the hook's arguments and a ``commit`` callback that runs only
+    when the plugin's implementation returned without raising.
+    """
+    for impl in getattr(plugins.pm.hook, hook_name).get_hookimpls():
+        info = plugins.info[impl.plugin_name]
+        kwargs, commit = make_kwargs(info)
+        try:
+            impl.function(*[kwargs[arg] for arg in impl.argnames])
+        except Exception as exc:  # third-party code: report, keep the others
+            _fail(plugins, PluginFailure(info.name, info.distribution, info.version, "registration", _one_line(exc)), strict)
+            continue
+        commit()
+
+
+class Registry:
+    """Every component of every kind, with the plugin that provides it."""
+
+    def __init__(self, plugins: PluginSet, strict: bool = False) -> None:
+        self.plugins = plugins
+        self.providers: dict[str, dict[str, list[Provider]]] = {kind: {} for kind in KINDS}
+        for kind, hook_name in KINDS.items():
+            self._collect(kind, hook_name, strict)
+
+    def _collect(self, kind: str, hook_name: str, strict: bool) -> None:
+        def make_kwargs(info: PluginInfo):
+            offered: list[Provider] = []
+
+            def register(name: str, factory: Callable[..., Any]) -> None:
+                if not isinstance(name, str) or not name or ":" in name:
+                    raise ValueError(f"component name must be a non-empty string without ':', got {name!r}")
+                if not callable(factory):
+                    raise TypeError(f"factory for {kind} '{name}' is not callable")
+                offered.append(Provider(kind, name, factory, info))
+
+            def commit() -> None:
+                for provider in offered:
+                    self.providers[kind].setdefault(provider.name, []).append(provider)
+
+            return {"register": register}, commit
+
+        call_each(self.plugins, hook_name, strict, make_kwargs)
+
+    @property
+    def failures(self) -> list[PluginFailure]:
+        return self.plugins.failures
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.providers[kind])
+
+    def resolve(self, kind: str, name: str) -> Provider:
+        """Find a component by ``name`` or ``plugin:name``; ambiguity and typos are errors."""
+        if kind not in self.providers:
+            raise DdpmKitError(f"unknown component kind '{kind}'{did_you_mean(kind, self.providers)}")
+        prefix, _, bare = name.rpartition(":")
+        candidates = self.providers[kind].get(bare, [])
+        if prefix:
+            candidates = [p for p in candidates if p.matches_prefix(prefix)]
+        if not candidates:
+            choices = list(self.providers[kind]) + [
+                f"{p.plugin.name}:{p.name}" for ps in self.providers[kind].values() for p in ps
+            ] if prefix else list(self.providers[kind])
+            raise DdpmKitError(f"unknown {kind} '{name}'{did_you_mean(name, choices)}")
+        if len(candidates) > 1:
+            who = " and ".join(f"'{p.plugin.name}' ({p.plugin.distribution} {p.plugin.version})" for p in candidates)
+            picks = ", ".join(f"'{p.plugin.name}:{bare}'" for p in candidates)
+            raise DdpmKitError(f"{kind} '{bare}' is provided by both {who}; pick one with {picks}")
+        return candidates[0]
+
+    def build(self, kind: str, name: str, params: dict[str, Any] | None = None, **context: Any) -> Any:
+        """Resolve a component and call its factory with validated ``params`` plus ``context``."""
+        provider = self.resolve(kind, name)
+        values = validate_params(provider, params or {}, context_names=set(context))
+        return provider.factory(**context, **values)
+
+    def rows(self) -> list[dict[str, str]]:
+        """One row per (kind, name, provider) plus one per failed plugin, for `ddpm-kit plugins`."""
+        rows = []
+        for kind, by_name in self.providers.items():
+            for name in sorted(by_name):
+                status = "ok" if len(by_name[name]) == 1 else "conflict"
+                for p in by_name[name]:
+                    rows.append({"kind": kind, "name": name, "plugin": p.plugin.name,
+                                 "distribution": p.plugin.distribution, "version": p.plugin.version,
+                                 "status": status})
+        for f in self.failures:
+            rows.append({"kind": "-", "name": "-", "plugin": f.plugin, "distribution": f.distribution,
+                         "version": f.version, "status": f"broken ({f.stage}): {f.error}"})
+        return rows
+
+
+def factory_params(factory: Callable[..., Any], context_names: Iterable[str] = ()) -> dict[str, inspect.Parameter]:
+    """The parameters a recipe may set: the factory's keyword parameters minus the context ones."""
+    skip = set(context_names)
+    return {
+        n: p for n, p in inspect.signature(factory).parameters.items()
+        if n not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def _accepts_var_kwargs(factory: Callable[..., Any]) -> bool:
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
+
+
+def validate_params(provider: Provider, params: dict[str, Any], context_names: Iterable[str] = ()) -> dict[str, Any]:
+    """Validate recipe parameters against the factory's signature with pydantic."""
+    signature = factory_params(provider.factory, context_names)
+    fields: dict[str, Any] = {}
+    for n, p in signature.items():
+        annotation = Any if p.annotation is inspect.Parameter.empty else p.annotation
+        default = ... if p.default is inspect.Parameter.empty else p.default
+        fields[n] = (annotation, default)
+    extra = "allow" if _accepts_var_kwargs(provider.factory) else "forbid"
+    model = pydantic.create_model(
+        f"{provider.kind}_{provider.name}_params",
+        __config__=pydantic.ConfigDict(extra=extra, arbitrary_types_allowed=True, strict=False),
+        **fields,
+    )
+    label = f"{provider.kind} '{provider.name}'"
+    try:
+        validated = model(**params)
+    except pydantic.ValidationError as exc:
+        raise ParamError(label, exc, sorted(signature)) from None
+    values = {n: getattr(validated, n) for n in signature}
+    values.update(validated.model_extra or {})
+    return values
+
+
+class ParamError(DdpmKitError):
+    """A component parameter failed validation; ``key`` is the parameter's name."""
+
+    def __init__(self, label: str, exc: pydantic.ValidationError, valid: list[str]) -> None:
+        err = exc.errors()[0]
+        self.key = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            text = f"{label} has no parameter '{self.key}'{did_you_mean(self.key, valid)}"
+        elif err["type"] == "missing":
+            text = f"{label} needs parameter '{self.key}'"
+        else:
+            text = f"{label} parameter '{self.key}': {err['msg']} (got {err.get('input')!r})"
+        super().__init__(text)
+
+
+def get_registry(*, strict: bool = False, entry_points: bool = True) -> Registry:
+    """A fresh registry of every component (built-ins plus installed plugins)."""
+    return Registry(get_plugin_manager(strict=strict, entry_points=entry_points), strict=strict)

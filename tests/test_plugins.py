@@ -1,0 +1,94 @@
+"""Plugin loading: built-ins, pip-installed third-party packages, broken and colliding plugins."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ddpm_kit.errors import DdpmKitError
+
+PACKAGES = Path(__file__).parent / "plugin_packages"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """pip-install the three test plugin packages into a private target folder."""
+    target = tmp_path_factory.mktemp("site")
+    for name in ("ddpm-kit-example", "ddpm-kit-broken", "ddpm-kit-collide"):
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                        "--target", str(target), str(PACKAGES / name)], check=True, capture_output=True)
+    return target
+
+
+def ddpm_kit(site, *args):
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    return subprocess.run([sys.executable, "-m", "ddpm_kit", *args], capture_output=True, text=True, env=env)
+
+
+def test_builtins_cover_the_paper(registry):
+    assert registry.names("schedule") == ["const", "jsd", "linear", "quad", "warmup10", "warmup50"]
+    assert registry.names("parameterization") == ["eps", "mu", "x0"]
+    assert registry.names("variance") == ["fixed_beta", "fixed_beta_tilde", "learned"]
+    assert registry.names("objective") == ["simple", "vlb"]
+    assert all(r["status"] == "ok" for r in registry.rows())
+
+
+def test_unknown_name_suggests_close_match_and_lists_valid(registry):
+    with pytest.raises(DdpmKitError) as e:
+        registry.resolve("variance", "fixed_betta")
+    assert "unknown variance 'fixed_betta' (did you mean 'fixed_beta'?); valid: fixed_beta, fixed_beta_tilde, learned" \
+        == str(e.value)
+
+
+def test_unknown_parameter_is_named(registry):
+    with pytest.raises(DdpmKitError, match="schedule 'linear' has no parameter 'beta_strat' \\(did you mean 'beta_start'"):
+        registry.build("schedule", "linear", {"beta_strat": 0.1})
+
+
+def test_plugins_listing_shows_third_party_broken_and_colliding_honestly(site):
+    result = ddpm_kit(site, "plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    by = {(r["kind"], r["name"], r["plugin"]): r for r in rows}
+    sigmoid = by[("schedule", "sigmoid", "example")]
+    assert (sigmoid["distribution"], sigmoid["version"], sigmoid["status"]) == ("ddpm-kit-example", "1.2.3", "ok")
+    assert by[("schedule", "linear", "collide")]["status"] == "conflict"
+    assert by[("schedule", "linear", "schedules")]["status"] == "conflict"
+    broken = [r for r in rows if r["plugin"] == "broken"]
+    assert len(broken) == 1 and broken[0]["distribution"] == "ddpm-kit-broken" and broken[0]["version"] == "0.0.1"
+    assert "import" in broken[0]["status"] and "this_module_does_not_exist" in broken[0]["status"]
+    typo = [r for r in rows if r["plugin"] == "typo"]
+    assert len(typo) == 1 and "register_schedule" in typo[0]["status"] and "hooks" in typo[0]["status"]
+    # the table form shows the same
+    table = ddpm_kit(site, "plugins").stdout
+    assert "ddpm-kit-example" in table and "broken (import)" in table and "conflict" in table
+
+
+def test_third_party_command_and_component_work_beside_broken_ones(site):
+    assert ddpm_kit(site, "hello").stdout.strip() == "hello from ddpm-kit-example"
+    code = ("from ddpm_kit.plugins import get_registry; r = get_registry();"
+            "print(r.build('schedule', 'sigmoid', {'T': 10}).num_timesteps);"
+            "print(r.build('schedule', 'collide:linear', {'T': 4}).betas.tolist());"
+            "print(r.build('schedule', 'ddpm-kit:linear', {'T': 2}).betas.tolist())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(site)})
+    assert out.stdout.split("\n")[:3] == ["10", "[0.5, 0.5, 0.5, 0.5]", "[0.0001, 0.02]"], out.stderr
+
+
+def test_collision_is_an_error_naming_both_providers(site):
+    code = "from ddpm_kit.plugins import get_registry; get_registry().resolve('schedule', 'linear')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(site)})
+    assert "schedule 'linear' is provided by both 'schedules' (ddpm-kit 0.1.0) and 'collide' (ddpm-kit-collide 2.0.0)" \
+        in out.stderr
+    assert "'collide:linear'" in out.stderr
+
+
+def test_strict_plugins_makes_a_broken_plugin_fatal_in_one_line(site):
+    result = ddpm_kit(site, "--strict-plugins", "plugins")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ddpm-kit-broken 0.0.1" in lines[0] and "Traceback" not in result.stderr

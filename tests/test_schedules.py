@@ -1,0 +1,68 @@
+"""Schedules and the derived quantities, against the brief, closed forms and diffusers."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from conftest import make_diffusion
+
+
+def test_linear_schedule_reference_numbers(registry):
+    d = make_diffusion(registry)
+    assert d.alphas_cumprod[-1].item() == pytest.approx(4.0358e-5, rel=1e-4)
+    assert d.posterior_variance[1].item() == pytest.approx(5.4532e-5, rel=1e-4)
+    assert d.posterior_log_variance_clipped[0].item() == pytest.approx(-9.8167, abs=1e-4)
+    assert d.betas.dtype == torch.float64
+
+
+def test_prior_bpd_reference_value(registry):
+    d = make_diffusion(registry)
+    for v in (1.0, -1.0):
+        x0 = torch.full((1, 3, 4, 4), v)
+        assert d.prior_bpd(x0).item() == pytest.approx(2.91e-5, rel=2e-3)
+
+
+@pytest.mark.parametrize("ours,theirs", [("linear", "linear"), ("quad", "scaled_linear")])
+def test_betas_match_diffusers(registry, ours, theirs):
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule=theirs, beta_start=1e-4, beta_end=0.02)
+    ours_b = registry.build("schedule", ours, {"T": 1000}).betas
+    np.testing.assert_allclose(ours_b.numpy(), sched.betas.double().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(np.cumprod(1 - ours_b.numpy()), sched.alphas_cumprod.double().numpy(), rtol=1e-5)
+
+
+def test_jsd_const_and_warmup_closed_forms(registry):
+    T = 10
+    jsd = registry.build("schedule", "jsd", {"T": T}).betas.numpy()
+    np.testing.assert_allclose(jsd, [1 / (T - i) for i in range(T)])
+    assert (registry.build("schedule", "const", {"T": T, "beta_end": 0.3}).betas.numpy() == 0.3).all()
+    w = registry.build("schedule", "warmup50", {"T": T, "beta_start": 0.1, "beta_end": 0.5}).betas.numpy()
+    np.testing.assert_allclose(w, [0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
+    w10 = registry.build("schedule", "warmup10", {"T": 20, "beta_start": 0.1, "beta_end": 0.5}).betas.numpy()
+    np.testing.assert_allclose(w10, [0.1, 0.5] + [0.5] * 18)
+
+
+@pytest.mark.parametrize("T", [2, 7, 100, 4000])
+def test_any_T_posterior_is_the_product_of_gaussians(registry, T):
+    """beta-tilde and mu-tilde coefficients from Bayes' rule on q(x_t|x_{t-1}) q(x_{t-1}|x_0)."""
+    d = make_diffusion(registry, T=T)
+    b = d.betas.numpy()
+    ab = np.cumprod(1 - b)
+    for t in range(1, T):
+        prior_var, prior_mean_coef = 1 - ab[t - 1], math.sqrt(ab[t - 1])  # q(x_{t-1} | x0)
+        lik_prec = (1 - b[t]) / b[t]  # x_t = sqrt(1-b) x_{t-1} + sqrt(b) e
+        post_var = 1 / (1 / prior_var + lik_prec)
+        assert d.posterior_variance[t].item() == pytest.approx(post_var, rel=1e-9)
+        assert d.posterior_mean_coef1[t].item() == pytest.approx(post_var * prior_mean_coef / prior_var, rel=1e-9)
+        assert d.posterior_mean_coef2[t].item() == pytest.approx(post_var * math.sqrt(1 - b[t]) / b[t], rel=1e-9)
+
+
+def test_bad_schedule_values_are_rejected(registry):
+    from ddpm_kit.errors import DdpmKitError
+
+    with pytest.raises(ValueError, match="beta"):
+        registry.build("schedule", "const", {"T": 5, "beta_end": 1.5})
+    with pytest.raises(DdpmKitError, match="parameter 'T'"):
+        registry.build("schedule", "linear", {"T": "many"})
