@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -50,6 +51,92 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
     click.echo("  ".join(c.upper().ljust(widths.get(c, 0)) for c in cols).rstrip())
     for r in rows:
         click.echo("  ".join(r[c].ljust(widths.get(c, 0)) for c in cols).rstrip())
+
+
+RECIPE_FILE = click.Path(dir_okay=False, path_type=Path)
+RUN_DIR = click.Path(file_okay=False, path_type=Path)
+set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="Override a recipe key, e.g. --set train.steps=200 (repeatable).")
+
+
+def pick_device(name: str | None):
+    import torch
+
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@cli.group()
+def recipe() -> None:
+    """Work with recipe files."""
+
+
+@recipe.command("check")
+@click.argument("files", nargs=-1, required=True, type=RECIPE_FILE)
+@set_option
+@click.pass_context
+def recipe_check(ctx: click.Context, files: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
+    """Validate recipe FILES (keys, plugin names, plugin parameters) without running anything."""
+    from .recipe import load_recipe
+
+    registry = get_registry_from(ctx)
+    for file in files:
+        r, _ = load_recipe(file, registry, overrides)
+        d = r.diffusion
+        click.echo(f"ok: {file} ({r.data.dataset.name} {r.data.image_size}px, {r.backbone.name}, "
+                   f"{d.parameterization.name}/{d.variance.name}/{r.objective.name}, T={d.schedule.params.get('T', 1000)}, "
+                   f"{r.train.steps} steps)")
+
+
+@cli.command()
+@click.argument("recipe_file", type=RECIPE_FILE)
+@set_option
+@click.option("--resume", type=click.Choice(["latest"]), help="Continue the run from its latest checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Delete an existing run folder of the same name first.")
+@click.option("--run-dir", type=RUN_DIR, help="Run folder (default: <run.output_dir>/<run.name or file stem>).")
+@click.option("--no-sample", is_flag=True, help="Skip the final sample grid.")
+@click.option("--no-eval", is_flag=True, help="Skip the final evaluation.")
+@click.pass_context
+def run(ctx: click.Context, recipe_file: Path, overrides: tuple[str, ...], resume: str | None, overwrite: bool,
+        run_dir: Path | None, no_sample: bool, no_eval: bool) -> None:
+    """Train, sample and evaluate RECIPE_FILE into one run folder."""
+    from .workflow import run_recipe
+
+    run_recipe(get_registry_from(ctx), recipe_file, list(overrides), resume=resume is not None,
+               overwrite=overwrite, run_dir=run_dir, do_sample=not no_sample, do_evaluate=not no_eval)
+
+
+@cli.command()
+@click.argument("run_dir", type=RUN_DIR)
+@click.option("-n", "--num-images", type=int, help="How many images (default: the recipe's sample.num_images).")
+@click.option("--seed", type=int, help="Sampling seed (default: the recipe's sample.seed).")
+@click.option("--sampler", help="Sampler plugin name (default: the recipe's).")
+@click.option("--name", default="final", show_default=True, help="File name for the grid and array.")
+@click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
+@click.option("--device", help="torch device (default: cuda if available, else cpu).")
+@click.pass_context
+def sample(ctx: click.Context, run_dir: Path, num_images: int | None, seed: int | None, sampler: str | None,
+           name: str, raw: bool, device: str | None) -> None:
+    """Draw samples from a trained run: samples/<name>.png and samples/<name>.npz."""
+    from .workflow import sample_run
+
+    sample_run(get_registry_from(ctx), run_dir, num_images=num_images, seed=seed, sampler=sampler, name=name,
+               use_ema=not raw, device=pick_device(device))
+
+
+@cli.command()
+@click.argument("run_dir", type=RUN_DIR)
+@click.option("--limit", type=int, help="Evaluate bits/dim on the first N test images only.")
+@click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
+@click.option("--device", help="torch device (default: cuda if available, else cpu).")
+@click.pass_context
+def evaluate(ctx: click.Context, run_dir: Path, limit: int | None, raw: bool, device: str | None) -> None:
+    """Compute the recipe's metrics (bits/dim at least) for a trained run: eval/metrics.json."""
+    from .workflow import evaluate_run
+
+    evaluate_run(get_registry_from(ctx), run_dir, limit=limit, use_ema=False if raw else None,
+                 device=pick_device(device))
 
 
 def _add_plugin_commands() -> PluginSet:

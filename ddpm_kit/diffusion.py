@@ -184,15 +184,16 @@ class GaussianDiffusion:
     # -- training ----------------------------------------------------------------------------
     def training_losses(self, model: Model, x0: torch.Tensor, objective: Objective, *,
                         t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                        weights: torch.Tensor | None = None,
                         generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Per-example losses at sampled (or given) t and noise; ``loss`` is importance-weighted."""
-        weights = torch.ones(x0.shape[0], device=x0.device)
         if t is None:
             t, weights = objective.sample_t(self, x0.shape[0], x0.device, generator)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         terms = objective.losses(self, model, x0, t, noise)
         objective.update(t, terms["loss"].detach())
-        terms["loss"] = terms["loss"] * weights
+        if weights is not None:
+            terms["loss"] = terms["loss"] * weights
         terms["t"] = t
         return terms

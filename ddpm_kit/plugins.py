@@ -30,6 +30,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "ddpm_kit.builtins.decoders",
     "ddpm_kit.builtins.samplers",
     "ddpm_kit.builtins.objectives",
+    "ddpm_kit.builtins.backbones",
+    "ddpm_kit.builtins.datasets",
+    "ddpm_kit.builtins.metrics",
 )
 
 # kind -> hook name; the order is the order `ddpm-kit plugins` lists them in.

@@ -1,0 +1,65 @@
+"""The ``unet2d`` backbone: diffusers' UNet2DModel, with the paper's CIFAR-10 net as a preset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import DdpmKitError, did_you_mean
+from ..hookspecs import hookimpl
+
+# Ho et al.'s CIFAR-10 network (35.7M parameters), in the layout of google/ddpm-cifar10-32.
+PRESETS: dict[str, dict[str, Any]] = {
+    "ddpm-cifar10": dict(
+        block_out_channels=(128, 256, 256, 256), layers_per_block=2,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        dropout=0.1, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6,
+        norm_num_groups=32),
+    # ~1.1M parameters: the quickstart's net for 16x16 digits on a 2-core CPU.
+    "cpu-small": dict(
+        block_out_channels=(32, 64, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8),
+    # ~0.2M parameters, for tests.
+    "cpu-tiny": dict(
+        block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4),
+}
+
+
+class UNetBackbone(torch.nn.Module):
+    """``forward(x, t) -> tensor``: UNet2DModel with the backbone contract of ddpm-kit."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t).sample
+
+
+def unet2d(in_channels: int, out_channels: int, image_size: int, preset: str = "cpu-small",
+           **unet_kwargs: Any) -> UNetBackbone:
+    """Build a UNet2DModel from a preset plus any UNet2DModel keyword arguments."""
+    if preset not in PRESETS:
+        raise DdpmKitError(f"unknown unet2d preset '{preset}'{did_you_mean(preset, PRESETS)}")
+    config = {**PRESETS[preset], **unet_kwargs}
+    levels = len(config["block_out_channels"])
+    if image_size % (2 ** (levels - 1)):
+        raise DdpmKitError(f"image_size {image_size} cannot be halved {levels - 1} times by preset '{preset}' "
+                           f"({levels} levels); use a multiple of {2 ** (levels - 1)}")
+    from diffusers import UNet2DModel  # imported here: keeps `ddpm-kit plugins` fast
+
+    try:
+        unet = UNet2DModel(sample_size=image_size, in_channels=in_channels, out_channels=out_channels, **config)
+    except (TypeError, ValueError) as exc:
+        raise DdpmKitError(f"UNet2DModel rejected the configuration: {exc}") from None
+    return UNetBackbone(unet)
+
+
+@hookimpl
+def register_backbones(register):
+    register("unet2d", unet2d)

@@ -1,0 +1,60 @@
+"""Turn a dataset split into an in-memory uint8 tensor [N, C, H, W] and batches in [-1, 1].
+
+Data stay on the 8-bit grid (x / 127.5 - 1), so the discretized decoder's bits/dim are exact.
+"""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import DdpmKitError
+
+
+def image_column(ds: datasets.Dataset) -> str:
+    """The first column with the ``Image`` feature (or one named image/img)."""
+    for name, feature in ds.features.items():
+        if isinstance(feature, datasets.Image):
+            return name
+    for name in ("image", "img"):
+        if name in ds.column_names:
+            return name
+    raise DdpmKitError(f"dataset has no image column; columns: {', '.join(ds.column_names)}")
+
+
+def prepare_image(image: Image.Image, image_size: int, channels: int, resize: str) -> np.ndarray:
+    """One PIL image -> uint8 array [C, image_size, image_size]."""
+    image = image.convert("L" if channels == 1 else "RGB")
+    w, h = image.size
+    if (w, h) != (image_size, image_size):
+        if resize == "pad" and w <= image_size and h <= image_size:
+            canvas = Image.new(image.mode, (image_size, image_size))
+            canvas.paste(image, ((image_size - w) // 2, (image_size - h) // 2))
+            image = canvas
+        else:
+            if resize == "center_crop":
+                side = min(w, h)
+                image = image.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+            image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    array = np.asarray(image, dtype=np.uint8)
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def to_uint8_tensor(ds: datasets.Dataset, image_size: int, channels: int, resize: str) -> torch.Tensor:
+    """A whole split as uint8 [N, C, H, W], held in memory."""
+    if len(ds) == 0:
+        raise DdpmKitError("dataset split is empty")
+    images = ds[image_column(ds)]
+    return torch.from_numpy(np.stack([prepare_image(im, image_size, channels, resize) for im in images]))
+
+
+def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float in [-1, 1]."""
+    return pixels.float() / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float in [-1, 1] -> uint8 0..255 (rounded to the 8-bit grid)."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -1,0 +1,238 @@
+"""Recipes: TOML files that name one plugin of each kind plus the engine's settings.
+
+Validated with pydantic: the recipe's own keys here, each component's parameters against its
+factory's signature (plugins.validate_params). Every error names the file, the key path, the bad
+value and what would be valid. See docs/recipes.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import DdpmKitError, did_you_mean
+from .plugins import ParamError, Registry, validate_params
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component(BaseModel):
+    """``name`` of a registered plugin plus that plugin's own parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RunSection(Strict):
+    name: str | None = None
+    output_dir: str = "runs"
+    seed: int = 0
+
+
+class DataSection(Strict):
+    dataset: Component
+    image_size: int = Field(gt=0, le=4096)
+    channels: Literal[1, 3] = 3
+    resize: Literal["resize", "pad", "center_crop"] = "resize"
+    random_flip: bool = False
+
+
+class DiffusionSection(Strict):
+    schedule: Component = Component(name="linear")
+    parameterization: Component = Component(name="eps")
+    variance: Component = Component(name="fixed_beta")
+    decoder: Component = Component(name="discretized_gaussian")
+
+
+class TrainSection(Strict):
+    steps: int = Field(ge=0)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(default=2e-4, gt=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    grad_accum: int = Field(default=1, ge=1)
+    ema_decay: float = Field(default=0.9999, ge=0, lt=1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    log_every: int = Field(default=50, gt=0)
+    checkpoint_every: int = Field(default=1000, ge=0)
+    keep_checkpoints: int = Field(default=2, ge=1)
+    sample_every: int = Field(default=0, ge=0)
+
+
+class SampleSection(Strict):
+    sampler: Component = Component(name="ancestral")
+    num_images: int = Field(default=64, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    seed: int = 0
+    use_ema: bool = True
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+
+class EvalSection(Strict):
+    metrics: list[Component] = [Component(name="bpd")]
+    use_ema: bool = True
+
+
+class Recipe(Strict):
+    extends: str | None = None
+    run: RunSection = RunSection()
+    data: DataSection
+    backbone: Component
+    diffusion: DiffusionSection = DiffusionSection()
+    objective: Component = Component(name="simple")
+    train: TrainSection
+    sample: SampleSection = SampleSection()
+    eval: EvalSection = EvalSection()
+
+    def components(self) -> list[tuple[str, str, Component]]:
+        """(key path, kind, component) for every plugin the recipe names."""
+        d = self.diffusion
+        found = [("data.dataset", "dataset", self.data.dataset), ("backbone", "backbone", self.backbone),
+                 ("diffusion.schedule", "schedule", d.schedule),
+                 ("diffusion.parameterization", "parameterization", d.parameterization),
+                 ("diffusion.variance", "variance", d.variance), ("diffusion.decoder", "decoder", d.decoder),
+                 ("objective", "objective", self.objective), ("sample.sampler", "sampler", self.sample.sampler)]
+        found += [(f"eval.metrics[{i}]", "metric", m) for i, m in enumerate(self.eval.metrics)]
+        return found
+
+
+BACKBONE_CONTEXT = ("in_channels", "out_channels", "image_size")
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``; tables merge key by key, other values replace."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a recipe file, following ``extends = "base.toml"`` (relative to the file)."""
+    if not path.is_file():
+        raise DdpmKitError(f"{path}: recipe file not found")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DdpmKitError(f"{path}: not valid TOML: {exc}") from None
+    base_name = data.get("extends")
+    if base_name is None:
+        return data
+    if not isinstance(base_name, str):
+        raise DdpmKitError(f"{path}: extends: must be a file name, got {base_name!r}")
+    base_path = (path.parent / base_name).resolve()
+    if base_path in seen:
+        raise DdpmKitError(f"{path}: extends: '{base_name}' forms a cycle")
+    merged = deep_merge(read_toml(base_path, (*seen, path.resolve())), data)
+    merged.pop("extends")
+    return merged
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.steps=200`` -> (["train", "steps"], 200); values are TOML literals, else strings."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise DdpmKitError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. train.steps=200")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise DdpmKitError(f"--set {text!r}: '{part}' is not a table")
+        node[path[-1]] = value
+    return data
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _model_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at ``loc`` (to list its valid keys)."""
+    model: Any = Recipe
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        model = field.annotation
+        args = getattr(model, "__args__", ())
+        model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), model)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def format_validation_error(source: str, exc: pydantic.ValidationError) -> str:
+    """The most telling error as one line: an unknown key first (it usually explains a missing one)."""
+    errors = exc.errors()
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = tuple(err["loc"])
+    key = _key_path(loc)
+    if err["type"] == "extra_forbidden":
+        owner = _model_for(loc)
+        valid = list(owner.model_fields) if owner else []
+        return f"{source}: unknown key '{key}'{did_you_mean(str(loc[-1]), valid)}"
+    if err["type"] == "missing":
+        return f"{source}: missing key '{key}'"
+    return f"{source}: {key}: {err['msg']} (got {err.get('input')!r})"
+
+
+def validate_recipe(data: dict[str, Any], registry: Registry, source: str) -> Recipe:
+    """Check a recipe's keys and every component's name and parameters."""
+    try:
+        recipe = Recipe.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise DdpmKitError(format_validation_error(source, exc)) from None
+    for key, kind, comp in recipe.components():
+        try:
+            provider = registry.resolve(kind, comp.name)
+            context = BACKBONE_CONTEXT if kind == "backbone" else ()
+            params = {k: v for k, v in comp.params.items() if k not in context}
+            validate_params(provider, params, context_names=context)
+        except ParamError as exc:
+            raise DdpmKitError(f"{source}: {key}.{exc.key}: {exc}") from None
+        except DdpmKitError as exc:
+            raise DdpmKitError(f"{source}: {key}.name: {exc}") from None
+    return recipe
+
+
+def load_recipe(path: str | Path, registry: Registry, overrides: list[str] = ()) -> tuple[Recipe, dict[str, Any]]:
+    """Read, override and validate a recipe; returns it and the resolved plain dict."""
+    path = Path(path)
+    data = apply_overrides(read_toml(path), list(overrides))
+    recipe = validate_recipe(data, registry, str(path))
+    return recipe, recipe_to_dict(recipe)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The resolved recipe (defaults filled in, ``extends`` applied) as TOML-ready data."""
+    return recipe.model_dump(mode="json", exclude_none=True, exclude={"extends"})

@@ -1,0 +1,115 @@
+"""The run folder: one place for a run's recipe, checkpoints, weights, samples and metrics.
+
+    runs/<name>/
+      recipe.toml             the resolved recipe (defaults filled in, overrides applied)
+      metrics.jsonl           one JSON object per logging interval (step, loss, lr, grad_norm, ...)
+      checkpoints/step_NNNNNNN/   accelerate state (model.safetensors, optimizer, RNG, EMA) + step.json
+      model/model.safetensors, model/ema.safetensors   final weights
+      samples/final.png, samples/final.npz             sample grid and uint8 array [N, C, H, W]
+      samples/step_NNNNNNN.png                         periodic grids (train.sample_every)
+      eval/metrics.json, eval/bpd_terms.npy            evaluation results
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import tomli_w
+
+from .errors import DdpmKitError
+
+CHECKPOINT = re.compile(r"^step_(\d{7})$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int
+
+
+class RunFolder:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    recipe_file = property(lambda self: self.path / "recipe.toml")
+    metrics_file = property(lambda self: self.path / "metrics.jsonl")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    model = property(lambda self: self.path / "model")
+    samples = property(lambda self: self.path / "samples")
+    eval = property(lambda self: self.path / "eval")
+
+    @classmethod
+    def existing(cls, path: str | Path) -> RunFolder:
+        run = cls(path)
+        if not run.recipe_file.is_file():
+            raise DdpmKitError(f"{run.path}: not a run folder (no recipe.toml)")
+        return run
+
+    def write_recipe(self, resolved: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.recipe_file.write_text(tomli_w.dumps(resolved))
+
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.checkpoints / f"step_{step:07d}"
+
+    def list_checkpoints(self) -> list[Checkpoint]:
+        """Complete checkpoints (renamed into place, with step.json), oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = []
+        for child in self.checkpoints.iterdir():
+            match = CHECKPOINT.match(child.name)
+            if match and (child / "step.json").is_file():
+                found.append(Checkpoint(child, int(match.group(1))))
+        return sorted(found, key=lambda c: c.step)
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        found = self.list_checkpoints()
+        return found[-1] if found else None
+
+    def prune_checkpoints(self, keep: int) -> None:
+        for old in self.list_checkpoints()[:-keep]:
+            shutil.rmtree(old.path, ignore_errors=True)
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        with self.metrics_file.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_file.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+
+    def save_grid(self, images: torch.Tensor, path: Path) -> Path:
+        """uint8 [N, C, H, W] -> one PNG grid (diffusers' make_image_grid)."""
+        from diffusers.utils import make_image_grid
+        from PIL import Image
+
+        arrays = images.permute(0, 2, 3, 1).numpy()
+        mode = "L" if arrays.shape[-1] == 1 else "RGB"
+        pil = [Image.fromarray(a[..., 0] if mode == "L" else a, mode) for a in arrays]
+        cols = math.ceil(math.sqrt(len(pil)))
+        rows = math.ceil(len(pil) / cols)
+        pil += [Image.new(mode, pil[0].size)] * (rows * cols - len(pil))
+        grid = make_image_grid(pil, rows=rows, cols=cols)
+        scale = max(1, 256 // (cols * pil[0].size[0]))
+        if scale > 1:
+            grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(path)
+        return path
+
+    def save_samples(self, images: torch.Tensor, name: str = "final") -> tuple[Path, Path]:
+        array_path = self.samples / f"{name}.npz"
+        array_path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(array_path, images=images.numpy())
+        return self.save_grid(images, self.samples / f"{name}.png"), array_path

@@ -1,0 +1,112 @@
+"""What the commands do: run a recipe end to end, sample from a run, evaluate a run."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import click
+import torch
+
+from .engine import Components, build_components, evaluate, load_run_model, sample_images, train
+from .errors import DdpmKitError
+from .plugins import Registry
+from .recipe import load_recipe, read_toml, validate_recipe
+from .runs import RunFolder
+
+# Keys that may change when a run is resumed (e.g. to train longer); the rest must match.
+RESUMABLE_CHANGES = {("train", "steps"), ("sample",), ("eval",)}
+
+
+def _first_difference(a, b, path=()) -> tuple[str, ...] | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            here = (*path, key)
+            if any(here[: len(p)] == p for p in RESUMABLE_CHANGES):
+                continue
+            diff = _first_difference(a.get(key), b.get(key), here)
+            if diff:
+                return diff
+        return None
+    return None if a == b else path
+
+
+def run_recipe(registry: Registry, recipe_file: Path, overrides: list[str], *, resume: bool, overwrite: bool,
+               run_dir: Path | None, do_sample: bool, do_evaluate: bool) -> RunFolder:
+    """Validate, prepare the run folder, train, then sample and evaluate on the main process."""
+    from accelerate import PartialState
+
+    recipe, resolved = load_recipe(recipe_file, registry, overrides)
+    run = RunFolder(run_dir or Path(recipe.run.output_dir) / (recipe.run.name or recipe_file.stem))
+    components = build_components(recipe, registry)
+    components.build_backbone()  # fail on a bad backbone or missing data before touching the run folder
+    components.build_dataset()
+    state = PartialState()
+    exists = run.recipe_file.is_file()
+    if exists and resume:
+        saved = read_toml(run.recipe_file)
+        diff = _first_difference(saved, resolved)
+        if diff:
+            raise DdpmKitError(f"{recipe_file}: key '{'.'.join(diff)}' differs from the run's {run.recipe_file}; "
+                               "resume with the same recipe, or start a new run with --overwrite / --run-dir")
+    elif exists and not overwrite:
+        raise DdpmKitError(f"{run.path} already holds a run; use --resume latest to continue it, --overwrite to "
+                           "replace it, or --run-dir for a new folder")
+    state.wait_for_everyone()
+    if state.is_main_process:
+        if exists and overwrite and not resume:
+            shutil.rmtree(run.path)
+        run.write_recipe(resolved)
+    state.wait_for_everyone()
+    started = time.time()
+    train(components, run, resume=resume)
+    if state.is_main_process:
+        click.echo(f"trained {recipe.train.steps} steps in {time.time() - started:.0f} s -> {run.path}")
+    device = state.device
+    if do_sample and state.is_main_process:
+        _sample(components, run, recipe.sample.num_images, None, "final", recipe.sample.use_ema, device)
+    if do_evaluate and state.is_main_process:
+        _report(evaluate(components, run, device))
+    state.wait_for_everyone()
+    return run
+
+
+
+def _report(results: dict) -> None:
+    for key, value in results.items():
+        click.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+
+
+def _sample(components: Components, run: RunFolder, n: int, seed: int | None, name: str, use_ema: bool,
+            device: torch.device) -> None:
+    model = load_run_model(components, run, use_ema=use_ema, device=device)
+    started = time.time()
+    images = sample_images(components, model, n, device, seed=seed)
+    grid, array = run.save_samples(images, name)
+    click.echo(f"sampled {n} images in {time.time() - started:.0f} s -> {grid}, {array}")
+
+
+def load_run(registry: Registry, run_dir: Path, sampler: str | None = None) -> tuple[Components, RunFolder]:
+    run = RunFolder.existing(run_dir)
+    data = read_toml(run.recipe_file)
+    if sampler:
+        data.setdefault("sample", {})["sampler"] = {"name": sampler}
+    recipe = validate_recipe(data, registry, str(run.recipe_file))
+    return build_components(recipe, registry), run
+
+
+def sample_run(registry: Registry, run_dir: Path, *, num_images: int | None, seed: int | None, sampler: str | None,
+               name: str, use_ema: bool, device: torch.device) -> None:
+    components, run = load_run(registry, run_dir, sampler)
+    _sample(components, run, num_images or components.recipe.sample.num_images, seed, name, use_ema, device)
+
+
+def evaluate_run(registry: Registry, run_dir: Path, *, limit: int | None, use_ema: bool | None,
+                 device: torch.device) -> dict:
+    components, run = load_run(registry, run_dir)
+    overrides = {"bpd": {"limit": limit}} if limit else None
+    results = evaluate(components, run, device, use_ema=use_ema, overrides=overrides)
+    _report(results)
+    return results
+

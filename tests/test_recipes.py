@@ -1,0 +1,119 @@
+"""Recipes: validation errors are one line naming file, key and fix; overrides; extends."""
+
+from pathlib import Path
+
+import pytest
+
+from ddpm_kit.cli import main
+from ddpm_kit.recipe import load_recipe
+
+TINY = Path(__file__).parent / "recipes" / "tiny.toml"
+
+
+def write(tmp_path, text, name="r.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def tiny_with(tmp_path, old, new, name="r.toml"):
+    """The tiny recipe with ``old`` replaced by ``new`` (or each pair of two tuples)."""
+    text = TINY.read_text()
+    for o, n in zip(old, new) if isinstance(old, tuple) else [(old, new)]:
+        assert o in text
+        text = text.replace(o, n)
+    return write(tmp_path, text, name)
+
+
+def run_cli(capsys, *args):
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.err
+
+
+BROKEN = [
+    # (description, old, new, expected fragment of the error)
+    ("bad TOML", "steps = 6", "steps = = 6", "not valid TOML"),
+    ("missing section", "[train]\nsteps = 6\nbatch_size = 8\n", "[train_]\nsteps = 6\nbatch_size = 8\n",
+     "unknown key 'train_' (did you mean 'train'?)"),
+    ("unknown key", "steps = 6", "stpes = 6", "unknown key 'train.stpes' (did you mean 'steps'?)"),
+    ("wrong type", "steps = 6", 'steps = "six"', "train.steps: Input should be a valid integer"),
+    ("out of range", "batch_size = 8", "batch_size = 0", "train.batch_size: Input should be greater than 0"),
+    ("negative steps", "steps = 6", "steps = -3", "train.steps: Input should be greater than or equal to 0"),
+    ("unknown plugin", 'variance = { name = "fixed_beta" }', 'variance = { name = "fixed_betta" }',
+     "diffusion.variance.name: unknown variance 'fixed_betta' (did you mean 'fixed_beta'?); valid: fixed_beta"),
+    ("unknown plugin parameter", 'name = "linear", T = 50', 'name = "linear", T = 50, beta_strat = 0.1',
+     "diffusion.schedule.beta_strat: schedule 'linear' has no parameter 'beta_strat' (did you mean 'beta_start'?)"),
+    ("bad plugin parameter type", 'name = "linear", T = 50', 'name = "linear", T = "fifty"',
+     "diffusion.schedule.T: schedule 'linear' parameter 'T': Input should be a valid integer"),
+    ("learned variance with L_simple", 'variance = { name = "fixed_beta" }', 'variance = { name = "learned" }',
+     "objective 'simple' cannot train variance 'learned'"),
+    ("backbone forced to C channels with learned variance",
+     ('preset = "cpu-tiny"', 'name = "simple"', 'name = "fixed_beta"'),
+     ('preset = "cpu-tiny"\nout_channels = 1', 'name = "vlb"', 'name = "learned"'),
+     "backbone.out_channels = 1 but the recipe needs 2"),
+    ("image size the UNet cannot downsample", "image_size = 8", "image_size = 9",
+     "image_size 9 cannot be halved 1 times"),
+    ("unknown channels", "channels = 1", "channels = 2", "data.channels: Input should be 1 or 3"),
+    ("missing data folder", 'dataset = { name = "digits" }', 'dataset = { name = "imagefolder", path = "/nonexistent/x" }',
+     "data folder '/nonexistent/x' does not exist"),
+    ("unknown preset", 'preset = "cpu-tiny"', 'preset = "cpu-tinny"', "unknown unet2d preset 'cpu-tinny'"),
+    ("unknown mixed precision", "lr = 1e-3", 'lr = 1e-3\nmixed_precision = "fp8"',
+     "train.mixed_precision: Input should be 'no', 'bf16' or 'fp16'"),
+]
+
+
+@pytest.mark.parametrize("desc,old,new,fragment", BROKEN, ids=[b[0] for b in BROKEN])
+def test_broken_recipe_gives_one_line_and_exit_2(tmp_path, capsys, desc, old, new, fragment):
+    recipe = tiny_with(tmp_path, old, new)
+    code, err = run_cli(capsys, "run", str(recipe), "--run-dir", str(tmp_path / "run"))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert fragment in lines[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_errors_name_the_file(tmp_path, capsys):
+    recipe = tiny_with(tmp_path, "steps = 6", "stpes = 6", name="named.toml")
+    code, err = run_cli(capsys, "recipe", "check", str(recipe))
+    assert code == 2 and err.startswith(f"error: {recipe}: unknown key 'train.stpes'")
+
+
+def test_missing_recipe_file_and_bad_set(tmp_path, capsys):
+    code, err = run_cli(capsys, "recipe", "check", str(tmp_path / "nope.toml"))
+    assert code == 2 and "recipe file not found" in err
+    code, err = run_cli(capsys, "recipe", "check", str(TINY), "--set", "train.steps")
+    assert code == 2 and "expected KEY.PATH=VALUE" in err
+
+
+def test_recipe_check_accepts_the_shipped_recipes(capsys):
+    recipes = sorted(str(p) for p in (Path(__file__).parents[1] / "recipes").rglob("*.toml"))
+    main(["recipe", "check", str(TINY), *recipes])  # returns normally: exit status 0
+    out = capsys.readouterr().out
+    assert out.count("ok: ") == 1 + len(recipes)
+    assert "quickstart.toml (mnist-5k 16px, unet2d, eps/fixed_beta/simple, T=1000" in out
+
+
+def test_overrides_are_typed_and_nested(registry):
+    recipe, resolved = load_recipe(TINY, registry, ["train.steps=200", "data.dataset.name=mnist-5k",
+                                                    "diffusion.schedule.T=1000", "train.lr=3e-4"])
+    assert recipe.train.steps == 200 and recipe.train.lr == 3e-4
+    assert resolved["data"]["dataset"]["name"] == "mnist-5k"
+    assert resolved["diffusion"]["schedule"]["T"] == 1000
+    assert resolved["train"]["ema_decay"] == 0.9999  # defaults are filled in
+
+
+def test_extends_merges_tables_and_detects_cycles(tmp_path, registry, capsys):
+    base = write(tmp_path, TINY.read_text(), "base.toml")
+    child = write(tmp_path, 'extends = "base.toml"\n[diffusion]\nparameterization = { name = "x0" }\n', "child.toml")
+    recipe, _ = load_recipe(child, registry)
+    assert recipe.diffusion.parameterization.name == "x0"
+    assert recipe.diffusion.schedule.params == {"T": 50}  # kept from the base
+    write(tmp_path, 'extends = "b.toml"\n', "a.toml")
+    write(tmp_path, 'extends = "a.toml"\n', "b.toml")
+    code, err = run_cli(capsys, "recipe", "check", str(tmp_path / "a.toml"))
+    assert code == 2 and "forms a cycle" in err
+    assert base.exists()
