@@ -139,6 +139,18 @@ def evaluate(ctx: click.Context, run_dir: Path, limit: int | None, raw: bool, de
                  device=pick_device(device))
 
 
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=RUN_DIR)
+@click.option("--out", type=RUN_DIR, default=Path("report"), show_default=True, help="Folder for report.md/html.")
+def report(run_dirs: tuple[Path, ...], out: Path) -> None:
+    """One markdown table and an HTML page with grids and plots for RUN_DIRS."""
+    from .report import write_report
+
+    md, page = write_report(list(run_dirs), out)
+    click.echo(md.read_text(), nl=False)
+    click.echo(f"wrote {md} and {page}")
+
+
 def _add_plugin_commands() -> PluginSet:
     """Load plugins once and let them add commands; failures are kept for `ddpm-kit plugins`."""
     plugins = get_plugin_manager()

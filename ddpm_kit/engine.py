@@ -305,6 +305,33 @@ class EvalContext:
         pixels = load_split(self.components, split)
         return to_model_range(pixels[:limit] if limit else pixels)
 
+    def labelled(self, split: str, label_column: str = "label") -> tuple[torch.Tensor, torch.Tensor]:
+        """A split's images in [-1, 1] and its integer labels."""
+        dataset = self.components.build_dataset()[split]
+        if label_column not in dataset.column_names:
+            raise DdpmKitError(f"dataset '{self.components.recipe.data.dataset.name}' has no label column "
+                               f"'{label_column}' (columns: {', '.join(dataset.column_names)}); the 'fid' metric "
+                               "trains its feature network on labels")
+        return self.images(split), torch.tensor(dataset[label_column], dtype=torch.long)
+
+    def data_key(self) -> dict[str, Any]:
+        """What identifies the data as a feature network sees it (for caching)."""
+        return self.components.recipe.model_dump(mode="json", include={"data"})
+
+    def samples(self, n: int) -> torch.Tensor:
+        """``n`` samples in [-1, 1]: the run's final samples if there are enough, else drawn now."""
+        final = self.run.samples / "final.npz"
+        if final.is_file():
+            images = torch.from_numpy(np.load(final)["images"])
+            if len(images) >= n:
+                return to_model_range(images[:n])
+        cached = self.run.samples / f"eval_{n}.npz"
+        if cached.is_file():
+            return to_model_range(torch.from_numpy(np.load(cached)["images"]))
+        images = sample_images(self.components, self.model, n, self.device, seed=self.seed + 1)
+        self.run.save_samples(images, f"eval_{n}")
+        return to_model_range(images)
+
     def save_array(self, name: str, array: np.ndarray) -> Path:
         path = self.run.eval / f"{name}.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,6 +344,7 @@ def evaluate(components: Components, run: RunFolder, device: torch.device, *, us
     """Compute every metric the recipe lists; results go to eval/metrics.json."""
     use_ema = components.recipe.eval.use_ema if use_ema is None else use_ema
     model = load_run_model(components, run, use_ema=use_ema, device=device)
+    run.eval.mkdir(parents=True, exist_ok=True)
     context = EvalContext(components, model, device, run, seed=components.recipe.run.seed)
     results: dict[str, float] = {}
     for spec in components.recipe.eval.metrics:

@@ -89,15 +89,27 @@ class RunFolder:
             return []
         return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
 
-    def save_grid(self, images: torch.Tensor, path: Path) -> Path:
-        """uint8 [N, C, H, W] -> one PNG grid (diffusers' make_image_grid)."""
+    summary_file = property(lambda self: self.path / "summary.json")
+
+    def read_summary(self) -> dict[str, Any]:
+        return json.loads(self.summary_file.read_text()) if self.summary_file.is_file() else {}
+
+    def add_to_summary(self, **values: float) -> None:
+        """Accumulate figures such as train_seconds across resumes."""
+        summary = self.read_summary()
+        for key, value in values.items():
+            summary[key] = summary.get(key, 0.0) + value
+        self.summary_file.write_text(json.dumps(summary, indent=2))
+
+    def save_grid(self, images: torch.Tensor, path: Path, cols: int | None = None) -> Path:
+        """uint8 [N, C, H, W] -> one PNG grid (diffusers' make_image_grid), upscaled to >= 256 px."""
         from diffusers.utils import make_image_grid
         from PIL import Image
 
         arrays = images.permute(0, 2, 3, 1).numpy()
         mode = "L" if arrays.shape[-1] == 1 else "RGB"
         pil = [Image.fromarray(a[..., 0] if mode == "L" else a, mode) for a in arrays]
-        cols = math.ceil(math.sqrt(len(pil)))
+        cols = cols or math.ceil(math.sqrt(len(pil)))
         rows = math.ceil(len(pil) / cols)
         pil += [Image.new(mode, pil[0].size)] * (rows * cols - len(pil))
         grid = make_image_grid(pil, rows=rows, cols=cols)

@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 import torch
 
+from .data import to_uint8
 from .engine import Components, build_components, evaluate, load_run_model, sample_images, train
 from .errors import DdpmKitError
 from .plugins import Registry
@@ -62,12 +64,15 @@ def run_recipe(registry: Registry, recipe_file: Path, overrides: list[str], *, r
     started = time.time()
     train(components, run, resume=resume)
     if state.is_main_process:
+        run.add_to_summary(train_seconds=time.time() - started)
         click.echo(f"trained {recipe.train.steps} steps in {time.time() - started:.0f} s -> {run.path}")
     device = state.device
     if do_sample and state.is_main_process:
         _sample(components, run, recipe.sample.num_images, None, "final", recipe.sample.use_ema, device)
     if do_evaluate and state.is_main_process:
+        started = time.time()
         _report(evaluate(components, run, device))
+        run.add_to_summary(eval_seconds=time.time() - started)
     state.wait_for_everyone()
     return run
 
@@ -79,12 +84,24 @@ def _report(results: dict) -> None:
 
 
 def _sample(components: Components, run: RunFolder, n: int, seed: int | None, name: str, use_ema: bool,
-            device: torch.device) -> None:
+            device: torch.device, progressive: int = 8) -> None:
+    """Samples to samples/<name>.png/.npz, plus x0-hat along the chain of the first images (Fig. 6)."""
     model = load_run_model(components, run, use_ema=use_ema, device=device)
+    T = components.diffusion.num_timesteps
+    keep = {int(round(v)) for v in np.linspace(T - 1, 0, 10)}
+    snapshots: dict[int, torch.Tensor] = {}
+
+    def record(step: dict) -> None:
+        if step["i"] in keep and step["i"] not in snapshots:
+            snapshots[step["i"]] = to_uint8(step["x0_hat"][:progressive]).cpu()
+
     started = time.time()
-    images = sample_images(components, model, n, device, seed=seed)
+    images = sample_images(components, model, n, device, seed=seed, callback=record)
     grid, array = run.save_samples(images, name)
-    click.echo(f"sampled {n} images in {time.time() - started:.0f} s -> {grid}, {array}")
+    chain = torch.stack([snapshots[i] for i in sorted(snapshots, reverse=True)], dim=1)  # [k, steps, C, H, W]
+    progressive_grid = run.save_grid(chain.flatten(0, 1), run.samples / f"{name}_progressive.png", cols=chain.shape[1])
+    click.echo(f"sampled {n} images in {time.time() - started:.0f} s -> {grid}, {array}, {progressive_grid}")
+    run.add_to_summary(sample_seconds=time.time() - started)
 
 
 def load_run(registry: Registry, run_dir: Path, sampler: str | None = None) -> tuple[Components, RunFolder]:

@@ -19,6 +19,11 @@ pytestmark = pytest.mark.slow
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def private_cache(tmp_path_factory):
+    ENV["DDPM_KIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 def ddpm_kit(*args, **kw):
     return subprocess.run([sys.executable, "-m", "ddpm_kit", *args], capture_output=True, text=True, env=ENV, **kw)
 
@@ -56,7 +61,24 @@ def test_run_writes_the_documented_run_folder(finished_run):
     terms = np.load(run / "eval" / "bpd_terms.npy")
     assert terms.shape == (16, 51)  # 50 timesteps + the prior term
     assert bpd["bpd"] == pytest.approx(terms.sum(axis=1).mean(), rel=1e-6)
+    assert bpd["fid"] > 0 and bpd["fid_samples"] == 8 and bpd["fid_extractor"].startswith("classifier-")
     assert "bpd:" in result.stdout and "trained 8 steps" in result.stdout
+    for rel in ("eval/bpd_per_timestep.png", "eval/rate_distortion.png", "samples/final_progressive.png"):
+        assert (run / rel).is_file(), rel
+
+
+def test_report_tabulates_runs_and_links_their_pictures(finished_run, tmp_path):
+    run, _ = finished_run
+    result = ddpm_kit("report", str(run), "--out", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "report" / "report.md").read_text().splitlines()
+    assert table[0].startswith("| run | parameterization | variance | objective | steps |")
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert f"| run | eps | fixed_beta | simple | 8 |" in table[2]
+    assert f"{metrics['bpd']:.3f} ± {metrics['bpd_stderr']:.3f}" in table[2]
+    page = (tmp_path / "report" / "report.html").read_text()
+    for picture in ("final.png", "final_progressive.png", "bpd_per_timestep.png", "rate_distortion.png", "loss.png"):
+        assert picture in page
 
 
 def test_existing_run_folder_is_never_overwritten_silently(finished_run):

@@ -1,0 +1,93 @@
+"""``ddpm-kit report RUN...``: one markdown table and one HTML page over many runs."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .recipe import read_toml
+from .runs import RunFolder
+
+COLUMNS = ["run", "parameterization", "variance", "objective", "steps", "train time", "bits/dim", "FID",
+           "classifier score"]
+
+
+def _fmt(value: float | None, digits: int = 3, stderr: float | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" + (f" ± {stderr:.{digits}f}" if stderr is not None else "")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def summarize(run: RunFolder) -> dict[str, Any]:
+    """One row of the report: what the recipe chose and what the run measured."""
+    recipe = read_toml(run.recipe_file)
+    diffusion = recipe.get("diffusion", {})
+    metrics_file = run.eval / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    summary = run.read_summary()
+    done = run.read_metrics()
+    return {
+        "run": run.path.name, "path": run.path,
+        "parameterization": diffusion.get("parameterization", {}).get("name", "eps"),
+        "variance": diffusion.get("variance", {}).get("name", "fixed_beta"),
+        "objective": recipe.get("objective", {}).get("name", "simple"),
+        "steps": str(done[-1]["step"]) if done else "0",
+        "train time": _duration(summary.get("train_seconds")),
+        "bits/dim": _fmt(metrics.get("bpd"), 3, metrics.get("bpd_stderr")),
+        "FID": _fmt(metrics.get("fid"), 2),
+        "classifier score": _fmt(metrics.get("classifier_score"), 2),
+        "extractor": metrics.get("fid_extractor"),
+        "losses": [(m["step"], m["loss"]) for m in done],
+    }
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    extractors = sorted({r["extractor"] for r in rows if r["extractor"]})
+    if extractors:
+        lines += ["", "FID features: " + "; ".join(extractors)]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(runs: list[Path], out: Path) -> tuple[Path, Path]:
+    """report.md (the table) and report.html (the table, each run's grids and plots)."""
+    from .plots import plot_loss_curve
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [summarize(RunFolder.existing(r)) for r in runs]
+    table = markdown_table(rows)
+    (out / "report.md").write_text(table)
+    sections = []
+    for row in rows:
+        run = RunFolder(row["path"])
+        if row["losses"]:
+            steps, losses = zip(*row["losses"])
+            plot_loss_curve(list(steps), list(losses), run.eval / "loss.png") if run.eval.is_dir() else None
+        figures = [run.samples / "final.png", run.samples / "final_progressive.png", run.eval / "loss.png",
+                   run.eval / "bpd_per_timestep.png", run.eval / "rate_distortion.png"]
+        images = "".join(f'<figure><img src="{html.escape(os.path.relpath(f, out))}"><figcaption>{f.stem}'
+                         "</figcaption></figure>" for f in figures if f.is_file())
+        sections.append(f"<h2>{html.escape(row['run'])}</h2><p>{html.escape(row['parameterization'])} / "
+                        f"{html.escape(row['variance'])} / {html.escape(row['objective'])}, bits/dim "
+                        f"{html.escape(row['bits/dim'])}, FID {html.escape(row['FID'])}</p>{images}")
+    head = "".join(f"<th>{c}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in COLUMNS) + "</tr>" for r in rows)
+    page = (
+        "<!doctype html><meta charset='utf-8'><title>ddpm-kit report</title><style>"
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+        "padding:4px 8px}figure{display:inline-block;margin:6px}img{max-height:260px}</style>"
+        f"<h1>ddpm-kit report</h1><table><tr>{head}</tr>{body}</table>{''.join(sections)}")
+    (out / "report.html").write_text(page)
+    return out / "report.md", out / "report.html"
