@@ -151,6 +151,39 @@ def report(run_dirs: tuple[Path, ...], out: Path) -> None:
     click.echo(f"wrote {md} and {page}")
 
 
+@cli.command("sweep")
+@click.argument("recipe_files", nargs=-1, required=True, type=RECIPE_FILE)
+@set_option
+@click.option("--report-dir", type=RUN_DIR, default=Path("report"), show_default=True)
+@click.option("--doc", type=click.Path(dir_okay=False, path_type=Path),
+              help="Markdown file whose <!-- sweep:begin/end --> block receives the table.")
+@click.pass_context
+def sweep_command(ctx: click.Context, recipe_files: tuple[Path, ...], overrides: tuple[str, ...], report_dir: Path,
+                  doc: Path | None) -> None:
+    """Run RECIPE_FILES one after another (resuming unfinished ones) and report them together."""
+    from .workflow import sweep
+
+    sweep(get_registry_from(ctx), list(recipe_files), list(overrides), report_dir, doc)
+
+
+@cli.command("export")
+@click.argument("run_dir", type=RUN_DIR)
+@click.argument("out", type=RUN_DIR)
+@click.option("--format", "fmt", type=click.Choice(["diffusers"]), default="diffusers", show_default=True)
+@click.option("--raw", is_flag=True, help="Export the raw weights instead of the EMA weights.")
+@click.pass_context
+def export_command(ctx: click.Context, run_dir: Path, out: Path, fmt: str, raw: bool) -> None:
+    """Write RUN_DIR as a diffusers DDPMPipeline folder OUT (unet/, scheduler/, model card)."""
+    from .export import export_diffusers
+    from .workflow import load_run
+
+    components, run = load_run(get_registry_from(ctx), run_dir)
+    notes = export_diffusers(components, run, out, use_ema=not raw)
+    click.echo(f"exported {run_dir} -> {out} (DDPMPipeline.from_pretrained('{out}'))")
+    for note in notes:
+        click.echo(f"note: {note}")
+
+
 def _add_plugin_commands() -> PluginSet:
     """Load plugins once and let them add commands; failures are kept for `ddpm-kit plugins`."""
     plugins = get_plugin_manager()

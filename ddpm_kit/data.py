@@ -5,6 +5,8 @@ Data stay on the 8-bit grid (x / 127.5 - 1), so the discretized decoder's bits/d
 
 from __future__ import annotations
 
+import io
+
 import datasets
 import numpy as np
 import torch
@@ -42,12 +44,33 @@ def prepare_image(image: Image.Image, image_size: int, channels: int, resize: st
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
+def _open(item: dict | Image.Image) -> tuple[Image.Image, str]:
+    """A PIL image from an undecoded ``datasets.Image`` value ({'path', 'bytes'}), and its name."""
+    if isinstance(item, Image.Image):
+        return item, "<image>"
+    name = item.get("path") or "<in-memory image>"
+    source = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
+    image = Image.open(source)
+    image.load()  # decode now, so a truncated file fails here, named
+    return image, name
+
+
 def to_uint8_tensor(ds: datasets.Dataset, image_size: int, channels: int, resize: str) -> torch.Tensor:
-    """A whole split as uint8 [N, C, H, W], held in memory."""
+    """A whole split as uint8 [N, C, H, W], held in memory. An unreadable image is an error naming it."""
     if len(ds) == 0:
         raise DdpmKitError("dataset split is empty")
-    images = ds[image_column(ds)]
-    return torch.from_numpy(np.stack([prepare_image(im, image_size, channels, resize) for im in images]))
+    column = image_column(ds)
+    if isinstance(ds.features.get(column), datasets.Image):
+        ds = ds.cast_column(column, datasets.Image(decode=False))
+    arrays = []
+    for item in ds[column]:
+        try:
+            image, name = _open(item)
+        except (OSError, ValueError, SyntaxError) as exc:
+            where = item.get("path") if isinstance(item, dict) else None
+            raise DdpmKitError(f"{where or 'an image in the dataset'}: cannot read image ({exc})") from None
+        arrays.append(prepare_image(image, image_size, channels, resize))
+    return torch.from_numpy(np.stack(arrays))
 
 
 def to_model_range(pixels: torch.Tensor) -> torch.Tensor:

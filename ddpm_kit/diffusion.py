@@ -173,7 +173,8 @@ class GaussianDiffusion:
         """The full bound L_T + sum_t L_{t-1} + L_0 per example, in bits/dim (eq. 5).
 
         Returns ``total_bpd`` [B], ``prior_bpd`` [B] (L_T), ``vb`` [B, T] (column t is L_t, 0-based)
-        and ``xstart_mse`` [B, T] (the squared error of x0-hat at each t, for rate-distortion).
+        and ``xstart_mse`` [B, T] (the squared error of x0-hat, clipped to [-1, 1], at each t:
+        the distortion of Fig. 5).
         ``timesteps_per_batch`` > 1 stacks that many timesteps into one network call; the noise is
         drawn in the same order either way, so the results agree with the one-at-a-time loop.
         """
@@ -187,7 +188,7 @@ class GaussianDiffusion:
             x0_rep = x0.repeat(len(chunk), *([1] * (x0.ndim - 1)))
             out = self.vb_terms_bpd(model, x0_rep, self.q_sample(x0_rep, t, noise), t, clip_denoised=clip_denoised)
             vb.append(out["output"].view(len(chunk), batch))
-            mse.append(mean_flat((out["pred_x0"] - x0_rep) ** 2).view(len(chunk), batch))
+            mse.append(mean_flat((out["pred_x0"].clamp(-1, 1) - x0_rep) ** 2).view(len(chunk), batch))
         vb_terms = torch.cat(vb).flip(0).T  # [B, T] in timestep order
         prior = self.prior_bpd(x0)
         return {"total_bpd": vb_terms.sum(dim=1) + prior, "prior_bpd": prior, "vb": vb_terms,
@@ -196,15 +197,21 @@ class GaussianDiffusion:
     # -- training ----------------------------------------------------------------------------
     def training_losses(self, model: Model, x0: torch.Tensor, objective: Objective, *,
                         t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                        weights: torch.Tensor | None = None,
+                        weights: torch.Tensor | None = None, update: bool = True,
                         generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Per-example losses at sampled (or given) t and noise; ``loss`` is importance-weighted."""
+        """Per-example losses at sampled (or given) t and noise; ``loss`` is importance-weighted.
+
+        ``update=False`` leaves ``objective.update`` to the caller (the engine gathers the losses
+        of all processes first, so every process keeps the same sampling state).
+        """
         if t is None:
             t, weights = objective.sample_t(self, x0.shape[0], x0.device, generator)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         terms = objective.losses(self, model, x0, t, noise)
-        objective.update(t, terms["loss"].detach())
+        terms["unweighted_loss"] = terms["loss"].detach()
+        if update:
+            objective.update(t, terms["unweighted_loss"])
         if weights is not None:
             terms["loss"] = terms["loss"] * weights
         terms["t"] = t

@@ -8,6 +8,7 @@ with batch B, and a resumed run sees the same batches as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from contextlib import nullcontext
@@ -24,7 +25,7 @@ from .errors import DdpmKitError
 from .interfaces import Objective, Sampler
 from .plugins import Registry
 from .recipe import BACKBONE_CONTEXT, Recipe
-from .runs import RunFolder
+from .runs import Checkpoint, RunFolder, write_manifest
 
 
 @dataclass
@@ -115,7 +116,7 @@ def make_ema(model: torch.nn.Module, decay: float, warmup: bool):
 
 
 # -- training ------------------------------------------------------------------------------------
-def train(components: Components, run: RunFolder, *, resume: bool = False, stop_after: int | None = None) -> None:
+def train(components: Components, run: RunFolder, *, resume: bool = False) -> None:
     """Train as the recipe says, checkpointing into ``run``; ``resume`` continues the latest checkpoint."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -140,63 +141,85 @@ def train(components: Components, run: RunFolder, *, resume: bool = False, stop_
     model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
     ema.to(accelerator.device)
     accelerator.register_for_checkpointing(ema)
+    objective = components.objective
+    tracks_losses = type(objective).update is not Objective.update  # e.g. importance sampling of t
+    if hasattr(objective, "state_dict") and hasattr(objective, "load_state_dict"):
+        accelerator.register_for_checkpointing(objective)
     start = 0
     if resume:
-        checkpoint = run.latest_checkpoint()
+        checkpoint = run.latest_checkpoint(report=accelerator.print)
         if checkpoint is None:
             accelerator.print(f"{run.path}: no complete checkpoint yet; starting from step 0")
         else:
+            refuse_unsafe_pickles(checkpoint.path)
             accelerator.load_state(str(checkpoint.path))
             start = checkpoint.step
             accelerator.print(f"resuming {run.path} from step {start}")
-    diffusion, objective = components.diffusion, components.objective
-    end = tr.steps if stop_after is None else min(tr.steps, stop_after)
-    bar = tqdm(range(start, end), initial=start, total=tr.steps, disable=not accelerator.is_main_process,
+    diffusion = components.diffusion
+    bar = tqdm(range(start, tr.steps), initial=start, total=tr.steps, disable=not accelerator.is_main_process,
                desc="train", dynamic_ncols=True)
     loss_sum = torch.zeros((), device=accelerator.device)
-    interval_start, interval_steps = time.perf_counter(), 0
+    interval_start, interval_steps, skipped = time.perf_counter(), 0, 0
     grad_norm = torch.zeros(())
-    for step in bar:
-        model.train()
-        for micro in range(tr.grad_accum):
-            g = step_generator(r.run.seed, step, micro)
-            x0 = global_batch(pixels, micro_batch, g, r.data.random_flip)
-            t, weights = objective.sample_t(diffusion, micro_batch, torch.device("cpu"), g)
-            noise = torch.randn(x0.shape, generator=g)
-            mine = slice(rank * micro_batch // world, (rank + 1) * micro_batch // world)
-            x0, t, weights, noise = (v[mine].to(accelerator.device) for v in (x0, t, weights, noise))
-            with accelerator.accumulate(model):
-                losses = diffusion.training_losses(model, x0, objective, t=t, noise=noise, weights=weights)
-                loss = losses["loss"].mean()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and tr.grad_clip is not None:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), tr.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach() / tr.grad_accum
-        lr_schedule.step()
-        ema.step(model.parameters())
-        interval_steps += 1
-        done = step + 1
-        if done % tr.log_every == 0 or done == end:
-            mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / interval_steps
-            rate = interval_steps / (time.perf_counter() - interval_start)
-            record = {"step": done, "loss": mean_loss, "lr": lr_schedule.get_last_lr()[0],
-                      "grad_norm": float(grad_norm), "steps_per_s": rate, "time": time.time()}
-            if accelerator.is_main_process:
-                run.log_metrics(record)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}")
-            loss_sum.zero_()
-            interval_start, interval_steps = time.perf_counter(), 0
-        if tr.checkpoint_every and (done % tr.checkpoint_every == 0 or done == tr.steps):
+    done = start
+    try:
+        for step in bar:
+            model.train()
+            for micro in range(tr.grad_accum):
+                g = step_generator(r.run.seed, step, micro)
+                x0 = global_batch(pixels, micro_batch, g, r.data.random_flip)
+                t, weights = objective.sample_t(diffusion, micro_batch, torch.device("cpu"), g)
+                noise = torch.randn(x0.shape, generator=g)
+                mine = slice(rank * micro_batch // world, (rank + 1) * micro_batch // world)
+                x0, t, weights, noise = (v[mine].to(accelerator.device) for v in (x0, t, weights, noise))
+                with accelerator.accumulate(model):
+                    losses = diffusion.training_losses(model, x0, objective, t=t, noise=noise, weights=weights,
+                                                       update=False)
+                    loss = losses["loss"].mean()
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        # the norm of the all-reduced gradient: the same on every process
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), tr.grad_clip or math.inf)
+                        if tr.mixed_precision != "fp16" and not bool(torch.isfinite(grad_norm)):
+                            optimizer.zero_grad(set_to_none=True)
+                            if tr.on_nonfinite == "stop":
+                                raise NonFiniteError(step + 1, run)
+                            skipped += 1
+                            continue
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                loss_sum += loss.detach() / tr.grad_accum
+                if tracks_losses:
+                    objective.update(*(v.cpu() for v in accelerator.gather((t, losses["unweighted_loss"]))))
+            lr_schedule.step()
+            ema.step(model.parameters())
+            interval_steps += 1
+            done = step + 1
+            if done % tr.log_every == 0 or done == tr.steps:
+                mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / interval_steps
+                rate = interval_steps / (time.perf_counter() - interval_start)
+                record = {"step": done, "loss": mean_loss, "lr": lr_schedule.get_last_lr()[0],
+                          "grad_norm": float(grad_norm), "steps_per_s": rate, "skipped_steps": skipped,
+                          "time": time.time()}
+                if accelerator.is_main_process:
+                    run.log_metrics(record)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}")
+                loss_sum.zero_()
+                interval_start, interval_steps = time.perf_counter(), 0
+            if tr.checkpoint_every and (done % tr.checkpoint_every == 0 or done == tr.steps):
+                save_checkpoint(accelerator, run, done, ema, keep=tr.keep_checkpoints)
+            if tr.sample_every and done % tr.sample_every == 0 and accelerator.is_main_process:
+                unwrapped = accelerator.unwrap_model(model)
+                with ema_weights(unwrapped, ema):
+                    images = sample_images(components, unwrapped, 16, accelerator.device)
+                run.save_grid(images, run.samples / f"step_{done:07d}.png")
+    except KeyboardInterrupt:
+        bar.close()
+        if done > start and (run.latest_checkpoint(report=lambda _: None) or Checkpoint(run.path, -1)).step != done:
             save_checkpoint(accelerator, run, done, ema, keep=tr.keep_checkpoints)
-        if tr.sample_every and done % tr.sample_every == 0 and accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            with ema_weights(unwrapped, ema):
-                images = sample_images(components, unwrapped, 16, accelerator.device)
-            run.save_grid(images, run.samples / f"step_{done:07d}.png")
+        raise Interrupted(done, run) from None
     bar.close()
-    if end == tr.steps and accelerator.is_main_process:
+    if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         run.model.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous().cpu() for k, v in unwrapped.state_dict().items()}, run.model / "model.safetensors")
@@ -204,6 +227,44 @@ def train(components: Components, run: RunFolder, *, resume: bool = False, stop_
                   run.model / "ema.safetensors")
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+class NonFiniteError(DdpmKitError):
+    """Training produced a NaN/inf gradient; the last good checkpoint is kept."""
+
+    def __init__(self, step: int, run: RunFolder) -> None:
+        last = run.latest_checkpoint(report=lambda _: None)
+        kept = f"the last good checkpoint is {last.path} (step {last.step})" if last else "no checkpoint was written yet"
+        super().__init__(f"non-finite loss or gradient at step {step}; stopped, {kept}. Lower train.lr, or set "
+                         "train.on_nonfinite = \"skip\" to skip such steps; resume with --resume latest")
+
+
+class Interrupted(DdpmKitError):
+    """Ctrl-C: a checkpoint of the last finished step was written."""
+
+    exit_code = 130
+
+    def __init__(self, step: int, run: RunFolder) -> None:
+        super().__init__(f"interrupted after step {step}; checkpoint saved, continue with "
+                         f"`ddpm-kit run {run.recipe_file} --run-dir {run.path} --resume latest`")
+
+
+def refuse_unsafe_pickles(folder: Path) -> None:
+    """Load every pickled file of a checkpoint with ``weights_only=True`` (tensors, plain data and
+    numpy arrays only) before accelerate reads it, so a crafted file cannot run code."""
+    import numpy.dtypes
+
+    allowed = [np.core.multiarray._reconstruct, np.ndarray, np.dtype] + [
+        getattr(numpy.dtypes, n) for n in dir(numpy.dtypes) if n.endswith("DType")]
+    for path in sorted(folder.iterdir()):
+        if path.suffix not in (".pkl", ".bin", ".pt", ".pth"):
+            continue
+        try:
+            with torch.serialization.safe_globals(allowed):
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # UnpicklingError for forbidden globals, others for corrupt files
+            raise DdpmKitError(f"{path}: refusing to load: not a plain-data checkpoint file "
+                               f"({' '.join(str(exc).split())[:200]})") from None
 
 
 def save_checkpoint(accelerator, run: RunFolder, step: int, ema, keep: int) -> None:
@@ -215,7 +276,7 @@ def save_checkpoint(accelerator, run: RunFolder, step: int, ema, keep: int) -> N
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
-        (tmp / "step.json").write_text(json.dumps({"step": step}))
+        write_manifest(tmp, step)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

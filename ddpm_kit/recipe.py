@@ -70,6 +70,7 @@ class TrainSection(Strict):
     checkpoint_every: int = Field(default=1000, ge=0)
     keep_checkpoints: int = Field(default=2, ge=1)
     sample_every: int = Field(default=0, ge=0)
+    on_nonfinite: Literal["stop", "skip"] = "stop"
 
 
 class SampleSection(Strict):
@@ -113,10 +114,12 @@ BACKBONE_CONTEXT = ("in_channels", "out_channels", "image_size")
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``override`` on top of ``base``; tables merge key by key, other values replace."""
+    """``override`` on top of ``base``; tables merge key by key, other values replace. A component
+    table that names a different plugin replaces the base's (its parameters would not fit)."""
     merged = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        old = merged.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and value.get("name", old.get("name")) == old.get("name"):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)

@@ -3,7 +3,7 @@
     runs/<name>/
       recipe.toml             the resolved recipe (defaults filled in, overrides applied)
       metrics.jsonl           one JSON object per logging interval (step, loss, lr, grad_norm, ...)
-      checkpoints/step_NNNNNNN/   accelerate state (model.safetensors, optimizer, RNG, EMA) + step.json
+      checkpoints/step_NNNNNNN/   accelerate state (model.safetensors, optimizer, RNG, EMA) + manifest.json
       model/model.safetensors, model/ema.safetensors   final weights
       samples/final.png, samples/final.npz             sample grid and uint8 array [N, C, H, W]
       samples/step_NNNNNNN.png                         periodic grids (train.sample_every)
@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -27,6 +28,38 @@ import tomli_w
 from .errors import DdpmKitError
 
 CHECKPOINT = re.compile(r"^step_(\d{7})$")
+MANIFEST = "manifest.json"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path, step: int) -> None:
+    """Record every file's size and SHA-256 (written last: a folder with a manifest is complete)."""
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in sorted(folder.iterdir()) if p.is_file()}
+    tmp = folder / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"step": step, "files": files}, indent=1))
+    tmp.rename(folder / MANIFEST)
+
+
+def verify_manifest(folder: Path) -> str | None:
+    """None if every file in the manifest is present with its size and checksum, else what is wrong."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        return f"unreadable manifest ({exc})"
+    for name, meta in manifest.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            return f"missing file {name}"
+        if path.stat().st_size != meta["bytes"] or sha256(path) != meta["sha256"]:
+            return f"file {name} does not match its checksum (truncated or corrupt)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -61,19 +94,24 @@ class RunFolder:
         return self.checkpoints / f"step_{step:07d}"
 
     def list_checkpoints(self) -> list[Checkpoint]:
-        """Complete checkpoints (renamed into place, with step.json), oldest first."""
+        """Checkpoints that were renamed into place (step_NNNNNNN with a manifest), oldest first."""
         if not self.checkpoints.is_dir():
             return []
         found = []
         for child in self.checkpoints.iterdir():
             match = CHECKPOINT.match(child.name)
-            if match and (child / "step.json").is_file():
+            if match and (child / MANIFEST).is_file():
                 found.append(Checkpoint(child, int(match.group(1))))
         return sorted(found, key=lambda c: c.step)
 
-    def latest_checkpoint(self) -> Checkpoint | None:
-        found = self.list_checkpoints()
-        return found[-1] if found else None
+    def latest_checkpoint(self, report=print) -> Checkpoint | None:
+        """The newest checkpoint whose files match their manifest; damaged ones are reported and skipped."""
+        for checkpoint in reversed(self.list_checkpoints()):
+            problem = verify_manifest(checkpoint.path)
+            if problem is None:
+                return checkpoint
+            report(f"{checkpoint.path}: skipped, {problem}")
+        return None
 
     def prune_checkpoints(self, keep: int) -> None:
         for old in self.list_checkpoints()[:-keep]:
@@ -113,7 +151,7 @@ class RunFolder:
         rows = math.ceil(len(pil) / cols)
         pil += [Image.new(mode, pil[0].size)] * (rows * cols - len(pil))
         grid = make_image_grid(pil, rows=rows, cols=cols)
-        scale = max(1, 256 // (cols * pil[0].size[0]))
+        scale = max(1, -(-320 // (cols * pil[0].size[0])))  # at least 320 px wide
         if scale > 1:
             grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
         path.parent.mkdir(parents=True, exist_ok=True)

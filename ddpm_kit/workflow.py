@@ -127,3 +127,40 @@ def evaluate_run(registry: Registry, run_dir: Path, *, limit: int | None, use_em
     _report(results)
     return results
 
+
+
+def sweep(registry: Registry, recipe_files: list[Path], overrides: list[str], report_dir: Path,
+          doc: Path | None = None) -> Path:
+    """Run every recipe (finished runs are kept, interrupted ones resumed), then one report.
+
+    With ``doc``, the report's table replaces the block between ``<!-- sweep:begin -->`` and
+    ``<!-- sweep:end -->`` in that markdown file, so published tables come from the command.
+    """
+    from .report import write_report
+
+    runs = []
+    for file in recipe_files:
+        recipe, _ = load_recipe(file, registry, overrides)
+        run = RunFolder(Path(recipe.run.output_dir) / (recipe.run.name or file.stem))
+        runs.append(run.path)
+        if (run.eval / "metrics.json").is_file():
+            click.echo(f"[sweep] {file}: finished earlier, kept ({run.path})")
+            continue
+        click.echo(f"[sweep] {file} -> {run.path}")
+        run_recipe(registry, file, overrides, resume=run.recipe_file.is_file(), overwrite=False, run_dir=run.path,
+                   do_sample=True, do_evaluate=True)
+    table, page = write_report(runs, report_dir)
+    if doc is not None:
+        _replace_block(doc, table.read_text())
+    click.echo(table.read_text(), nl=False)
+    click.echo(f"wrote {table} and {page}")
+    return table
+
+
+def _replace_block(doc: Path, text: str) -> None:
+    begin, end = "<!-- sweep:begin -->", "<!-- sweep:end -->"
+    content = doc.read_text()
+    if begin not in content or end not in content:
+        raise DdpmKitError(f"{doc}: has no '{begin}' ... '{end}' block for the sweep's table")
+    head, rest = content.split(begin, 1)
+    doc.write_text(f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")

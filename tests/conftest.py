@@ -1,10 +1,12 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import ENV, TINY, ddpm_kit  # noqa: E402
 
 
 @pytest.fixture
@@ -14,22 +16,24 @@ def registry():
     return get_registry(entry_points=False)
 
 
-def make_diffusion(registry, schedule="linear", parameterization="eps", variance="fixed_beta",
-                   decoder="discretized_gaussian", T=1000, **decoder_params):
-    from ddpm_kit.diffusion import GaussianDiffusion
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """Feature networks trained by the tests go to a private cache, never the user's."""
+    cache = str(tmp_path_factory.mktemp("cache"))
+    ENV["DDPM_KIT_CACHE"] = cache
+    old = os.environ.get("DDPM_KIT_CACHE")
+    os.environ["DDPM_KIT_CACHE"] = cache
+    yield
+    if old is None:
+        os.environ.pop("DDPM_KIT_CACHE", None)
+    else:
+        os.environ["DDPM_KIT_CACHE"] = old
 
-    return GaussianDiffusion(
-        registry.build("schedule", schedule, {"T": T}),
-        registry.build("parameterization", parameterization),
-        registry.build("variance", variance),
-        registry.build("decoder", decoder, decoder_params),
-    )
 
-
-@pytest.fixture
-def diffusion_factory(registry):
-    def build(**kw):
-        return make_diffusion(registry, **kw)
-
-    torch.manual_seed(0)
-    return build
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """The tiny recipe trained for 8 steps, sampled and evaluated (shared by the slow tests)."""
+    run = tmp_path_factory.mktemp("e2e") / "run"
+    result = ddpm_kit("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=8")
+    assert result.returncode == 0, result.stderr
+    return run, result

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from conftest import make_diffusion
+from helpers import make_diffusion
 from ddpm_kit.builtins.samplers import sample_ancestral
 
 CASES = [(p, v) for p in ("eps", "x0") for v in ("fixed_beta", "fixed_beta_tilde")]

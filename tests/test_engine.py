@@ -13,19 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_recipes import TINY
+from helpers import ENV, TINY, ddpm_kit
 
 pytestmark = pytest.mark.slow
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def private_cache(tmp_path_factory):
-    ENV["DDPM_KIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-
-
-def ddpm_kit(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "ddpm_kit", *args], capture_output=True, text=True, env=ENV, **kw)
 
 
 def weights(run, name="model"):
@@ -38,19 +28,11 @@ def assert_same_weights(a, b, atol=0.0):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=k)
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("e2e") / "run"
-    result = ddpm_kit("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=8")
-    assert result.returncode == 0, result.stderr
-    return run, result
-
-
 def test_run_writes_the_documented_run_folder(finished_run):
     run, result = finished_run
     for rel in ("recipe.toml", "metrics.jsonl", "model/model.safetensors", "model/ema.safetensors",
                 "samples/final.png", "samples/final.npz", "eval/metrics.json", "eval/bpd_terms.npy",
-                "checkpoints/step_0000008/step.json"):
+                "checkpoints/step_0000008/manifest.json"):
         assert (run / rel).is_file(), rel
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [2, 4, 6, 8]
@@ -107,7 +89,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, finished_run)
     proc = subprocess.Popen([sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(killed), *args],
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (killed / "checkpoints" / "step_0000008" / "step.json").exists():
+    while not (killed / "checkpoints" / "step_0000008" / "manifest.json").exists():
         assert time.time() < deadline and proc.poll() is None, "run ended before it could be killed"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)

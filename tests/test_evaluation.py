@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import oracle
-from conftest import make_diffusion
+from helpers import make_diffusion
 from ddpm_kit.features import classifier_score, features_and_probs, frechet_distance, train_classifier
 from ddpm_kit.runs import RunFolder
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import oracle
-from conftest import make_diffusion
+from helpers import make_diffusion
 from ddpm_kit.errors import DdpmKitError
 
 

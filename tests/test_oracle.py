@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import oracle
-from conftest import make_diffusion
+from helpers import make_diffusion
 from ddpm_kit.builtins.samplers import sample_ancestral
 
 BRIEF_STD = {"fixed_beta_tilde": 0.19630, "fixed_beta": 0.20093}

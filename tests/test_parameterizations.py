@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import make_diffusion
+from helpers import make_diffusion
 
 PARAMS = ["eps", "x0", "mu"]
 

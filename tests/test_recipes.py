@@ -7,7 +7,7 @@ import pytest
 from ddpm_kit.cli import main
 from ddpm_kit.recipe import load_recipe
 
-TINY = Path(__file__).parent / "recipes" / "tiny.toml"
+from helpers import TINY
 
 
 def write(tmp_path, text, name="r.toml"):

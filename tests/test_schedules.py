@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from conftest import make_diffusion
+from helpers import make_diffusion
 
 
 def test_linear_schedule_reference_numbers(registry):

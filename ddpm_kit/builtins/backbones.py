@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,8 +43,11 @@ class UNetBackbone(torch.nn.Module):
 
 
 def unet2d(in_channels: int, out_channels: int, image_size: int, preset: str = "cpu-small",
-           **unet_kwargs: Any) -> UNetBackbone:
-    """Build a UNet2DModel from a preset plus any UNet2DModel keyword arguments."""
+           pretrained: str | None = None, **unet_kwargs: Any) -> UNetBackbone:
+    """Build a UNet2DModel from a preset plus any UNet2DModel keyword arguments, or load one from a
+    local diffusers folder (``pretrained``: a UNet folder or a pipeline folder with ``unet/``)."""
+    if pretrained is not None:
+        return UNetBackbone(load_pretrained_unet(pretrained, in_channels, out_channels, image_size))
     if preset not in PRESETS:
         raise DdpmKitError(f"unknown unet2d preset '{preset}'{did_you_mean(preset, PRESETS)}")
     config = {**PRESETS[preset], **unet_kwargs}
@@ -58,6 +62,28 @@ def unet2d(in_channels: int, out_channels: int, image_size: int, preset: str = "
     except (TypeError, ValueError) as exc:
         raise DdpmKitError(f"UNet2DModel rejected the configuration: {exc}") from None
     return UNetBackbone(unet)
+
+
+def load_pretrained_unet(path: str, in_channels: int, out_channels: int, image_size: int):
+    """A UNet2DModel from a local folder (safetensors only, never a download), checked against the recipe."""
+    from diffusers import UNet2DModel
+
+    folder = Path(path).expanduser()
+    if (folder / "unet" / "config.json").is_file():
+        folder = folder / "unet"
+    if not (folder / "config.json").is_file():
+        raise DdpmKitError(f"backbone.pretrained: '{path}' is not a diffusers UNet folder (no config.json, "
+                           "and no unet/config.json)")
+    try:
+        unet = UNet2DModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise DdpmKitError(f"backbone.pretrained: cannot load '{folder}': {' '.join(str(exc).split())[:300]}") from None
+    got = (unet.config.in_channels, unet.config.out_channels, unet.config.sample_size)
+    want = (in_channels, out_channels, image_size)
+    if got != want:
+        raise DdpmKitError(f"backbone.pretrained: '{folder}' has in/out channels and size {got}, the recipe needs "
+                           f"{want} (data.channels, the variance's output channels, data.image_size)")
+    return unet
 
 
 @hookimpl

@@ -54,6 +54,9 @@ def imagefolder(path: str, test_fraction: float = 0.1, seed: int = 0) -> dataset
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise DdpmKitError(f"data folder '{folder}' does not exist")
+    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+    if not any(p.suffix.lower() in suffixes for p in folder.rglob("*") if p.is_file()):
+        raise DdpmKitError(f"data folder '{folder}' holds no images ({', '.join(sorted(suffixes))})")
     loaded = datasets.load_dataset("imagefolder", data_dir=str(folder))
     if "test" in loaded:
         return datasets.DatasetDict(train=loaded["train"], test=loaded["test"])

@@ -1,0 +1,73 @@
+"""Timestep respacing and DDIM (Nichol & Dhariwal 2021 section 4; Song et al. 2021 eq. 12)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+
+from ddpm_kit.builtins.samplers import sample_ancestral
+from ddpm_kit.diffusion import GaussianDiffusion
+from ddpm_kit.interfaces import Schedule
+
+
+def spaced_timesteps(T: int, steps: int) -> list[int]:
+    """``steps`` evenly spaced indices from 0 to T-1 (both ends included)."""
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must lie in 1..{T}, got {steps}")
+    return sorted({round(i * (T - 1) / max(steps - 1, 1)) for i in range(steps)})
+
+
+def respace(d: GaussianDiffusion, steps: int) -> tuple[GaussianDiffusion, torch.Tensor]:
+    """A diffusion over a subset of timesteps: betas from alpha-bar at the kept steps, plus the map
+    from new indices to the original ones (what the network was trained on)."""
+    keep = spaced_timesteps(d.num_timesteps, steps)
+    ab = d.alphas_cumprod[keep]
+    betas = 1 - ab / torch.cat([ab.new_ones(1), ab[:-1]])
+    return GaussianDiffusion(Schedule(betas), d.parameterization, d.variance, d.decoder), torch.tensor(keep)
+
+
+def _mapped(model, timestep_map: torch.Tensor):
+    def call(x, t):
+        return model(x, timestep_map.to(t.device)[t])
+    return call
+
+
+@torch.no_grad()
+def sample_ddim(d: GaussianDiffusion, model, x_T: torch.Tensor, *, generator: torch.Generator | None = None,
+                callback: Callable[[dict[str, Any]], None] | None = None, eta: float = 0.0,
+                clip_denoised: bool = True) -> torch.Tensor:
+    """x_{t-1} = sqrt(ab_prev) x0-hat + sqrt(1 - ab_prev - s^2) eps-hat + s z, with
+    s = eta sqrt((1 - ab_prev)/(1 - ab)) sqrt(1 - ab/ab_prev); eta = 1 is ancestral with beta-tilde."""
+    x = x_T
+    for i in reversed(range(d.num_timesteps)):
+        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+        p = d.p_mean_variance(model, x, t, clip_denoised=clip_denoised)
+        eps = d.eps_from_x0(x, t, p.pred_x0)
+        ab, ab_prev = d.gather("alphas_cumprod", t, x), d.gather("alphas_cumprod_prev", t, x)
+        sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
+        x = ab_prev.sqrt() * p.pred_x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
+        if i > 0 and eta > 0:
+            x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if callback is not None:
+            callback({"i": i, "x": x, "x0_hat": p.pred_x0})
+    return x
+
+
+def _respaced_call(inner, steps: int | None, d, model, x_T, **kw):
+    if steps is not None and steps < d.num_timesteps:
+        d, timestep_map = respace(d, steps)
+        model = _mapped(model, timestep_map)
+    return inner(d, model, x_T, **kw)
+
+
+def ddim(steps: int | None = None, eta: float = 0.0, clip_denoised: bool = True):
+    """DDIM over ``steps`` respaced timesteps (all T when None); eta=0 is deterministic."""
+    return partial(_respaced_call, partial(sample_ddim, eta=eta, clip_denoised=clip_denoised), steps)
+
+
+def respaced(steps: int = 100, clip_denoised: bool = True):
+    """Ancestral sampling over ``steps`` evenly respaced timesteps (Improved DDPM section 4)."""
+    return partial(_respaced_call, partial(sample_ancestral, clip_denoised=clip_denoised), steps)
