@@ -7,6 +7,7 @@ with batch B, and a resumed run sees the same batches as an uninterrupted one.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
@@ -37,6 +38,7 @@ class Components:
     objective: Objective
     sampler: Sampler
     registry: Registry
+    source: str = "recipe"
     _dataset: Any = None
 
     def build_backbone(self) -> torch.nn.Module:
@@ -48,31 +50,49 @@ class Components:
         for key in BACKBONE_CONTEXT:
             if key in params and params.pop(key) != context[key]:
                 raise DdpmKitError(
-                    f"backbone.{key} = {r.backbone.params[key]!r} but the recipe needs {context[key]} "
+                    f"{self.source}: backbone.{key} = {r.backbone.params[key]!r} but the recipe needs {context[key]} "
                     f"(data.channels={r.data.channels}, variance '{self.diffusion.variance.name}'); "
                     "remove the key to size the backbone automatically")
-        return self.registry.build("backbone", r.backbone.name, params, **context)
+        try:
+            return self.registry.build("backbone", r.backbone.name, params, **context)
+        except DdpmKitError as exc:
+            raise DdpmKitError(f"{self.source}: backbone: {exc}") from None
 
     def build_dataset(self):
         """The dataset plugin's DatasetDict (built once per Components)."""
         if self._dataset is None:
             r = self.recipe.data
-            self._dataset = self.registry.build("dataset", r.dataset.name, r.dataset.params)
+            try:
+                self._dataset = self.registry.build("dataset", r.dataset.name, r.dataset.params)
+            except DdpmKitError as exc:
+                raise DdpmKitError(f"{self.source}: data.dataset: {exc}") from None
         return self._dataset
 
 
-def build_components(recipe: Recipe, registry: Registry) -> Components:
+def build_components(recipe: Recipe, registry: Registry, source: str = "recipe") -> Components:
+    """Build the diffusion, objective and sampler; a factory's complaint names ``source`` and the key."""
+    def build(key: str, kind: str, component, **context: Any) -> Any:
+        try:
+            return registry.build(kind, component.name, component.params, **context)
+        except DdpmKitError as exc:
+            raise DdpmKitError(f"{source}: {key}: {exc}") from None
+        except (ValueError, TypeError) as exc:  # a factory rejecting its parameters
+            raise DdpmKitError(f"{source}: {key}: {kind} '{component.name}': {exc}") from None
+
     d = recipe.diffusion
     diffusion = GaussianDiffusion(
-        registry.build("schedule", d.schedule.name, d.schedule.params),
-        registry.build("parameterization", d.parameterization.name, d.parameterization.params),
-        registry.build("variance", d.variance.name, d.variance.params),
-        registry.build("decoder", d.decoder.name, d.decoder.params),
+        build("diffusion.schedule", "schedule", d.schedule),
+        build("diffusion.parameterization", "parameterization", d.parameterization),
+        build("diffusion.variance", "variance", d.variance),
+        build("diffusion.decoder", "decoder", d.decoder),
     )
-    objective = registry.build("objective", recipe.objective.name, recipe.objective.params)
-    objective.check(diffusion)
-    sampler = registry.build("sampler", recipe.sample.sampler.name, recipe.sample.sampler.params)
-    return Components(recipe, diffusion, objective, sampler, registry)
+    objective = build("objective", "objective", recipe.objective)
+    try:
+        objective.check(diffusion)
+    except DdpmKitError as exc:
+        raise DdpmKitError(f"{source}: objective: {exc}") from None
+    sampler = build("sample.sampler", "sampler", recipe.sample.sampler, num_timesteps=diffusion.num_timesteps)
+    return Components(recipe, diffusion, objective, sampler, registry, source=source)
 
 
 def load_split(components: Components, split: str) -> torch.Tensor:
@@ -125,8 +145,13 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
     from tqdm.auto import tqdm
 
     r, tr = components.recipe, components.recipe.train
+    tensorboard = importlib.util.find_spec("tensorboard") is not None  # optional: pip install 'ddpm-kit[tensorboard]'
     accelerator = Accelerator(mixed_precision=tr.mixed_precision, step_scheduler_with_optimizer=False,
-                              gradient_accumulation_steps=tr.grad_accum)
+                              gradient_accumulation_steps=tr.grad_accum, project_dir=str(run.path),
+                              log_with="tensorboard" if tensorboard else None,
+                              dynamo_backend="inductor" if tr.compile else "no")
+    if tensorboard:
+        accelerator.init_trackers("tensorboard")
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_batch = tr.batch_size // tr.grad_accum
     if tr.batch_size % (tr.grad_accum * world):
@@ -135,6 +160,8 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
     set_seed(r.run.seed)
     pixels = load_split(components, "train")
     model = components.build_backbone()
+    if tr.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     ema = make_ema(model, tr.ema_decay, warmup=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=tr.lr, betas=tr.adam_betas, weight_decay=tr.weight_decay)
     lr_schedule = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=tr.warmup_steps)
@@ -161,6 +188,7 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
     loss_sum = torch.zeros((), device=accelerator.device)
     interval_start, interval_steps, skipped = time.perf_counter(), 0, 0
     grad_norm = torch.zeros(())
+    first_bad = torch.full((), -1, device=accelerator.device)  # first step with a non-finite gradient
     done = start
     try:
         for step in bar:
@@ -180,12 +208,14 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
                     if accelerator.sync_gradients:
                         # the norm of the all-reduced gradient: the same on every process
                         grad_norm = accelerator.clip_grad_norm_(model.parameters(), tr.grad_clip or math.inf)
-                        if tr.mixed_precision != "fp16" and not bool(torch.isfinite(grad_norm)):
-                            optimizer.zero_grad(set_to_none=True)
-                            if tr.on_nonfinite == "stop":
-                                raise NonFiniteError(step + 1, run)
-                            skipped += 1
-                            continue
+                        if tr.mixed_precision != "fp16":  # fp16: the gradient scaler skips such steps
+                            bad = ~torch.isfinite(grad_norm)
+                            if tr.on_nonfinite == "skip" and bool(bad):  # skipping needs a host sync
+                                optimizer.zero_grad(set_to_none=True)
+                                skipped += 1
+                                continue
+                            # "stop": noted on the device, checked at log and checkpoint steps (no sync)
+                            first_bad = torch.where(bad & (first_bad < 0), step + 1, first_bad)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 loss_sum += loss.detach() / tr.grad_accum
@@ -195,18 +225,22 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
             ema.step(model.parameters())
             interval_steps += 1
             done = step + 1
+            checkpoint_due = tr.checkpoint_every and (done % tr.checkpoint_every == 0 or done == tr.steps)
+            if (checkpoint_due or done % tr.log_every == 0 or done == tr.steps) and int(first_bad) >= 0:
+                raise NonFiniteError(int(first_bad), run)
             if done % tr.log_every == 0 or done == tr.steps:
                 mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / interval_steps
                 rate = interval_steps / (time.perf_counter() - interval_start)
                 record = {"step": done, "loss": mean_loss, "lr": lr_schedule.get_last_lr()[0],
                           "grad_norm": float(grad_norm), "steps_per_s": rate, "skipped_steps": skipped,
                           "time": time.time()}
+                accelerator.log({k: v for k, v in record.items() if k not in ("step", "time")}, step=done)
                 if accelerator.is_main_process:
                     run.log_metrics(record)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}")
                 loss_sum.zero_()
                 interval_start, interval_steps = time.perf_counter(), 0
-            if tr.checkpoint_every and (done % tr.checkpoint_every == 0 or done == tr.steps):
+            if checkpoint_due:
                 save_checkpoint(accelerator, run, done, ema, keep=tr.keep_checkpoints)
             if tr.sample_every and done % tr.sample_every == 0 and accelerator.is_main_process:
                 unwrapped = accelerator.unwrap_model(model)
@@ -314,6 +348,10 @@ def sample_images(components: Components, model: torch.nn.Module, num_images: in
     s, d = components.recipe.sample, components.recipe.data
     seed = s.seed if seed is None else seed
     model.eval()
+    if s.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if s.compile:
+        model = torch.compile(model)
     out = []
     for i, start in enumerate(range(0, num_images, s.batch_size)):
         n = min(s.batch_size, num_images - start)

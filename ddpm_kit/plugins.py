@@ -230,9 +230,14 @@ class Registry:
         return candidates[0]
 
     def build(self, kind: str, name: str, params: dict[str, Any] | None = None, **context: Any) -> Any:
-        """Resolve a component and call its factory with validated ``params`` plus ``context``."""
+        """Resolve a component and call its factory with validated ``params`` plus ``context``
+        (engine-supplied arguments such as ``in_channels`` or ``num_timesteps``, passed to factories
+        that declare them and never settable from a recipe)."""
         provider = self.resolve(kind, name)
         values = validate_params(provider, params or {}, context_names=set(context))
+        accepted = inspect.signature(provider.factory).parameters
+        if not _accepts_var_kwargs(provider.factory):  # context a factory does not declare is not passed
+            context = {k: v for k, v in context.items() if k in accepted}
         return provider.factory(**context, **values)
 
     def rows(self) -> list[dict[str, str]]:

@@ -71,6 +71,14 @@ class TrainSection(Strict):
     keep_checkpoints: int = Field(default=2, ge=1)
     sample_every: int = Field(default=0, ge=0)
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    channels_last: bool = False
+    compile: bool = False
+
+    @pydantic.model_validator(mode="after")
+    def _batch_splits(self) -> TrainSection:
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size {self.batch_size} must be divisible by grad_accum {self.grad_accum}")
+        return self
 
 
 class SampleSection(Strict):
@@ -80,6 +88,8 @@ class SampleSection(Strict):
     seed: int = 0
     use_ema: bool = True
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    channels_last: bool = False
+    compile: bool = False
 
 
 class EvalSection(Strict):
@@ -111,6 +121,7 @@ class Recipe(Strict):
 
 
 BACKBONE_CONTEXT = ("in_channels", "out_channels", "image_size")
+CONTEXT = {"backbone": BACKBONE_CONTEXT, "sampler": ("num_timesteps",)}  # supplied by the engine
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -218,7 +229,7 @@ def validate_recipe(data: dict[str, Any], registry: Registry, source: str) -> Re
     for key, kind, comp in recipe.components():
         try:
             provider = registry.resolve(kind, comp.name)
-            context = BACKBONE_CONTEXT if kind == "backbone" else ()
+            context = CONTEXT.get(kind, ())
             params = {k: v for k, v in comp.params.items() if k not in context}
             validate_params(provider, params, context_names=context)
         except ParamError as exc:

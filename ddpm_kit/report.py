@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import json
-import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,12 @@ def write_report(runs: list[Path], out: Path) -> tuple[Path, Path]:
             plot_loss_curve(list(steps), list(losses), run.eval / "loss.png") if run.eval.is_dir() else None
         figures = [run.samples / "final.png", run.samples / "final_progressive.png", run.eval / "loss.png",
                    run.eval / "bpd_per_timestep.png", run.eval / "rate_distortion.png"]
-        images = "".join(f'<figure><img src="{html.escape(os.path.relpath(f, out))}"><figcaption>{f.stem}'
+        copies = out / row["run"]  # the report folder is self-contained (run folders may be elsewhere)
+        copies.mkdir(exist_ok=True)
+        for figure in figures:
+            if figure.is_file():
+                shutil.copyfile(figure, copies / figure.name)
+        images = "".join(f'<figure><img src="{html.escape(row["run"])}/{f.name}"><figcaption>{f.stem}'
                          "</figcaption></figure>" for f in figures if f.is_file())
         sections.append(f"<h2>{html.escape(row['run'])}</h2><p>{html.escape(row['parameterization'])} / "
                         f"{html.escape(row['variance'])} / {html.escape(row['objective'])}, bits/dim "

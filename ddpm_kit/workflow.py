@@ -41,7 +41,7 @@ def run_recipe(registry: Registry, recipe_file: Path, overrides: list[str], *, r
 
     recipe, resolved = load_recipe(recipe_file, registry, overrides)
     run = RunFolder(run_dir or Path(recipe.run.output_dir) / (recipe.run.name or recipe_file.stem))
-    components = build_components(recipe, registry)
+    components = build_components(recipe, registry, str(recipe_file))
     components.build_backbone()  # fail on a bad backbone or missing data before touching the run folder
     components.build_dataset()
     state = PartialState()
@@ -110,7 +110,7 @@ def load_run(registry: Registry, run_dir: Path, sampler: str | None = None) -> t
     if sampler:
         data.setdefault("sample", {})["sampler"] = {"name": sampler}
     recipe = validate_recipe(data, registry, str(run.recipe_file))
-    return build_components(recipe, registry), run
+    return build_components(recipe, registry, str(run.recipe_file)), run
 
 
 def sample_run(registry: Registry, run_dir: Path, *, num_images: int | None, seed: int | None, sampler: str | None,

@@ -63,11 +63,18 @@ def _respaced_call(inner, steps: int | None, d, model, x_T, **kw):
     return inner(d, model, x_T, **kw)
 
 
-def ddim(steps: int | None = None, eta: float = 0.0, clip_denoised: bool = True):
+def _check_steps(steps: int | None, num_timesteps: int | None) -> None:
+    if steps is not None and num_timesteps is not None and not 1 <= steps <= num_timesteps:
+        raise ValueError(f"steps must lie in 1..{num_timesteps} (the schedule's T), got {steps}")
+
+
+def ddim(steps: int | None = None, eta: float = 0.0, clip_denoised: bool = True, num_timesteps: int | None = None):
     """DDIM over ``steps`` respaced timesteps (all T when None); eta=0 is deterministic."""
+    _check_steps(steps, num_timesteps)
     return partial(_respaced_call, partial(sample_ddim, eta=eta, clip_denoised=clip_denoised), steps)
 
 
-def respaced(steps: int = 100, clip_denoised: bool = True):
+def respaced(steps: int = 100, clip_denoised: bool = True, num_timesteps: int | None = None):
     """Ancestral sampling over ``steps`` evenly respaced timesteps (Improved DDPM section 4)."""
+    _check_steps(steps, num_timesteps)
     return partial(_respaced_call, partial(sample_ancestral, clip_denoised=clip_denoised), steps)

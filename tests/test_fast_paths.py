@@ -1,0 +1,63 @@
+"""Fast paths give the plain path's results within their precision's tolerance."""
+
+import pytest
+import torch
+
+from ddpm_kit.engine import build_components, sample_images
+from ddpm_kit.recipe import load_recipe
+from helpers import TINY
+
+
+def components_with(registry, *overrides):
+    recipe, _ = load_recipe(TINY, registry, ["diffusion.schedule.T=40", "sample.batch_size=32", *overrides])
+    return build_components(recipe, registry)
+
+
+def trained_tiny_unet(c):
+    torch.manual_seed(0)
+    model = c.build_backbone()
+    with torch.no_grad():  # random but not tiny weights, so the samples depend on the network
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+def raw_samples(c, model):
+    """Float samples in [-1, 1] before the uint8 rounding, via the recipe's sampler settings."""
+    out = []
+    sample_images(c, model, 32, torch.device("cpu"), seed=4,
+                  callback=lambda step: out.append(step["x"].float()) if step["i"] == 0 else None)
+    return out[0]
+
+
+def test_channels_last_sampling_equals_the_plain_path(registry):
+    plain = components_with(registry)
+    fast = components_with(registry, "sample.channels_last=true")
+    model = trained_tiny_unet(plain)
+    a = raw_samples(plain, model)
+    b = raw_samples(fast, model)
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+
+
+def test_bf16_sampling_is_statistically_equivalent(registry):
+    plain = components_with(registry)
+    fast = components_with(registry, 'sample.mixed_precision="bf16"')
+    model = trained_tiny_unet(plain)
+    a, b = raw_samples(plain, model), raw_samples(fast, model)
+    # same noise: bf16 changes each network output by ~1e-2 relative; the samples stay close
+    assert (a - b).abs().mean().item() < 0.05
+    assert b.mean().item() == pytest.approx(a.mean().item(), abs=0.03)
+    assert b.std().item() == pytest.approx(a.std().item(), rel=0.05)
+
+
+def test_channels_last_training_step_equals_the_plain_step(registry):
+    plain = components_with(registry)
+    grads = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        model = trained_tiny_unet(plain).train().to(memory_format=memory_format)
+        x0 = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        loss = plain.diffusion.training_losses(model, x0, plain.objective, t=torch.arange(8) * 5,
+                                               noise=torch.randn(x0.shape, generator=torch.Generator().manual_seed(1)))
+        loss["loss"].mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
