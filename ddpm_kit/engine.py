@@ -11,6 +11,8 @@ import importlib.util
 import json
 import math
 import shutil
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from .errors import DdpmKitError
 from .interfaces import Objective, Sampler
 from .plugins import Registry
 from .recipe import BACKBONE_CONTEXT, Recipe
-from .runs import Checkpoint, RunFolder, write_manifest
+from .runs import RunFolder, write_manifest
 
 
 @dataclass
@@ -76,8 +78,6 @@ def build_components(recipe: Recipe, registry: Registry, source: str = "recipe")
             return registry.build(kind, component.name, component.params, **context)
         except DdpmKitError as exc:
             raise DdpmKitError(f"{source}: {key}: {exc}") from None
-        except (ValueError, TypeError) as exc:  # a factory rejecting its parameters
-            raise DdpmKitError(f"{source}: {key}: {kind} '{component.name}': {exc}") from None
 
     d = recipe.diffusion
     diffusion = GaussianDiffusion(
@@ -190,7 +190,7 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
     grad_norm = torch.zeros(())
     first_bad = torch.full((), -1, device=accelerator.device)  # first step with a non-finite gradient
     done = start
-    try:
+    with GracefulStop() as stop:
         for step in bar:
             model.train()
             for micro in range(tr.grad_accum):
@@ -247,11 +247,13 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
                 with ema_weights(unwrapped, ema):
                     images = sample_images(components, unwrapped, 16, accelerator.device)
                 run.save_grid(images, run.samples / f"step_{done:07d}.png")
-    except KeyboardInterrupt:
-        bar.close()
-        if done > start and (run.latest_checkpoint(report=lambda _: None) or Checkpoint(run.path, -1)).step != done:
-            save_checkpoint(accelerator, run, done, ema, keep=tr.keep_checkpoints)
-        raise Interrupted(done, run) from None
+            # Ctrl-C: stop between steps. Several processes agree at log steps (one small all-reduce).
+            if world == 1 and stop.requested or world > 1 and done % tr.log_every == 0 and bool(
+                    accelerator.reduce(torch.tensor(float(stop.requested), device=accelerator.device), "max")):
+                bar.close()
+                if not checkpoint_due:
+                    save_checkpoint(accelerator, run, done, ema, keep=tr.keep_checkpoints)
+                raise Interrupted(done, run)
     bar.close()
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
@@ -261,6 +263,27 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
                   run.model / "ema.safetensors")
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+class GracefulStop:
+    """Turn the first Ctrl-C (SIGINT) into a request to stop after the current step; a second one
+    interrupts at once."""
+
+    requested = False
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __enter__(self) -> GracefulStop:
+        self._installed = threading.current_thread() is threading.main_thread()
+        if self._installed:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 class NonFiniteError(DdpmKitError):

@@ -93,6 +93,18 @@ class VarianceChoice(ABC):
         """log sigma_t^2, broadcastable to x_t."""
 
 
+class LearnedVariance(VarianceChoice):
+    """A variance read from C extra network channels (the network outputs [mean part, variance part])."""
+
+    learned = True
+
+    def extra_channels(self, channels: int) -> int:
+        return channels
+
+    def split(self, output: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return output[:, :channels], output[:, channels:]
+
+
 class Decoder(ABC):
     """L_0 = -log p(x0 | x_1): the reverse process decoder (section 3.3)."""
 

@@ -238,7 +238,14 @@ class Registry:
         accepted = inspect.signature(provider.factory).parameters
         if not _accepts_var_kwargs(provider.factory):  # context a factory does not declare is not passed
             context = {k: v for k, v in context.items() if k in accepted}
-        return provider.factory(**context, **values)
+        try:
+            return provider.factory(**context, **values)
+        except DdpmKitError:
+            raise
+        except Exception as exc:  # plugin code: name the plugin and its distribution
+            info = provider.plugin
+            raise DdpmKitError(f"{kind} '{provider.name}' (plugin '{info.name}', {info.distribution} {info.version}) "
+                               f"failed to build: {_one_line(exc)}") from exc
 
     def rows(self) -> list[dict[str, str]]:
         """One row per (kind, name, provider) plus one per failed plugin, for `ddpm-kit plugins`."""

@@ -1,7 +1,6 @@
 """End to end: train -> sample -> evaluate from a recipe; kill and resume; two processes."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -56,7 +55,7 @@ def test_report_tabulates_runs_and_links_their_pictures(finished_run, tmp_path):
     table = (tmp_path / "report" / "report.md").read_text().splitlines()
     assert table[0].startswith("| run | parameterization | variance | objective | steps |")
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    assert f"| run | eps | fixed_beta | simple | 8 |" in table[2]
+    assert "| run | eps | fixed_beta | simple | 8 |" in table[2]
     assert f"{metrics['bpd']:.3f} ± {metrics['bpd_stderr']:.3f}" in table[2]
     page = (tmp_path / "report" / "report.html").read_text()
     for picture in ("final.png", "final_progressive.png", "bpd_per_timestep.png", "rate_distortion.png", "loss.png"):

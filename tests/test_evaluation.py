@@ -99,3 +99,11 @@ def test_fid_of_training_images_against_themselves_is_near_zero_and_noise_is_far
     real_vs_real, real_vs_noise = frechet_distance(half_a, half_b), frechet_distance(feats, noise_feats)
     assert real_vs_noise > 20 * real_vs_real
     assert classifier_score(probs) > 5 > classifier_score(noise_probs)  # ~10 classes, confident, balanced
+
+
+def test_inception_fid_without_its_weights_file_says_what_to_do(registry, tmp_path):
+    from ddpm_kit.errors import DdpmKitError
+
+    metric = registry.build("metric", "fid_inception", {"weights": str(tmp_path / "missing.pth")})
+    with pytest.raises(DdpmKitError, match="weights file .*missing.pth' not found; download pt_inception"):
+        metric.compute(None)

@@ -62,6 +62,8 @@ def test_plugins_listing_shows_third_party_broken_and_colliding_honestly(site):
     assert "import" in broken[0]["status"] and "this_module_does_not_exist" in broken[0]["status"]
     typo = [r for r in rows if r["plugin"] == "typo"]
     assert len(typo) == 1 and "register_schedule" in typo[0]["status"] and "hooks" in typo[0]["status"]
+    raising = [r for r in rows if r["plugin"] == "raising"]
+    assert len(raising) == 1 and "broken (registration): RuntimeError: cannot register today" in raising[0]["status"]
     # the table form shows the same
     table = ddpm_kit(site, "plugins").stdout
     assert "ddpm-kit-example" in table and "broken (import)" in table and "conflict" in table
@@ -72,10 +74,14 @@ def test_third_party_command_and_component_work_beside_broken_ones(site):
     code = ("from ddpm_kit.plugins import get_registry; r = get_registry();"
             "print(r.build('schedule', 'sigmoid', {'T': 10}).num_timesteps);"
             "print(r.build('schedule', 'collide:linear', {'T': 4}).betas.tolist());"
-            "print(r.build('schedule', 'ddpm-kit:linear', {'T': 2}).betas.tolist())")
+            "print(r.build('schedule', 'ddpm-kit:linear', {'T': 2}).betas.tolist());"
+            "r.build('decoder', 'exploding')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(site)})
     assert out.stdout.split("\n")[:3] == ["10", "[0.5, 0.5, 0.5, 0.5]", "[0.0001, 0.02]"], out.stderr
+    # a component whose factory raises when built is named with its plugin and distribution
+    assert ("DdpmKitError: decoder 'exploding' (plugin 'example', ddpm-kit-example 1.2.3) failed to build: "
+            "RuntimeError: the exploding schedule always fails") in out.stderr
 
 
 def test_collision_is_an_error_naming_both_providers(site):

@@ -74,7 +74,8 @@ BROKEN = [
     ("unknown resize mode", "channels = 1", 'channels = 1\nresize = "stretch"', "data.resize: Input should be 'resize', 'pad' or 'center_crop'"),
     ("decoder parameter a factory rejects", 'variance = { name = "fixed_beta" }',
      'variance = { name = "fixed_beta" }\ndecoder = { name = "discretized_gaussian", bits = 0 }',
-     "diffusion.decoder: decoder 'discretized_gaussian': bits must lie in 1..16"),
+     "diffusion.decoder: decoder 'discretized_gaussian' (plugin 'decoders', ddpm-kit 0.1.0) failed to build: "
+     "ValueError: bits must lie in 1..16"),
     ("dataset parameter of the wrong type", 'dataset = { name = "digits" }', 'dataset = { name = "digits", test_fraction = "a tenth" }',
      "data.dataset.test_fraction: dataset 'digits' parameter 'test_fraction': Input should be a valid number"),
     ("zero sample images", "num_images = 8", "num_images = 0", "sample.num_images: Input should be greater than 0"),

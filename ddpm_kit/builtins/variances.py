@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..hookspecs import hookimpl
-from ..interfaces import VarianceChoice
+from ..interfaces import LearnedVariance, VarianceChoice
 
 
 class FixedBeta(VarianceChoice):
@@ -25,17 +25,10 @@ class FixedBetaTilde(VarianceChoice):
         return d.gather("posterior_log_variance_clipped", t, x_t)
 
 
-class Learned(VarianceChoice):
+class Learned(LearnedVariance):
     """log sigma_t^2 is the raw output of C extra network channels (Ho's "learned")."""
 
     name = "learned"
-    learned = True
-
-    def extra_channels(self, channels: int) -> int:
-        return channels
-
-    def split(self, output, channels):
-        return output[:, :channels], output[:, channels:]
 
     def log_variance(self, d, var_output, x_t, t):
         return var_output

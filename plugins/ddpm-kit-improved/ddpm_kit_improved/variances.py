@@ -2,20 +2,13 @@
 
 import torch
 
-from ddpm_kit.interfaces import VarianceChoice
+from ddpm_kit.interfaces import LearnedVariance
 
 
-class LearnedRange(VarianceChoice):
+class LearnedRange(LearnedVariance):
     """Sigma = exp(v log beta_t + (1 - v) log beta-tilde_t), v = (output + 1) / 2 from C extra channels."""
 
     name = "learned_range"
-    learned = True
-
-    def extra_channels(self, channels: int) -> int:
-        return channels
-
-    def split(self, output, channels):
-        return output[:, :channels], output[:, channels:]
 
     def log_variance(self, d, var_output, x_t, t):
         min_log = d.gather("posterior_log_variance_clipped", t, x_t)

@@ -34,5 +34,7 @@ def test_respacing_more_steps_than_the_schedule_has_is_a_recipe_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(tmp_path / "run"),
                              "--set", 'sample.sampler={name="respaced", steps=100}'], capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip().endswith("sample.sampler: sampler 'respaced': steps must lie in 1..50 (the schedule's T), got 100")
+    assert result.stderr.strip().endswith(
+        "sample.sampler: sampler 'respaced' (plugin 'improved', ddpm-kit-improved 0.1.0) failed to build: "
+        "ValueError: steps must lie in 1..50 (the schedule's T), got 100")
     assert not (tmp_path / "run").exists()

@@ -23,3 +23,12 @@ def register_commands(cli):
     def hello():
         """Say hello from a plugin."""
         click.echo("hello from ddpm-kit-example")
+
+
+def exploding(T: int = 10) -> Schedule:
+    raise RuntimeError("the exploding schedule always fails")
+
+
+@ddpm_kit.hookimpl
+def register_decoders(register):
+    register("exploding", exploding)
