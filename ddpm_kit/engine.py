@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class Components:
     registry: Registry
     source: str = "recipe"
     _dataset: Any = None
+    _pixels: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def build_backbone(self) -> torch.nn.Module:
         """The backbone, sized for the data and for the variance's output channels."""
@@ -96,12 +97,14 @@ def build_components(recipe: Recipe, registry: Registry, source: str = "recipe")
 
 
 def load_split(components: Components, split: str) -> torch.Tensor:
-    """A dataset split as uint8 [N, C, H, W], held in memory."""
-    r = components.recipe.data
-    dataset = components.build_dataset()
-    if split not in dataset:
-        raise DdpmKitError(f"dataset '{r.dataset.name}' has no '{split}' split; splits: {', '.join(dataset)}")
-    return to_uint8_tensor(dataset[split], r.image_size, r.channels, r.resize)
+    """A dataset split as uint8 [N, C, H, W], held in memory (prepared once per Components)."""
+    if split not in components._pixels:
+        r = components.recipe.data
+        dataset = components.build_dataset()
+        if split not in dataset:
+            raise DdpmKitError(f"dataset '{r.dataset.name}' has no '{split}' split; splits: {', '.join(dataset)}")
+        components._pixels[split] = to_uint8_tensor(dataset[split], r.image_size, r.channels, r.resize)
+    return components._pixels[split]
 
 
 # -- batches -------------------------------------------------------------------------------------

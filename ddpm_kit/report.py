@@ -72,9 +72,9 @@ def write_report(runs: list[Path], out: Path) -> tuple[Path, Path]:
     sections = []
     for row in rows:
         run = RunFolder(row["path"])
-        if row["losses"]:
+        if row["losses"] and run.eval.is_dir():
             steps, losses = zip(*row["losses"])
-            plot_loss_curve(list(steps), list(losses), run.eval / "loss.png") if run.eval.is_dir() else None
+            plot_loss_curve(list(steps), list(losses), run.eval / "loss.png")
         figures = [run.samples / "final.png", run.samples / "final_progressive.png", run.eval / "loss.png",
                    run.eval / "bpd_per_timestep.png", run.eval / "rate_distortion.png"]
         copies = out / row["run"]  # the report folder is self-contained (run folders may be elsewhere)
