@@ -14,6 +14,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,8 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
                               gradient_accumulation_steps=tr.grad_accum, project_dir=str(run.path),
                               log_with="tensorboard" if tensorboard else None,
                               dynamo_backend="inductor" if tr.compile else "no")
+    if tr.compile:
+        quiet_known_dynamo_warnings()
     if tensorboard:
         accelerator.init_trackers("tensorboard")
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -193,7 +196,7 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
     grad_norm = torch.zeros(())
     first_bad = torch.full((), -1, device=accelerator.device)  # first step with a non-finite gradient
     done = start
-    with GracefulStop() as stop:
+    with GracefulStop() as stop, correct_compiled_gradients(tr.compile):
         for step in bar:
             model.train()
             for micro in range(tr.grad_accum):
@@ -246,7 +249,7 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
             if checkpoint_due:
                 save_checkpoint(accelerator, run, done, ema, keep=tr.keep_checkpoints)
             if tr.sample_every and done % tr.sample_every == 0 and accelerator.is_main_process:
-                unwrapped = accelerator.unwrap_model(model)
+                unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
                 with ema_weights(unwrapped, ema):
                     images = sample_images(components, unwrapped, 16, accelerator.device)
                 run.save_grid(images, run.samples / f"step_{done:07d}.png")
@@ -259,7 +262,7 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
                 raise Interrupted(done, run)
     bar.close()
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
         run.model.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous().cpu() for k, v in unwrapped.state_dict().items()}, run.model / "model.safetensors")
         save_file({k: v.contiguous().cpu() for k, v in ema_state_dict(unwrapped, ema).items()},
@@ -359,6 +362,23 @@ class ema_weights:
         self.ema.restore(self.model.parameters())
 
 
+def correct_compiled_gradients(compiling: bool):
+    """Inductor's layout optimisation (convolutions switched to channels-last inside the graph)
+    gives wrong UNet2DModel gradients on CPU in torch 2.13: no gradient flows back through the
+    first up block's upsampler, while the loss is exact. Off while compiling a training step; the
+    forward alone (sampling) is unaffected. Found with torch._inductor.compiler_bisector; tested in
+    tests/test_engine.py::test_compiled_training_equals_the_plain_run."""
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(layout_optimization=False) if compiling else nullcontext()
+
+
+def quiet_known_dynamo_warnings() -> None:
+    """Silence Dynamo's note on diffusers' lru_cache'd torch-version check in its up/downsampling
+    blocks (raised on every compile, harmless: the cached value never changes within a process)."""
+    warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`", category=UserWarning)
+
+
 # -- sampling ------------------------------------------------------------------------------------
 def autocast_for(device: torch.device, mixed_precision: str):
     if mixed_precision == "no":
@@ -377,6 +397,7 @@ def sample_images(components: Components, model: torch.nn.Module, num_images: in
     if s.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if s.compile:
+        quiet_known_dynamo_warnings()
         model = torch.compile(model)
     out = []
     for i, start in enumerate(range(0, num_images, s.batch_size)):
