@@ -49,8 +49,9 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function, alternating them to share machine noise."""
+def interleaved(fns: dict, repeats: int, warmup: int = 1, scale: float = 1.0) -> dict[str, float]:
+    """Median seconds per call of each function, alternating them to share machine noise, times
+    ``scale`` (a chunk of a long loop timed in place of the whole, see bench_sampling)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -60,7 +61,7 @@ def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
             start = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return {k: statistics.median(v) * scale for k, v in samples.items()}
 
 
 def build(registry, image_size: int, channels: int = 1, preset: str = "cpu-small", T: int = 1000,
@@ -163,9 +164,8 @@ def bench_sampling(registry, batch: int, image_size: int, T: int, chunk: int, ro
     with torch.inference_mode(), autocast_for(cpu, "bf16"):  # the first call compiles (same guards as ours())
         compiled(torch.randn(batch, 1, image_size, image_size), torch.zeros(batch, dtype=torch.long))
     compile_s = time.perf_counter() - start
-    scale = T / chunk
-    t = {k: v * scale for k, v in interleaved({"diffusers": theirs, "fp32": ours(model, "no"), "bf16": ours(model, "bf16"),
-                                               "best": ours(compiled, "bf16")}, repeats=rounds, warmup=1).items()}
+    t = interleaved({"diffusers": theirs, "fp32": ours(model, "no"), "bf16": ours(model, "bf16"),
+                     "best": ours(compiled, "bf16")}, repeats=rounds, warmup=1, scale=T / chunk)
     ref = t["diffusers"]
     return {"batch": batch, "image_size": image_size, "T": T, "chunk": chunk, "rounds": rounds,
             "ddpm_kit_fp32_s": t["fp32"], "diffusers_fp32_s": ref, "speedup_fp32": ref / t["fp32"],
@@ -215,7 +215,7 @@ def bench_bpd(registry, batch: int, image_size: int, T: int, timesteps_per_batch
         with torch.inference_mode():
             results["plain"] = improved_diffusion_style_bpd_loop(d, model, x0, torch.Generator().manual_seed(0))
 
-    times = {k: v * T / chunk for k, v in interleaved({"ours": ours, "plain": plain}, repeats=rounds, warmup=1).items()}
+    times = interleaved({"ours": ours, "plain": plain}, repeats=rounds, warmup=1, scale=T / chunk)
     diff = (results["ours"].double() - results["plain"]).abs().max().item()
     return {"batch": batch, "image_size": image_size, "T": T, "chunk": chunk, "rounds": rounds,
             "timesteps_per_batch": timesteps_per_batch,
