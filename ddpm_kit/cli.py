@@ -59,14 +59,6 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALU
                           help="Override a recipe key, e.g. --set train.steps=200 (repeatable).")
 
 
-def pick_device(name: str | None):
-    import torch
-
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 @cli.group()
 def recipe() -> None:
     """Work with recipe files."""
@@ -114,7 +106,7 @@ def run(ctx: click.Context, recipe_file: Path, overrides: tuple[str, ...], resum
 @click.option("--sampler", help="Sampler plugin name (default: the recipe's).")
 @click.option("--name", default="final", show_default=True, help="File name for the grid and array.")
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
-@click.option("--device", help="torch device (default: cuda if available, else cpu).")
+@click.option("--device", help="torch device for one process (default: accelerate's: the GPU if there is one).")
 @click.pass_context
 def sample(ctx: click.Context, run_dir: Path, num_images: int | None, seed: int | None, sampler: str | None,
            name: str, raw: bool, device: str | None) -> None:
@@ -122,21 +114,20 @@ def sample(ctx: click.Context, run_dir: Path, num_images: int | None, seed: int 
     from .workflow import sample_run
 
     sample_run(get_registry_from(ctx), run_dir, num_images=num_images, seed=seed, sampler=sampler, name=name,
-               use_ema=not raw, device=pick_device(device))
+               use_ema=not raw, device=device)
 
 
 @cli.command()
 @click.argument("run_dir", type=RUN_DIR)
 @click.option("--limit", type=int, help="Evaluate bits/dim on the first N test images only.")
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
-@click.option("--device", help="torch device (default: cuda if available, else cpu).")
+@click.option("--device", help="torch device for one process (default: accelerate's: the GPU if there is one).")
 @click.pass_context
 def evaluate(ctx: click.Context, run_dir: Path, limit: int | None, raw: bool, device: str | None) -> None:
     """Compute the recipe's metrics (bits/dim at least) for a trained run: eval/metrics.json."""
     from .workflow import evaluate_run
 
-    evaluate_run(get_registry_from(ctx), run_dir, limit=limit, use_ema=False if raw else None,
-                 device=pick_device(device))
+    evaluate_run(get_registry_from(ctx), run_dir, limit=limit, use_ema=False if raw else None, device=device)
 
 
 @cli.command()

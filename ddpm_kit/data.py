@@ -1,4 +1,4 @@
-"""Turn a dataset split into an in-memory uint8 tensor [N, C, H, W] and batches in [-1, 1].
+"""Turn dataset images into uint8 arrays [N, C, H, W] and batches in [-1, 1].
 
 Data stay on the 8-bit grid (x / 127.5 - 1), so the discretized decoder's bits/dim are exact.
 """
@@ -55,22 +55,28 @@ def _open(item: dict | Image.Image) -> tuple[Image.Image, str]:
     return image, name
 
 
-def to_uint8_tensor(ds: datasets.Dataset, image_size: int, channels: int, resize: str) -> torch.Tensor:
-    """A whole split as uint8 [N, C, H, W], held in memory. An unreadable image is an error naming it."""
-    if len(ds) == 0:
-        raise DdpmKitError("dataset split is empty")
-    column = image_column(ds)
-    if isinstance(ds.features.get(column), datasets.Image):
-        ds = ds.cast_column(column, datasets.Image(decode=False))
+def decode_images(items, image_size: int, channels: int, resize: str) -> np.ndarray:
+    """Undecoded ``datasets.Image`` values (or PIL images) -> uint8 [N, C, H, W]. An unreadable
+    image is an error naming it."""
     arrays = []
-    for item in ds[column]:
+    for item in items:
         try:
             image, name = _open(item)
         except (OSError, ValueError, SyntaxError) as exc:
             where = item.get("path") if isinstance(item, dict) else None
             raise DdpmKitError(f"{where or 'an image in the dataset'}: cannot read image ({exc})") from None
         arrays.append(prepare_image(image, image_size, channels, resize))
-    return torch.from_numpy(np.stack(arrays))
+    return np.stack(arrays)
+
+
+def to_uint8_tensor(ds: datasets.Dataset, image_size: int, channels: int, resize: str) -> torch.Tensor:
+    """A whole split as uint8 [N, C, H, W], held in memory (the engine uses ``store.prepared_split``)."""
+    if len(ds) == 0:
+        raise DdpmKitError("dataset split is empty")
+    column = image_column(ds)
+    if isinstance(ds.features.get(column), datasets.Image):
+        ds = ds.cast_column(column, datasets.Image(decode=False))
+    return torch.from_numpy(decode_images(ds[column], image_size, channels, resize))
 
 
 def to_model_range(pixels: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 from .errors import DdpmKitError
 from .gaussian import LN2, mean_flat, normal_kl
 from .interfaces import Decoder, Model, Objective, Parameterization, Schedule, VarianceChoice
+from .noise import NoiseSource, randn_like
 
 
 @dataclass
@@ -169,7 +170,8 @@ class GaussianDiffusion:
 
     @torch.no_grad()
     def calc_bpd_loop(self, model: Model, x0: torch.Tensor, *, clip_denoised: bool = False,
-                      generator: torch.Generator | None = None, timesteps_per_batch: int = 1) -> dict[str, torch.Tensor]:
+                      generator: torch.Generator | None = None, noise: NoiseSource | None = None,
+                      timesteps_per_batch: int = 1) -> dict[str, torch.Tensor]:
         """The full bound L_T + sum_t L_{t-1} + L_0 per example, in bits/dim (eq. 5).
 
         Returns ``total_bpd`` [B], ``prior_bpd`` [B] (L_T), ``vb`` [B, T] (column t is L_t, 0-based)
@@ -177,16 +179,17 @@ class GaussianDiffusion:
         the distortion of Fig. 5).
         ``timesteps_per_batch`` > 1 stacks that many timesteps into one network call; the noise is
         drawn in the same order either way, so the results agree with the one-at-a-time loop.
+        ``noise`` (e.g. ``ImageNoise``) draws each image's noise from its own generator, so an
+        image's figures do not depend on the batch it is in.
         """
         batch, k = x0.shape[0], max(1, timesteps_per_batch)
         vb, mse = [], []
         order = list(reversed(range(self.num_timesteps)))
         for chunk in (order[i:i + k] for i in range(0, len(order), k)):
             t = torch.tensor(chunk, device=x0.device).repeat_interleave(batch)
-            noise = torch.cat([torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-                               for _ in chunk])
+            eps = torch.cat([randn_like(x0, generator, noise) for _ in chunk])
             x0_rep = x0.repeat(len(chunk), *([1] * (x0.ndim - 1)))
-            out = self.vb_terms_bpd(model, x0_rep, self.q_sample(x0_rep, t, noise), t, clip_denoised=clip_denoised)
+            out = self.vb_terms_bpd(model, x0_rep, self.q_sample(x0_rep, t, eps), t, clip_denoised=clip_denoised)
             vb.append(out["output"].view(len(chunk), batch))
             mse.append(mean_flat((out["pred_x0"].clamp(-1, 1) - x0_rep) ** 2).view(len(chunk), batch))
         vb_terms = torch.cat(vb).flip(0).T  # [B, T] in timestep order

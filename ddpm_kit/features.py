@@ -71,7 +71,7 @@ def cached_classifier(key: dict, x: torch.Tensor, labels: torch.Tensor) -> tuple
     with torch.inference_mode(False), torch.enable_grad():  # metrics run under inference_mode
         net = train_classifier(x.clone(), labels.clone())
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # processes of a run may race to write it
     save_file(net.state_dict(), str(tmp))
     tmp.replace(path)
     return net, digest

@@ -118,6 +118,8 @@ class Decoder(ABC):
 class Sampler(Protocol):
     """A flat sampling function (k-diffusion style). ``callback`` gets a dict per step with
     keys ``i`` (timestep index), ``x`` (the new sample) and ``x0_hat`` (the prediction of x0).
+    Draw noise with ``ddpm_kit.noise.randn_like(x, generator, noise)``: the engine passes
+    ``noise`` (one generator per image) so that an image does not depend on its batch.
     """
 
     def __call__(
@@ -128,6 +130,7 @@ class Sampler(Protocol):
         *,
         generator: torch.Generator | None = None,
         callback: Callable[[dict[str, Any]], None] | None = None,
+        noise: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor: ...
 
 

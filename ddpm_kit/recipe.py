@@ -46,6 +46,8 @@ class DataSection(Strict):
     channels: Literal[1, 3] = 3
     resize: Literal["resize", "pad", "center_crop"] = "resize"
     random_flip: bool = False
+    store_dir: str | None = None  # where prepared splits live (default: $DDPM_KIT_DATA_STORE or the cache)
+    workers: int | None = Field(default=None, ge=1)  # processes that decode a split into the store
 
 
 class DiffusionSection(Strict):

@@ -139,6 +139,12 @@ class RunFolder:
             summary[key] = summary.get(key, 0.0) + value
         self.summary_file.write_text(json.dumps(summary, indent=2))
 
+    def set_in_summary(self, **values: Any) -> None:
+        """Record values such as the processes a stage ran on (replacing earlier ones)."""
+        summary = self.read_summary()
+        summary.update(values)
+        self.summary_file.write_text(json.dumps(summary, indent=2))
+
     def save_grid(self, images: torch.Tensor, path: Path, cols: int | None = None) -> Path:
         """uint8 [N, C, H, W] -> one PNG grid (diffusers' make_image_grid), upscaled to >= 256 px."""
         from diffusers.utils import make_image_grid

@@ -1,4 +1,8 @@
-"""What the commands do: run a recipe end to end, sample from a run, evaluate a run."""
+"""What the commands do: run a recipe end to end, sample from a run, evaluate a run.
+
+Every command runs on all processes a launcher started (torchrun, accelerate launch): training
+splits each batch, sampling and evaluation split their batches, and the main process writes.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,14 @@ import numpy as np
 import torch
 
 from .data import to_uint8
-from .engine import Components, build_components, evaluate, load_run_model, sample_images, train
+from .engine import Components, build_components, describe, evaluate, load_run_model, process_state, sample_images, train
 from .errors import DdpmKitError
 from .plugins import Registry
 from .recipe import load_recipe, read_toml, validate_recipe
 from .runs import RunFolder
 
 # Keys that may change when a run is resumed (e.g. to train longer); the rest must match.
-RESUMABLE_CHANGES = {("train", "steps"), ("sample",), ("eval",)}
+RESUMABLE_CHANGES = {("train", "steps"), ("sample",), ("eval",), ("data", "store_dir"), ("data", "workers")}
 
 
 def _first_difference(a, b, path=()) -> tuple[str, ...] | None:
@@ -36,15 +40,13 @@ def _first_difference(a, b, path=()) -> tuple[str, ...] | None:
 
 def run_recipe(registry: Registry, recipe_file: Path, overrides: list[str], *, resume: bool, overwrite: bool,
                run_dir: Path | None, do_sample: bool, do_evaluate: bool) -> RunFolder:
-    """Validate, prepare the run folder, train, then sample and evaluate on the main process."""
-    from accelerate import PartialState
-
+    """Validate, prepare the run folder, train, then sample and evaluate (on all processes)."""
     recipe, resolved = load_recipe(recipe_file, registry, overrides)
     run = RunFolder(run_dir or Path(recipe.run.output_dir) / (recipe.run.name or recipe_file.stem))
     components = build_components(recipe, registry, str(recipe_file))
     components.build_backbone()  # fail on a bad backbone or missing data before touching the run folder
     components.build_dataset()
-    state = PartialState()
+    state = process_state()
     exists = run.recipe_file.is_file()
     if exists and resume:
         saved = read_toml(run.recipe_file)
@@ -65,16 +67,25 @@ def run_recipe(registry: Registry, recipe_file: Path, overrides: list[str], *, r
     train(components, run, resume=resume)
     if state.is_main_process:
         run.add_to_summary(train_seconds=time.time() - started)
-        click.echo(f"trained {recipe.train.steps} steps in {time.time() - started:.0f} s -> {run.path}")
-    device = state.device
-    if do_sample and state.is_main_process:
-        _sample(components, run, recipe.sample.num_images, None, "final", recipe.sample.use_ema, device)
-    if do_evaluate and state.is_main_process:
-        started = time.time()
-        _report(evaluate(components, run, device))
-        run.add_to_summary(eval_seconds=time.time() - started)
+        run.set_in_summary(train_processes=describe(state))
+        click.echo(f"trained {recipe.train.steps} steps in {time.time() - started:.0f} s on "
+                   f"{state.num_processes} process(es) -> {run.path}")
+    if do_sample:
+        _sample(components, run, recipe.sample.num_images, None, "final", recipe.sample.use_ema, state, state.device)
+    if do_evaluate:
+        _evaluate(components, run, state, state.device)
     state.wait_for_everyone()
     return run
+
+
+def _evaluate(components: Components, run: RunFolder, state, device: torch.device, **kwargs) -> dict:
+    started = time.time()
+    results = evaluate(components, run, device, state=state, **kwargs)
+    if state.is_main_process:
+        _report(results)
+        run.add_to_summary(eval_seconds=time.time() - started)
+        run.set_in_summary(eval_processes=describe(state))
+    return results
 
 
 
@@ -84,8 +95,9 @@ def _report(results: dict) -> None:
 
 
 def _sample(components: Components, run: RunFolder, n: int, seed: int | None, name: str, use_ema: bool,
-            device: torch.device, progressive: int = 8) -> None:
-    """Samples to samples/<name>.png/.npz, plus x0-hat along the chain of the first images (Fig. 6)."""
+            state, device: torch.device, progressive: int = 8) -> None:
+    """Samples to samples/<name>.png/.npz, plus x0-hat along the chain of the first images (Fig. 6);
+    all processes sample, the main process writes."""
     model = load_run_model(components, run, use_ema=use_ema, device=device)
     T = components.diffusion.num_timesteps
     keep = {int(round(v)) for v in np.linspace(T - 1, 0, 10)}
@@ -96,12 +108,15 @@ def _sample(components: Components, run: RunFolder, n: int, seed: int | None, na
             snapshots[step["i"]] = to_uint8(step["x0_hat"][:progressive]).cpu()
 
     started = time.time()
-    images = sample_images(components, model, n, device, seed=seed, callback=record)
+    images = sample_images(components, model, n, device, seed=seed, callback=record, state=state)
+    if not state.is_main_process:
+        return
     grid, array = run.save_samples(images, name)
     chain = torch.stack([snapshots[i] for i in sorted(snapshots, reverse=True)], dim=1)  # [k, steps, C, H, W]
     progressive_grid = run.save_grid(chain.flatten(0, 1), run.samples / f"{name}_progressive.png", cols=chain.shape[1])
     click.echo(f"sampled {n} images in {time.time() - started:.0f} s -> {grid}, {array}, {progressive_grid}")
     run.add_to_summary(sample_seconds=time.time() - started)
+    run.set_in_summary(sample_processes=describe(state))
 
 
 def load_run(registry: Registry, run_dir: Path, sampler: str | None = None) -> tuple[Components, RunFolder]:
@@ -114,18 +129,28 @@ def load_run(registry: Registry, run_dir: Path, sampler: str | None = None) -> t
 
 
 def sample_run(registry: Registry, run_dir: Path, *, num_images: int | None, seed: int | None, sampler: str | None,
-               name: str, use_ema: bool, device: torch.device) -> None:
+               name: str, use_ema: bool, device: str | None) -> None:
     components, run = load_run(registry, run_dir, sampler)
-    _sample(components, run, num_images or components.recipe.sample.num_images, seed, name, use_ema, device)
+    state = process_state()
+    _sample(components, run, num_images or components.recipe.sample.num_images, seed, name, use_ema, state,
+            device_for(state, device))
 
 
 def evaluate_run(registry: Registry, run_dir: Path, *, limit: int | None, use_ema: bool | None,
-                 device: torch.device) -> dict:
+                 device: str | None) -> dict:
     components, run = load_run(registry, run_dir)
     overrides = {"bpd": {"limit": limit}} if limit else None
-    results = evaluate(components, run, device, use_ema=use_ema, overrides=overrides)
-    _report(results)
-    return results
+    state = process_state()
+    return _evaluate(components, run, state, device_for(state, device), use_ema=use_ema, overrides=overrides)
+
+
+def device_for(state, device: str | None) -> torch.device:
+    """``--device`` for one process, else the device accelerate gave this process."""
+    if device is None:
+        return state.device
+    if state.num_processes > 1:
+        raise DdpmKitError(f"--device {device} is for one process; under a launcher each process uses its own device")
+    return torch.device(device)
 
 
 

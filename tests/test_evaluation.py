@@ -10,6 +10,7 @@ import torch
 import oracle
 from helpers import make_diffusion
 from ddpm_kit.features import classifier_score, features_and_probs, frechet_distance, train_classifier
+from ddpm_kit.engine.distributed import LocalState, map_batches
 from ddpm_kit.runs import RunFolder
 
 
@@ -26,7 +27,8 @@ def fake_context(diffusion, model, x, tmp_path):
         np.save(run.eval / f"{name}.npy", array)
 
     return SimpleNamespace(diffusion=diffusion, model=model, device=torch.device("cpu"), seed=0, run=run,
-                           images=lambda split, limit: x[:limit], save_array=save_array)
+                           images=lambda split, limit: x[:limit], save_array=save_array, is_main_process=True,
+                           map_batches=lambda total, size, work, desc=None: map_batches(LocalState(), total, size, work))
 
 
 def test_bpd_metric_on_the_oracle_gives_the_closed_form_bound(registry, tmp_path):

@@ -44,3 +44,60 @@ def test_paper_recipe_trains_two_steps_on_stand_in_data(recipe, cifar_stand_in, 
     assert 35.7e6 < n < 35.9e6  # the paper's UNet (x2 output channels when the variance is learned)
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     shutil.rmtree(run)  # 140 MB per run
+
+
+# -- the 256x256 models ------------------------------------------------------------------------
+RECIPES_256 = sorted((RECIPES[0].parent / "paper256").glob("*.toml"))
+RECIPES_256 = [r for r in RECIPES_256 if r.stem != "base"]
+
+
+@pytest.mark.parametrize("preset,paper", [("ddpm-256", 114e6), ("ddpm-256-large", 256e6)])
+def test_256_presets_have_the_papers_parameter_counts(registry, preset, paper):
+    import torch
+
+    with torch.device("meta"):  # counts without allocating 1 GB
+        net = registry.build("backbone", "unet2d", {"preset": preset}, in_channels=3, out_channels=3, image_size=256)
+    n = sum(p.numel() for p in net.parameters())
+    assert abs(n - paper) / paper < 0.01, n  # Ho et al. Appendix B: 114M, and "about 256M" for Bedroom
+    kinds = [type(b).__name__ for b in net.unet.down_blocks]
+    assert kinds == ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"]  # attention at 16x16 only
+
+
+def test_every_256_recipe_checks_and_cites_its_source(registry):
+    from ddpm_kit.recipe import load_recipe
+
+    assert {r.stem for r in RECIPES_256} == {"celebahq", "lsun_church", "lsun_bedroom", "lsun_bedroom_large", "lsun_cat"}
+    steps = {}
+    for file in RECIPES_256:
+        recipe, _ = load_recipe(file, registry)
+        assert "Appendix B" in file.read_text() and recipe.train.lr == 2e-5 and recipe.train.batch_size == 64
+        steps[file.stem] = recipe.train.steps
+    assert steps == {"celebahq": 500_000, "lsun_church": 1_200_000, "lsun_bedroom": 2_400_000,
+                     "lsun_bedroom_large": 1_150_000, "lsun_cat": 1_800_000}
+
+
+@pytest.fixture(scope="module")
+def stand_in_256(tmp_path_factory):
+    """Four random 300x260 RGB images: not square, so the center crop to 256 is exercised."""
+    folder = tmp_path_factory.mktemp("stand-in-256")
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (260, 300, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", RECIPES_256, ids=[r.stem for r in RECIPES_256])
+def test_256_recipe_trains_two_steps_on_stand_in_images(recipe, stand_in_256, tmp_path):
+    """celebahq at the full 256x256 with its 114M UNet (batch 1); the rest at 32x32, the same nets."""
+    run = tmp_path / "run"
+    size = 256 if recipe.stem == "celebahq" else 32
+    main(["run", str(recipe), "--run-dir", str(run), "--no-sample", "--no-eval",
+          "--set", f'data.dataset={{name="imagefolder", path="{stand_in_256}"}}', "--set", f"data.image_size={size}",
+          "--set", "train.steps=2", "--set", "train.batch_size=1", "--set", "train.warmup_steps=1",
+          "--set", "train.checkpoint_every=0", "--set", "train.log_every=1"])
+    weights = load_file(str(run / "model" / "model.safetensors"))
+    n = sum(w.numel() for w in weights.values())
+    assert abs(n - (256e6 if "large" in recipe.stem else 114e6)) < 0.01 * 256e6
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    shutil.rmtree(run)

@@ -18,6 +18,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
         dropout=0.1, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6,
         norm_num_groups=32),
+    # Ho et al.'s 256x256 net (CelebA-HQ, LSUN Church/Bedroom/Cat; paper: 114M parameters): the
+    # reference code's ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attention at 16x16
+    # (scripts/run_celebahq.py, run_lsun.py), in the layout of google/ddpm-church-256. Dropout 0.0
+    # as in those scripts. 113.7M parameters.
+    "ddpm-256": dict(
+        block_out_channels=(128, 128, 256, 256, 512, 512), layers_per_block=2,
+        down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
+        dropout=0.0, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6,
+        norm_num_groups=32),
     # ~1.1M parameters: the quickstart's net for 16x16 digits on a 2-core CPU.
     "cpu-small": dict(
         block_out_channels=(32, 64, 64), layers_per_block=1,
@@ -29,6 +39,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
         norm_num_groups=4),
 }
+# The larger LSUN Bedroom model ("about 256 million parameters, by increasing filter count", paper
+# Appendix B): base width 192 instead of 128, 255.8M parameters.
+PRESETS["ddpm-256-large"] = {**PRESETS["ddpm-256"], "block_out_channels": (192, 192, 384, 384, 768, 768)}
 
 
 class UNetBackbone(torch.nn.Module):

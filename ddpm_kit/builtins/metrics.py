@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import DdpmKitError
@@ -16,7 +17,8 @@ class BitsPerDim(Metric):
     """The full variational bound L_T + sum L_{t-1} + L_0 in bits/dim on a split (eq. 5).
 
     Saves per-image terms (eval/bpd_terms.npy: L_0..L_{T-1}, L_T), x0-hat errors, and plots of
-    bits per timestep and of rate-distortion (Fig. 5).
+    bits per timestep and of rate-distortion (Fig. 5). Image i's noise comes from its own
+    generator (seed, i), so its terms do not depend on the batch size or the number of processes.
     """
 
     name = "bpd"
@@ -29,20 +31,24 @@ class BitsPerDim(Metric):
     def compute(self, context) -> dict[str, float]:
         from ..plots import plot_bpd_terms, plot_rate_distortion
 
+        from ..noise import ImageNoise
+
         x = context.images(self.split, self.limit)
-        terms, mses = [], []
-        g = torch.Generator(device=context.device).manual_seed(context.seed)
-        for batch in x.split(self.batch_size):
-            out = context.diffusion.calc_bpd_loop(context.model, batch.to(context.device), generator=g,
-                                                  clip_denoised=self.clip_denoised,
-                                                  timesteps_per_batch=self.timesteps_per_batch)
-            terms.append(torch.cat([out["vb"], out["prior_bpd"][:, None]], dim=1).double().cpu())
-            mses.append(out["xstart_mse"].double().cpu())
-        all_terms, all_mse = torch.cat(terms).numpy(), torch.cat(mses).numpy()
+        T = context.diffusion.num_timesteps
+
+        def terms_and_mse(rows: range) -> np.ndarray:  # [b, T + 1 + T]: L_0..L_{T-1}, L_T, x0-hat errors
+            out = context.diffusion.calc_bpd_loop(
+                context.model, x[rows.start:rows.stop].to(context.device), clip_denoised=self.clip_denoised,
+                noise=ImageNoise(context.seed, rows, context.device), timesteps_per_batch=self.timesteps_per_batch)
+            return torch.cat([out["vb"], out["prior_bpd"][:, None], out["xstart_mse"]], dim=1).double().cpu().numpy()
+
+        both = context.map_batches(len(x), self.batch_size, terms_and_mse, desc="bits/dim")
+        all_terms, all_mse = both[:, :T + 1], both[:, T + 1:]
         context.save_array("bpd_terms", all_terms)
         context.save_array("xstart_mse", all_mse)
-        plot_bpd_terms(all_terms, context.run.eval / "bpd_per_timestep.png")
-        plot_rate_distortion(all_terms, all_mse, context.run.eval / "rate_distortion.png")
+        if context.is_main_process:
+            plot_bpd_terms(all_terms, context.run.eval / "bpd_per_timestep.png")
+            plot_rate_distortion(all_terms, all_mse, context.run.eval / "rate_distortion.png")
         total = all_terms.sum(1)
         return {"bpd": float(total.mean()), "bpd_stderr": float(total.std(ddof=1) / math.sqrt(len(total))),
                 "bpd_L0": float(all_terms[:, 0].mean()), "bpd_prior": float(all_terms[:, -1].mean()),
@@ -62,14 +68,20 @@ class ClassifierFID(Metric):
         from ..features import cached_classifier, classifier_score, features_and_probs, frechet_distance
 
         train_x, train_y = context.labelled("train", self.label_column)
-        net, digest = cached_classifier(context.data_key(), train_x, train_y)
-        real = context.images(self.split, None)
+        with context.state.main_process_first():  # the main process trains and caches it, the others load it
+            net, digest = cached_classifier(context.data_key(), train_x, train_y)
+        real, real_y = context.labelled(self.split, self.label_column)
         fake = context.samples(self.num_samples)
-        f_real, p_real = features_and_probs(net, real)
-        f_fake, p_fake = features_and_probs(net, fake)
-        f_train, _ = features_and_probs(net, train_x[: len(real)])
-        test_x, test_y = context.labelled(self.split, self.label_column)
-        accuracy = float((features_and_probs(net, test_x)[1].argmax(1) == test_y.numpy()).mean())
+
+        def features(x: torch.Tensor, what: str) -> tuple[np.ndarray, np.ndarray]:
+            both = context.map_rows(x, lambda b: np.concatenate(features_and_probs(net, b), 1), desc=what)
+            return both[:, :-p_width], both[:, -p_width:]
+
+        p_width = int(train_y.max()) + 1
+        f_real, p_real = features(real, "features: real")
+        f_fake, p_fake = features(fake, "features: samples")
+        f_train, _ = features(train_x[: len(real)], "features: train")
+        accuracy = float((p_real.argmax(1) == real_y.numpy()).mean())
         return {"fid": frechet_distance(f_real, f_fake), "fid_real_floor": frechet_distance(f_real, f_train),
                 "classifier_score": classifier_score(p_fake), "classifier_score_real": classifier_score(p_real),
                 "fid_samples": float(len(fake)), "fid_extractor": f"classifier-{digest} (test acc {accuracy:.3f})"}
@@ -96,10 +108,11 @@ class InceptionFID(Metric):
                                "pip install 'ddpm-kit[fid]'") from None
         fid = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(self.weights))
         to_rgb = (lambda x: x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
-        for real in context.images(self.split, self.num_samples).split(100):
-            fid.update(to_rgb(((real + 1) * 127.5).round().to(torch.uint8)), real=True)
-        for fake in context.samples(self.num_samples).split(100):
-            fid.update(to_rgb(((fake + 1) * 127.5).round().to(torch.uint8)), real=False)
+        # each process adds its share; torchmetrics sums the feature statistics over processes in compute()
+        for images, real in ((context.images(self.split, self.num_samples), True),
+                             (context.samples(self.num_samples), False)):
+            for rows in context.my_share(len(images), 100):
+                fid.update(to_rgb(((images[rows.start:rows.stop] + 1) * 127.5).round().to(torch.uint8)), real=real)
         return {"fid_inception": float(fid.compute()), "fid_inception_samples": float(self.num_samples)}
 
 

@@ -10,6 +10,7 @@ import torch
 
 from ..hookspecs import hookimpl
 from ..interfaces import Model, Sampler
+from ..noise import NoiseSource, randn_like
 
 
 @torch.no_grad()
@@ -20,6 +21,7 @@ def sample_ancestral(
     *,
     generator: torch.Generator | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    noise: NoiseSource | None = None,
     clip_denoised: bool = True,
 ) -> torch.Tensor:
     """Algorithm 2: x_{t-1} = mu_theta(x_t, t) + sigma_t z, with no noise at the last step."""
@@ -29,8 +31,7 @@ def sample_ancestral(
         p = diffusion.p_mean_variance(model, x, t, clip_denoised=clip_denoised)
         x = p.mean
         if i > 0:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + torch.exp(0.5 * p.log_variance) * noise
+            x = x + torch.exp(0.5 * p.log_variance) * randn_like(x, generator, noise)
         if callback is not None:
             callback({"i": i, "x": x, "x0_hat": p.pred_x0})
     return x

@@ -11,6 +11,7 @@ import torch
 from ddpm_kit.builtins.samplers import sample_ancestral
 from ddpm_kit.diffusion import GaussianDiffusion
 from ddpm_kit.interfaces import Schedule
+from ddpm_kit.noise import NoiseSource, randn_like
 
 
 def spaced_timesteps(T: int, steps: int) -> list[int]:
@@ -37,8 +38,8 @@ def _mapped(model, timestep_map: torch.Tensor):
 
 @torch.no_grad()
 def sample_ddim(d: GaussianDiffusion, model, x_T: torch.Tensor, *, generator: torch.Generator | None = None,
-                callback: Callable[[dict[str, Any]], None] | None = None, eta: float = 0.0,
-                clip_denoised: bool = True) -> torch.Tensor:
+                callback: Callable[[dict[str, Any]], None] | None = None, noise: NoiseSource | None = None,
+                eta: float = 0.0, clip_denoised: bool = True) -> torch.Tensor:
     """x_{t-1} = sqrt(ab_prev) x0-hat + sqrt(1 - ab_prev - s^2) eps-hat + s z, with
     s = eta sqrt((1 - ab_prev)/(1 - ab)) sqrt(1 - ab/ab_prev); eta = 1 is ancestral with beta-tilde."""
     x = x_T
@@ -50,7 +51,7 @@ def sample_ddim(d: GaussianDiffusion, model, x_T: torch.Tensor, *, generator: to
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
         x = ab_prev.sqrt() * p.pred_x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
         if i > 0 and eta > 0:
-            x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + sigma * randn_like(x, generator, noise)
         if callback is not None:
             callback({"i": i, "x": x, "x0_hat": p.pred_x0})
     return x

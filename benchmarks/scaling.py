@@ -1,0 +1,137 @@
+"""Data larger than memory, and work on several processes: peak memory and wall time.
+
+    python benchmarks/scaling.py                  # 1k, 10k, 100k images; prints markdown tables
+    python benchmarks/scaling.py --sizes 1000     # a quick look
+
+Part 1: synthetic 32x32 RGB datasets of 1k, 10k and 100k images (PNG bytes in parquet files,
+loaded through the ``hub`` dataset plugin as a local path, as hub data would be). For each size,
+the time to the first training step and the peak resident memory of the largest process, with a
+cold store (decoded now) and a warm one (reused), on 1 and 2 processes (torchrun). Each
+measurement is a fresh ``ddpm-kit run --set train.steps=1`` in a fresh wrapper process, so the
+peak (``ru_maxrss`` of its children) belongs to that run alone.
+
+Part 2: ``ddpm-kit sample -n N`` and ``ddpm-kit evaluate`` of one trained tiny run on 1 and 2
+processes, alternated over rounds (this VM's speed drifts), medians reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+MEASURE = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+           "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).returncode; "
+           "print(rc, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def measure(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB of the largest descendant) of one command."""
+    out = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True, env=env, check=True)
+    rc, seconds, kb = out.stdout.split()
+    if rc != "0":
+        raise RuntimeError(f"{' '.join(command)} failed")
+    return float(seconds), int(kb) / 1024
+
+
+def ddpm_kit(processes: int, *args: str) -> list[str]:
+    if processes == 1:
+        return [sys.executable, "-m", "ddpm_kit", *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+            "--master_port", "29561", "-m", "ddpm_kit", *args]
+
+
+def make_dataset(folder: Path, n: int) -> None:
+    """n random 32x32 RGB PNGs with labels, as parquet shards (what a hub dataset holds)."""
+    import io
+
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    shard = 10_000
+    for start in range(0, n, shard):
+        rows = []
+        for _ in range(min(shard, n - start)):
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, format="PNG")
+            rows.append({"bytes": buffer.getvalue(), "path": None})
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+        part = datasets.Dataset.from_dict({"image": rows, "label": [0] * len(rows)}, features=features)
+        part.to_parquet(str(folder / f"train-{start // shard:05d}.parquet"))
+
+
+def data_rows(sizes: list[int], work: Path) -> list[str]:
+    rows = ["| images | decoded size | processes | store | time to first step | peak RSS (largest process) |",
+            "|---|---|---|---|---|---|"]
+    for n in sizes:
+        data = work / f"data-{n}"
+        make_dataset(data, n)
+        for processes in (1, 2):
+            store = work / f"store-{n}-{processes}"
+            env = {**ENV, "DDPM_KIT_DATA_STORE": str(store), "HF_DATASETS_CACHE": str(work / "hf-cache")}
+            for kind in ("cold", "warm"):
+                run = work / f"run-{n}-{processes}-{kind}"
+                args = ["run", str(ROOT / "recipes" / "quickstart.toml"), "--run-dir", str(run),
+                        "--set", f'data.dataset={{name="hub", path="{data}"}}',
+                        "--set", "data.image_size=32", "--set", "data.channels=3", "--set", "train.steps=1",
+                        "--set", "train.batch_size=64", "--set", "train.checkpoint_every=0",
+                        "--no-sample", "--no-eval"]
+                seconds, mb = measure(ddpm_kit(processes, *args), env)
+                rows.append(f"| {n:,} | {n * 3 * 32 * 32 / 2**20:.0f} MB | {processes} | {kind} | {seconds:.1f} s | "
+                            f"{mb:.0f} MB |")
+                print(rows[-1], flush=True)
+                shutil.rmtree(run)
+        shutil.rmtree(data)
+    return rows
+
+
+def work_rows(work: Path, num_images: int, rounds: int) -> list[str]:
+    run = work / "tiny-run"
+    tiny = ROOT / "tests" / "recipes" / "tiny.toml"
+    env = {**ENV, "DDPM_KIT_DATA_STORE": str(work / "store-tiny")}
+    subprocess.run(ddpm_kit(1, "run", str(tiny), "--run-dir", str(run), "--set", "train.steps=20", "--no-sample",
+                            "--no-eval", "--set", "sample.batch_size=16"), env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    times: dict[tuple[str, int], list[float]] = {}
+    for _ in range(rounds):
+        for processes in (1, 2):
+            for what, args in (("sample", ["sample", str(run), "-n", str(num_images)]),
+                               ("evaluate", ["evaluate", str(run)])):
+                times.setdefault((what, processes), []).append(measure(ddpm_kit(processes, *args), env)[0])
+    rows = ["| command (tiny run, T = 50) | 1 process | 2 processes | ratio |", "|---|---|---|---|"]
+    for what, label in (("sample", f"`ddpm-kit sample -n {num_images}`"), ("evaluate", "`ddpm-kit evaluate` (bpd + fid)")):
+        one, two = statistics.median(times[(what, 1)]), statistics.median(times[(what, 2)])
+        rows.append(f"| {label} | {one:.1f} s | {two:.1f} s | {one / two:.2f}x |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
+    parser.add_argument("--num-images", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ddpm-kit-scaling-"))
+    try:
+        tables = data_rows(args.sizes, work) + [""] + work_rows(work, args.num_images, args.rounds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("\n".join(tables))
+    out = ROOT / "benchmarks" / "scaling.json"
+    out.write_text(json.dumps({"cpu_count": os.cpu_count(), "time": time.time(), "tables": tables}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Checkpoints and weights: accelerate's full state written atomically, EMA weights, safe loading."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DdpmKitError
+from ..runs import RunFolder, write_manifest
+from .components import Components
+
+
+def make_ema(model: torch.nn.Module, decay: float, warmup: bool):
+    """diffusers' EMAModel over the model's parameters."""
+    from diffusers.training_utils import EMAModel
+
+    # min_decay=decay: the paper's constant decay; otherwise diffusers' (1+n)/(10+n) warm-up.
+    return EMAModel(model.parameters(), decay=decay, min_decay=0.0 if warmup else decay)
+
+
+def ema_state_dict(model: torch.nn.Module, ema) -> dict[str, torch.Tensor]:
+    """The model's state dict with the EMA's shadow values in place of the parameters."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for (name, _), shadow in zip(model.named_parameters(), ema.shadow_params):
+        state[name] = shadow.detach().clone()
+    return state
+
+
+class ema_weights:
+    """Context manager: the model temporarily holds the EMA weights."""
+
+    def __init__(self, model: torch.nn.Module, ema) -> None:
+        self.model, self.ema = model, ema
+
+    def __enter__(self):
+        self.ema.store(self.model.parameters())
+        self.ema.copy_to(self.model.parameters())
+        return self.model
+
+    def __exit__(self, *exc):
+        self.ema.restore(self.model.parameters())
+
+
+def refuse_unsafe_pickles(folder: Path) -> None:
+    """Load every pickled file of a checkpoint with ``weights_only=True`` (tensors, plain data and
+    numpy arrays only) before accelerate reads it, so a crafted file cannot run code."""
+    import numpy.dtypes
+
+    allowed = [np.core.multiarray._reconstruct, np.ndarray, np.dtype] + [
+        getattr(numpy.dtypes, n) for n in dir(numpy.dtypes) if n.endswith("DType")]
+    for path in sorted(folder.iterdir()):
+        if path.suffix not in (".pkl", ".bin", ".pt", ".pth"):
+            continue
+        try:
+            with torch.serialization.safe_globals(allowed):
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # UnpicklingError for forbidden globals, others for corrupt files
+            raise DdpmKitError(f"{path}: refusing to load: not a plain-data checkpoint file "
+                               f"({' '.join(str(exc).split())[:200]})") from None
+
+
+def save_checkpoint(accelerator, run: RunFolder, step: int, ema, keep: int) -> None:
+    """accelerate's full training state, written to a temporary folder and renamed when complete."""
+    final = run.checkpoint_dir(step)
+    tmp = final.with_name(f".tmp-{final.name}")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        write_manifest(tmp, step)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        run.prune_checkpoints(keep)
+    accelerator.wait_for_everyone()
+
+
+def save_final_weights(run: RunFolder, model: torch.nn.Module, ema) -> None:
+    """model/model.safetensors (raw) and model/ema.safetensors, on CPU."""
+    from safetensors.torch import save_file
+
+    run.model.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, run.model / "model.safetensors")
+    save_file({k: v.contiguous().cpu() for k, v in ema_state_dict(model, ema).items()}, run.model / "ema.safetensors")
+
+
+def load_run_model(components: Components, run: RunFolder, *, use_ema: bool, device: torch.device) -> torch.nn.Module:
+    """The run's backbone with its final weights (EMA or raw)."""
+    from safetensors.torch import load_file
+
+    model = components.build_backbone()
+    weights = run.model / ("ema.safetensors" if use_ema else "model.safetensors")
+    if not weights.is_file():
+        raise DdpmKitError(f"{run.path}: no trained weights at {weights}; finish training with "
+                           f"`ddpm-kit run {run.path / 'recipe.toml'} --resume latest`")
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise DdpmKitError(f"{weights}: cannot read weights ({exc})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise DdpmKitError(f"{weights}: weights do not fit the recipe's backbone "
+                           f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+    return model.to(device).eval()

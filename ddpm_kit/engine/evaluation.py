@@ -1,0 +1,129 @@
+"""Evaluation of a run: every metric on every process, the work split by batch and gathered."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import to_model_range
+from ..diffusion import GaussianDiffusion
+from ..errors import DdpmKitError
+from ..runs import RunFolder
+from .checkpoints import load_run_model
+from .components import Components
+from .data import load_split
+from .distributed import LocalState, map_batches, my_batches
+from .sampling import sample_images
+
+
+@dataclass
+class EvalContext:
+    """What a Metric gets: the trained model, the diffusion, data access, the processes to share
+    work with (``map_rows``, ``map_batches``) and a place for files."""
+
+    components: Components
+    model: torch.nn.Module
+    device: torch.device
+    run: RunFolder
+    seed: int = 0
+    state: Any = field(default_factory=LocalState)
+
+    @property
+    def diffusion(self) -> GaussianDiffusion:
+        return self.components.diffusion
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.state.is_main_process
+
+    def images(self, split: str = "test", limit: int | None = None) -> torch.Tensor:
+        """Data in [-1, 1], the first ``limit`` images of a split."""
+        pixels = load_split(self.components, split)
+        return to_model_range(pixels[: min(limit, len(pixels)) if limit else len(pixels)])
+
+    def labelled(self, split: str, label_column: str = "label") -> tuple[torch.Tensor, torch.Tensor]:
+        """A split's images in [-1, 1] and its integer labels."""
+        dataset = self.components.build_dataset()[split]
+        if label_column not in dataset.column_names:
+            raise DdpmKitError(f"dataset '{self.components.recipe.data.dataset.name}' has no label column "
+                               f"'{label_column}' (columns: {', '.join(dataset.column_names)}); the 'fid' metric "
+                               "trains its feature network on labels")
+        return self.images(split), torch.tensor(dataset[label_column], dtype=torch.long)
+
+    def data_key(self) -> dict[str, Any]:
+        """What identifies the data as a feature network sees it (for caching)."""
+        return self.components.recipe.model_dump(mode="json", include={"data"})
+
+    def samples(self, n: int) -> torch.Tensor:
+        """``n`` samples in [-1, 1] on every process: the run's final samples if there are enough,
+        else drawn now by all processes together (and kept as samples/eval_<n>.npz)."""
+        final = self.run.samples / "final.npz"
+        if final.is_file():
+            images = torch.from_numpy(np.load(final)["images"])
+            if len(images) >= n:
+                return to_model_range(images[:n])
+        cached = self.run.samples / f"eval_{n}.npz"
+        if cached.is_file():
+            return to_model_range(torch.from_numpy(np.load(cached)["images"]))
+        images = sample_images(self.components, self.model, n, self.device, seed=self.seed + 1, state=self.state)
+        if self.is_main_process:
+            self.run.save_samples(images, f"eval_{n}")
+        self.state.wait_for_everyone()
+        return to_model_range(images)
+
+    def map_batches(self, total: int, batch_size: int, work: Callable[[range], np.ndarray],
+                    desc: str | None = None) -> np.ndarray:
+        """``work(rows)`` for batches of 0..total-1 split over the processes; all results, in
+        order, on every process. A progress bar on the main process when ``desc`` is given."""
+        from tqdm.auto import tqdm
+
+        def progress(batches):
+            return tqdm(batches, desc=desc, unit="batch", disable=desc is None or not self.is_main_process,
+                        dynamic_ncols=True)
+
+        return map_batches(self.state, total, batch_size, work, progress)
+
+    def map_rows(self, x: torch.Tensor, fn: Callable[[torch.Tensor], np.ndarray], batch_size: int = 256,
+                 desc: str | None = None) -> np.ndarray:
+        """``fn`` over row batches of ``x`` (features of images, say), split over the processes."""
+        return self.map_batches(len(x), batch_size, lambda rows: fn(x[rows.start:rows.stop]), desc)
+
+    def my_share(self, total: int, batch_size: int) -> list[range]:
+        """This process's batches of 0..total-1 (for metrics that reduce across processes themselves)."""
+        return my_batches(self.state, total, batch_size)
+
+    def save_array(self, name: str, array: np.ndarray) -> Path:
+        """eval/<name>.npy, written by the main process."""
+        path = self.run.eval / f"{name}.npy"
+        if self.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, array)
+        return path
+
+
+def evaluate(components: Components, run: RunFolder, device: torch.device, *, use_ema: bool | None = None,
+             overrides: dict[str, dict[str, Any]] | None = None, state=None) -> dict[str, float]:
+    """Compute every metric the recipe lists, on every process of ``state``; the main process
+    writes eval/metrics.json."""
+    state = state or LocalState()
+    use_ema = components.recipe.eval.use_ema if use_ema is None else use_ema
+    model = load_run_model(components, run, use_ema=use_ema, device=device)
+    context = EvalContext(components, model, device, run, seed=components.recipe.run.seed, state=state)
+    results: dict[str, float] = {}
+    for spec in components.recipe.eval.metrics:
+        params = {**spec.params, **(overrides or {}).get(spec.name, {})}
+        metric = components.registry.build("metric", spec.name, params)
+        with torch.inference_mode():
+            results.update(metric.compute(context))
+    results["weights"] = "ema" if use_ema else "raw"
+    if state.is_main_process:
+        run.eval.mkdir(parents=True, exist_ok=True)
+        (run.eval / "metrics.json").write_text(json.dumps(results, indent=2))
+    state.wait_for_everyone()
+    return results

@@ -1,0 +1,50 @@
+"""Noise that belongs to an image, not to a batch.
+
+Sampling and bits/dim draw Gaussian noise at every step. Drawn from one generator per batch, an
+image's noise depends on which batch it landed in, so the results change with the batch size and
+with the number of processes. ``ImageNoise`` gives each image its own generator, seeded by
+(seed, image index): image i's noise is the same whichever batch or process computes it.
+
+Samplers take it as ``noise`` (k-diffusion's ``noise_sampler`` idea) and draw through
+``randn_like``, which falls back to a shared ``generator`` when no ``noise`` is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+NoiseSource = Callable[[torch.Tensor], torch.Tensor]
+"""``noise(like) -> standard normal tensor of like's shape, dtype and device``."""
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The generator seed of image ``index`` under run seed ``seed`` (distinct for every pair)."""
+    return (seed * 1_000_003 + index) % (2**63 - 1)
+
+
+class ImageNoise:
+    """Standard normal draws whose row r comes from the generator of image ``indices[r]``.
+
+    Each call draws once from every image's generator, so the k-th call gives image i the same
+    values whatever the batch it is in.
+    """
+
+    def __init__(self, seed: int, indices: Sequence[int], device: torch.device | str = "cpu") -> None:
+        self.indices = list(indices)
+        self.generators = [torch.Generator(device=device).manual_seed(image_seed(seed, i)) for i in self.indices]
+
+    def __call__(self, like: torch.Tensor) -> torch.Tensor:
+        if like.shape[0] != len(self.generators):
+            raise ValueError(f"ImageNoise holds {len(self.generators)} images, asked for a batch of {like.shape[0]}")
+        return torch.stack([torch.randn(like.shape[1:], generator=g, device=like.device, dtype=like.dtype)
+                            for g in self.generators])
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None = None,
+               noise: NoiseSource | None = None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``: from ``noise`` when given, else from ``generator``."""
+    if noise is not None:
+        return noise(x)
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

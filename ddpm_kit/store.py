@@ -1,0 +1,166 @@
+"""The prepared-data store: each split decoded once, on disk, read row by row.
+
+A (dataset source, split, image size, channels, resize) is decoded once, by parallel worker
+processes, into ``<store>/<fingerprint>/pixels.u8`` (uint8 [N, C, H, W], C order) with a
+``meta.json`` written last. Every process of a run and every later run reads the same file; a
+batch reads only its rows (``os.pread``), so resident memory does not grow with the dataset.
+
+The fingerprint covers the dataset plugin's name and parameters, the ``datasets`` fingerprint of
+the split (its content for in-memory data, its files for folders and hub data) and the pixel
+settings. Where the store lives: ``data.store_dir`` in the recipe, else ``$DDPM_KIT_DATA_STORE``,
+else ``<cache>/data-store`` (``$DDPM_KIT_CACHE`` or ``~/.cache/ddpm-kit``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import decode_images, image_column
+from .errors import DdpmKitError
+
+STORE_FORMAT = 1
+META = "meta.json"
+PIXELS = "pixels.u8"
+
+
+def store_root(configured: str | None = None) -> Path:
+    """The folder that holds prepared splits (see the module docstring for the order)."""
+    if configured:
+        return Path(configured).expanduser()
+    if os.environ.get("DDPM_KIT_DATA_STORE"):
+        return Path(os.environ["DDPM_KIT_DATA_STORE"]).expanduser()
+    cache = os.environ.get("DDPM_KIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpm-kit"
+    return Path(cache) / "data-store"
+
+
+def fingerprint(source: dict[str, Any], split_fingerprint: str, split: str, image_size: int, channels: int,
+                resize: str) -> str:
+    """What identifies a prepared split; equal fingerprints mean equal pixels."""
+    key = {"format": STORE_FORMAT, "source": source, "split": split, "split_fingerprint": split_fingerprint,
+           "image_size": image_size, "channels": channels, "resize": resize}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+class PixelStore:
+    """A prepared split: ``len``, ``shape``, and rows by index (tensor, array or slice) as uint8."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        meta = json.loads((self.folder / META).read_text())
+        self.shape: tuple[int, ...] = tuple(meta["shape"])
+        self.row_bytes = int(np.prod(self.shape[1:]))
+        self._fd: int | None = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _file(self) -> int:
+        if self._pid != os.getpid():  # a forked worker opens its own descriptor
+            self._fd, self._pid = os.open(self.folder / PIXELS, os.O_RDONLY), os.getpid()
+        return self._fd
+
+    def _read(self, start: int, count: int) -> np.ndarray:
+        data = os.pread(self._file(), count * self.row_bytes, start * self.row_bytes)
+        return np.frombuffer(data, dtype=np.uint8).reshape(count, *self.shape[1:])
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            rows = self._read(start, max(0, stop - start))[::step]
+        else:
+            wanted = np.asarray(index, dtype=np.int64).reshape(-1)
+            if len(wanted) and (wanted.min() < 0 or wanted.max() >= len(self)):
+                raise IndexError(f"row index out of range for a split of {len(self)} images")
+            rows = np.stack([self._read(int(i), 1)[0] for i in wanted]) if len(wanted) else \
+                np.empty((0, *self.shape[1:]), np.uint8)
+        return torch.from_numpy(np.array(rows))  # a writable copy
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fd": None, "_pid": -1}
+
+
+# -- building a store ----------------------------------------------------------------------------
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(ds, column: str, settings: tuple[int, int, str], target: str, shape: tuple[int, ...]) -> None:
+    _worker.update(ds=ds, column=column, settings=settings,
+                   pixels=np.memmap(target, dtype=np.uint8, mode="r+", shape=shape))
+
+
+def _decode_range(bounds: tuple[int, int]) -> int:
+    start, stop = bounds
+    items = _worker["ds"][start:stop][_worker["column"]]
+    _worker["pixels"][start:stop] = decode_images(items, *_worker["settings"])
+    _worker["pixels"].flush()
+    return stop - start
+
+
+def _chunks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def build_store(ds, folder: Path, image_size: int, channels: int, resize: str, *, workers: int | None = None,
+                chunk: int = 256, progress: bool = True, desc: str = "preparing data") -> PixelStore:
+    """Decode ``ds`` into ``folder`` (written under a temporary name, renamed when complete)."""
+    import datasets
+    from tqdm.auto import tqdm
+
+    if len(ds) == 0:
+        raise DdpmKitError("dataset split is empty")
+    column = image_column(ds)
+    if isinstance(ds.features.get(column), datasets.Image):
+        ds = ds.cast_column(column, datasets.Image(decode=False))
+    shape = (len(ds), channels, image_size, image_size)
+    tmp = folder.with_name(f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        np.memmap(tmp / PIXELS, dtype=np.uint8, mode="w+", shape=shape).flush()
+        workers = workers or min(8, os.cpu_count() or 1)
+        bounds = _chunks(len(ds), chunk)
+        args = (ds, column, (image_size, channels, resize), str(tmp / PIXELS), shape)
+        bar = tqdm(total=len(ds), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
+        if workers > 1 and len(bounds) > 1:
+            context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+            with context.Pool(min(workers, len(bounds)), initializer=_init_worker, initargs=args) as pool:
+                for done in pool.imap_unordered(_decode_range, bounds):
+                    bar.update(done)
+        else:
+            _init_worker(*args)
+            for b in bounds:
+                bar.update(_decode_range(b))
+            _worker.clear()
+        bar.close()
+        (tmp / META).write_text(json.dumps({"shape": list(shape), "format": STORE_FORMAT}))
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished the same store first
+            if not (folder / META).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return PixelStore(folder)
+
+
+def prepared_split(ds, source: dict[str, Any], split: str, image_size: int, channels: int, resize: str, *,
+                   root: Path, workers: int | None = None, progress: bool = True) -> PixelStore:
+    """The split's store, built now if no complete one exists."""
+    split_key = getattr(ds, "_fingerprint", None) or uuid.uuid4().hex  # no fingerprint: never reused
+    folder = root / fingerprint(source, split_key, split, image_size, channels, resize)
+    if (folder / META).is_file():
+        return PixelStore(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return build_store(ds, folder, image_size, channels, resize, workers=workers, progress=progress,
+                       desc=f"preparing the {split} split in {folder}")
