@@ -5,10 +5,12 @@
 
 Part 1: synthetic 32x32 RGB datasets of 1k, 10k and 100k images (PNG bytes in parquet files,
 loaded through the ``hub`` dataset plugin as a local path, as hub data would be). For each size,
-the time to the first training step and the peak resident memory of the largest process, with a
-cold store (decoded now) and a warm one (reused), on 1 and 2 processes (torchrun). Each
-measurement is a fresh ``ddpm-kit run --set train.steps=1`` in a fresh wrapper process, so the
-peak (``ru_maxrss`` of its children) belongs to that run alone.
+the time to the first training step and the peak memory of the whole process tree, with a cold
+store (decoded now) and a warm one (reused), on 1 and 2 processes (torchrun). Each measurement is
+a fresh ``ddpm-kit run --set train.steps=1``. Memory is the proportional set size (PSS: shared
+pages split among the processes that map them) summed over every process of the run, sampled
+every 50 ms: forked decode workers share their parent's pages, so per-process RSS would count
+those pages once per worker.
 
 Part 2: ``ddpm-kit sample -n N`` and ``ddpm-kit evaluate`` of one trained tiny run on 1 and 2
 processes, alternated over rounds (this VM's speed drifts), medians reported.
@@ -29,18 +31,32 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-MEASURE = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-           "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).returncode; "
-           "print(rc, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
 
 
 def measure(command: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB of the largest descendant) of one command."""
-    out = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True, env=env, check=True)
-    rc, seconds, kb = out.stdout.split()
-    if rc != "0":
-        raise RuntimeError(f"{' '.join(command)} failed")
-    return float(seconds), int(kb) / 1024
+    """(wall seconds, peak PSS in MB summed over the command's process tree) of one command."""
+    import psutil
+
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        total = 0
+        try:
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for p in tree:
+            try:
+                total += p.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        peak = max(peak, total)
+        time.sleep(0.05)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {proc.stderr.read().decode()[-2000:]}")
+    return seconds, peak / 2**20
 
 
 def ddpm_kit(processes: int, *args: str) -> list[str]:
@@ -73,7 +89,7 @@ def make_dataset(folder: Path, n: int) -> None:
 
 
 def data_rows(sizes: list[int], work: Path) -> list[str]:
-    rows = ["| images | decoded size | processes | store | time to first step | peak RSS (largest process) |",
+    rows = ["| images | decoded size | processes | store | time to first step | peak memory (PSS, all processes) |",
             "|---|---|---|---|---|---|"]
     for n in sizes:
         data = work / f"data-{n}"
@@ -122,10 +138,13 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     parser.add_argument("--num-images", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--parts", nargs="+", choices=["data", "work"], default=["data", "work"])
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ddpm-kit-scaling-"))
     try:
-        tables = data_rows(args.sizes, work) + [""] + work_rows(work, args.num_images, args.rounds)
+        tables = data_rows(args.sizes, work) if "data" in args.parts else []
+        if "work" in args.parts:
+            tables += [""] + work_rows(work, args.num_images, args.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("\n".join(tables))

@@ -46,8 +46,9 @@ class DataSection(Strict):
     channels: Literal[1, 3] = 3
     resize: Literal["resize", "pad", "center_crop"] = "resize"
     random_flip: bool = False
+    store: Literal["decoded", "encoded"] = "decoded"  # decoded once to disk, or decoded per batch in workers
     store_dir: str | None = None  # where prepared splits live (default: $DDPM_KIT_DATA_STORE or the cache)
-    workers: int | None = Field(default=None, ge=1)  # processes that decode a split into the store
+    workers: int | None = Field(default=None, ge=1)  # processes that decode (the store, or batches when encoded)
 
 
 class DiffusionSection(Strict):

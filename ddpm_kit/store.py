@@ -95,16 +95,16 @@ class PixelStore:
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(ds, column: str, settings: tuple[int, int, str], target: str, shape: tuple[int, ...]) -> None:
-    _worker.update(ds=ds, column=column, settings=settings,
-                   pixels=np.memmap(target, dtype=np.uint8, mode="r+", shape=shape))
+def _init_worker(ds, column: str, settings: tuple[int, int, str], target: str, row_bytes: int) -> None:
+    _worker.update(ds=ds, column=column, settings=settings, fd=os.open(target, os.O_WRONLY), row_bytes=row_bytes)
 
 
 def _decode_range(bounds: tuple[int, int]) -> int:
+    """Decode rows start..stop-1 and write them in place (pwrite: no mapped pages stay resident)."""
     start, stop = bounds
     items = _worker["ds"][start:stop][_worker["column"]]
-    _worker["pixels"][start:stop] = decode_images(items, *_worker["settings"])
-    _worker["pixels"].flush()
+    pixels = np.ascontiguousarray(decode_images(items, *_worker["settings"]))
+    os.pwrite(_worker["fd"], pixels.tobytes(), start * _worker["row_bytes"])
     return stop - start
 
 
@@ -127,10 +127,12 @@ def build_store(ds, folder: Path, image_size: int, channels: int, resize: str, *
     tmp = folder.with_name(f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     try:
-        np.memmap(tmp / PIXELS, dtype=np.uint8, mode="w+", shape=shape).flush()
+        row_bytes = channels * image_size * image_size
+        with open(tmp / PIXELS, "wb") as f:
+            f.truncate(len(ds) * row_bytes)
         workers = workers or min(8, os.cpu_count() or 1)
         bounds = _chunks(len(ds), chunk)
-        args = (ds, column, (image_size, channels, resize), str(tmp / PIXELS), shape)
+        args = (ds, column, (image_size, channels, resize), str(tmp / PIXELS), row_bytes)
         bar = tqdm(total=len(ds), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
         if workers > 1 and len(bounds) > 1:
             context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
@@ -139,9 +141,12 @@ def build_store(ds, folder: Path, image_size: int, channels: int, resize: str, *
                     bar.update(done)
         else:
             _init_worker(*args)
-            for b in bounds:
-                bar.update(_decode_range(b))
-            _worker.clear()
+            try:
+                for b in bounds:
+                    bar.update(_decode_range(b))
+            finally:
+                os.close(_worker.pop("fd"))
+                _worker.clear()
         bar.close()
         (tmp / META).write_text(json.dumps({"shape": list(shape), "format": STORE_FORMAT}))
         try:
@@ -164,3 +169,34 @@ def prepared_split(ds, source: dict[str, Any], split: str, image_size: int, chan
     folder.parent.mkdir(parents=True, exist_ok=True)
     return build_store(ds, folder, image_size, channels, resize, workers=workers, progress=progress,
                        desc=f"preparing the {split} split in {folder}")
+
+
+class EncodedSplit:
+    """A split kept as the dataset's encoded images, decoded row by row when asked: for data whose
+    decoded size would not fit on disk. Same interface as ``PixelStore``."""
+
+    def __init__(self, ds, image_size: int, channels: int, resize: str) -> None:
+        import datasets
+
+        if len(ds) == 0:
+            raise DdpmKitError("dataset split is empty")
+        self.column = image_column(ds)
+        if isinstance(ds.features.get(self.column), datasets.Image):
+            ds = ds.cast_column(self.column, datasets.Image(decode=False))
+        self.ds, self.settings = ds, (image_size, channels, resize)
+        self.shape = (len(ds), channels, image_size, image_size)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, slice):
+            items = self.ds[index][self.column]
+        else:
+            wanted = [int(i) for i in np.asarray(index, dtype=np.int64).reshape(-1)]
+            if wanted and (min(wanted) < 0 or max(wanted) >= len(self)):
+                raise IndexError(f"row index out of range for a split of {len(self)} images")
+            items = self.ds[wanted][self.column] if wanted else []
+        if not items:
+            return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
+        return torch.from_numpy(decode_images(items, *self.settings))

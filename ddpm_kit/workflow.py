@@ -22,7 +22,8 @@ from .recipe import load_recipe, read_toml, validate_recipe
 from .runs import RunFolder
 
 # Keys that may change when a run is resumed (e.g. to train longer); the rest must match.
-RESUMABLE_CHANGES = {("train", "steps"), ("sample",), ("eval",), ("data", "store_dir"), ("data", "workers")}
+RESUMABLE_CHANGES = {("train", "steps"), ("sample",), ("eval",), ("data", "store"), ("data", "store_dir"),
+                     ("data", "workers")}
 
 
 def _first_difference(a, b, path=()) -> tuple[str, ...] | None:

@@ -137,3 +137,16 @@ def test_sample_and_evaluate_on_two_processes_write_what_one_process_writes(tmp_
     for name, array in first.items():
         assert np.array_equal(np.load(run / "eval" / name), array), name
     assert json.loads((run / "eval" / "metrics.json").read_text()) == first_metrics
+
+
+@pytest.mark.slow
+def test_encoded_data_decoded_in_loader_workers_trains_like_the_store(tmp_path):
+    args = ["--set", "train.steps=4", "--set", "train.batch_size=8", "--set", "train.grad_accum=2",
+            "--set", "data.random_flip=true", "--no-sample", "--no-eval"]
+    stored, encoded = tmp_path / "stored", tmp_path / "encoded"
+    assert ddpm_kit("run", str(TINY), "--run-dir", str(stored), *args).returncode == 0
+    result = ddpm_kit("run", str(TINY), "--run-dir", str(encoded), *args, "--set", "data.store=\"encoded\"",
+                      "--set", "data.workers=2", "--set", f"data.store_dir=\"{tmp_path / 'store'}\"")
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "store").exists()  # nothing was decoded to disk: the batches came from the workers
+    assert_same_weights(weights(stored), weights(encoded))

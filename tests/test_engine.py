@@ -82,7 +82,8 @@ def test_sample_and_evaluate_commands_on_a_finished_run(finished_run):
 def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, finished_run):
     steps = "train.steps=40"
     reference = tmp_path / "reference"
-    args = ["--set", steps, "--set", "train.checkpoint_every=4", "--no-sample", "--no-eval"]
+    args = ["--set", steps, "--set", "train.checkpoint_every=4", "--set", "backbone.dropout=0.2",  # masks too
+            "--no-sample", "--no-eval"]
     assert ddpm_kit("run", str(TINY), "--run-dir", str(reference), *args).returncode == 0
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(killed), *args],

@@ -14,14 +14,17 @@ RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.toml"))
 PAPER = [r for r in RECIPES if "uoft-cs/cifar10" in r.read_text() or 'extends = "paper_base.toml"' in r.read_text()]
 
 
+def random_images(folder, count, height, width, seed):
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def cifar_stand_in(tmp_path_factory):
     """Sixteen random 32x32 RGB images in a local folder (no CIFAR-10 download in tests)."""
-    folder = tmp_path_factory.mktemp("cifar-stand-in")
-    rng = np.random.default_rng(0)
-    for i in range(16):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return folder
+    return random_images(tmp_path_factory.mktemp("cifar-stand-in"), 16, 32, 32, seed=0)
 
 
 def test_all_table_2_rows_are_here():
@@ -79,11 +82,7 @@ def test_every_256_recipe_checks_and_cites_its_source(registry):
 @pytest.fixture(scope="module")
 def stand_in_256(tmp_path_factory):
     """Four random 300x260 RGB images: not square, so the center crop to 256 is exercised."""
-    folder = tmp_path_factory.mktemp("stand-in-256")
-    rng = np.random.default_rng(1)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 256, (260, 300, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return folder
+    return random_images(tmp_path_factory.mktemp("stand-in-256"), 4, 260, 300, seed=1)
 
 
 @pytest.mark.slow

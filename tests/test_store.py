@@ -80,3 +80,27 @@ def test_a_bad_image_is_named_when_workers_decode(tmp_path, registry):
     with pytest.raises(DdpmKitError, match=r"99\.png: cannot read image"):
         store.build_store(d[split], tmp_path / "s", 8, 3, "resize", workers=2, chunk=3, progress=False)
     assert not (tmp_path / "s").exists() and not list(tmp_path.glob(".tmp-*"))  # nothing half-written is kept
+
+
+def test_encoded_split_decodes_the_rows_the_store_holds(folder_dataset, tmp_path):
+    built = store.build_store(folder_dataset["train"], tmp_path / "s", 8, 3, "pad", workers=1, progress=False)
+    encoded = store.EncodedSplit(folder_dataset["train"], 8, 3, "pad")
+    assert encoded.shape == built.shape
+    index = torch.tensor([4, 29, 4, 0])
+    assert torch.equal(encoded[index], built[index]) and torch.equal(encoded[2:7], built[2:7])
+
+
+def test_step_rows_decode_exactly_the_batch_that_training_draws(folder_dataset):
+    from ddpm_kit.engine.data import StepRows, global_batch, step_generator
+
+    encoded = store.EncodedSplit(folder_dataset["train"], 8, 3, "resize")
+    steps = StepRows(encoded, seed=3, first=5, steps=8, micro_batch=6, grad_accum=2, mine=slice(3, 6))
+    assert len(steps) == 3
+    for k in range(3):
+        for micro, rows in enumerate(steps[k]):
+            expected = global_batch(encoded, 6, step_generator(3, 5 + k, micro), flip=True)
+            got = global_batch(rows, 6, step_generator(3, 5 + k, micro), flip=True)
+            assert torch.equal(got[3:], expected[3:])  # this process's rows
+            assert (got[:3] == -1).all()  # another process's rows are not decoded here
+    with pytest.raises(RuntimeError, match="another batch"):
+        global_batch(steps[0][0], 6, step_generator(3, 99, 0), flip=False)

@@ -7,23 +7,32 @@ with batch B, and a resumed run sees the same batches as an uninterrupted one.
 
 from __future__ import annotations
 
+import itertools
+import os
+from collections.abc import Iterator
+
 import torch
 
 from ..data import to_model_range
 from ..errors import DdpmKitError
-from ..store import PixelStore, prepared_split, store_root
+from ..store import EncodedSplit, PixelStore, prepared_split, store_root
 from .components import Components
 from .distributed import process_state
 
+Rows = PixelStore | EncodedSplit
 
-def load_split(components: Components, split: str) -> PixelStore:
-    """A dataset split as a store of uint8 [N, C, H, W] rows, decoded once into the data store
-    (by the first process of each machine; the others wait and read it)."""
+
+def load_split(components: Components, split: str) -> Rows:
+    """A dataset split as uint8 [N, C, H, W] rows: decoded once into the data store (by the first
+    process of each machine; the others wait and read it), or kept encoded (``data.store``)."""
     if split not in components._pixels:
         r = components.recipe.data
         dataset = components.build_dataset()
         if split not in dataset:
             raise DdpmKitError(f"dataset '{r.dataset.name}' has no '{split}' split; splits: {', '.join(dataset)}")
+        if r.store == "encoded":
+            components._pixels[split] = EncodedSplit(dataset[split], r.image_size, r.channels, r.resize)
+            return components._pixels[split]
         state = process_state()
         with state.local_main_process_first():
             components._pixels[split] = prepared_split(
@@ -45,3 +54,59 @@ def global_batch(pixels, batch_size: int, generator: torch.Generator, flip: bool
         mask = torch.rand(batch_size, generator=generator) < 0.5
         x0 = torch.where(mask.view(-1, 1, 1, 1), x0.flip(-1), x0)
     return x0
+
+
+# -- batches decoded ahead, in DataLoader workers (data.store = "encoded") -------------------------
+class PrefetchedRows:
+    """The rows of one micro-batch, decoded ahead: answers ``global_batch``'s one index draw."""
+
+    def __init__(self, index: torch.Tensor, rows: torch.Tensor, total: int) -> None:
+        self.index, self.rows, self.total = index, rows, total
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        if not torch.equal(index, self.index):
+            raise RuntimeError("prefetched rows asked for another batch than the one drawn for this step")
+        return self.rows
+
+
+class StepRows(torch.utils.data.Dataset):
+    """Item k: this process's rows of every micro-batch of step ``first + k``, the indices drawn
+    exactly as ``global_batch`` draws them (other processes' rows are left zero)."""
+
+    def __init__(self, split: Rows, seed: int, first: int, steps: int, micro_batch: int, grad_accum: int,
+                 mine: slice) -> None:
+        self.split, self.seed, self.first, self.steps = split, seed, first, steps
+        self.micro_batch, self.grad_accum, self.mine = micro_batch, grad_accum, mine
+
+    def __len__(self) -> int:
+        return self.steps - self.first
+
+    def __getitem__(self, k: int) -> list[PrefetchedRows]:
+        out = []
+        for micro in range(self.grad_accum):
+            g = step_generator(self.seed, self.first + k, micro)
+            index = torch.randint(0, len(self.split), (self.micro_batch,), generator=g)
+            rows = torch.zeros((self.micro_batch, *self.split.shape[1:]), dtype=torch.uint8)
+            rows[self.mine] = self.split[index[self.mine]]
+            out.append(PrefetchedRows(index, rows, len(self.split)))
+        return out
+
+
+def _as_is(item):
+    return item
+
+
+def step_rows(split: Rows, seed: int, first: int, steps: int, micro_batch: int, grad_accum: int, mine: slice,
+              workers: int | None) -> Iterator[list]:
+    """Per training step, one row source per micro-step: the store itself, or (encoded data) the
+    rows that DataLoader workers decoded ahead of time."""
+    if not isinstance(split, EncodedSplit):
+        return itertools.repeat([split] * grad_accum)
+    workers = workers or min(4, os.cpu_count() or 1)
+    loader = torch.utils.data.DataLoader(StepRows(split, seed, first, steps, micro_batch, grad_accum, mine),
+                                         batch_size=None, collate_fn=_as_is, num_workers=workers,
+                                         prefetch_factor=4, persistent_workers=False)
+    return iter(loader)

@@ -17,7 +17,7 @@ from ..interfaces import Objective
 from ..runs import RunFolder
 from .checkpoints import ema_weights, make_ema, refuse_unsafe_pickles, save_checkpoint, save_final_weights
 from .components import Components
-from .data import global_batch, load_split, step_generator
+from .data import global_batch, load_split, step_generator, step_rows
 from .dropout import use_global_batch_dropout
 from .sampling import quiet_known_dynamo_warnings, sample_images
 
@@ -78,15 +78,17 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
     grad_norm = torch.zeros(())
     first_bad = torch.full((), -1, device=accelerator.device)  # first step with a non-finite gradient
     done = start
+    mine = slice(rank * micro_batch // world, (rank + 1) * micro_batch // world)
+    sources = step_rows(pixels, r.run.seed, start, tr.steps, micro_batch, tr.grad_accum, mine, r.data.workers)
     with GracefulStop() as stop, correct_compiled_gradients(tr.compile):
         for step in bar:
             model.train()
+            rows = next(sources)
             for micro in range(tr.grad_accum):
                 g = step_generator(r.run.seed, step, micro)
-                x0 = global_batch(pixels, micro_batch, g, r.data.random_flip)
+                x0 = global_batch(rows[micro], micro_batch, g, r.data.random_flip)
                 t, weights = objective.sample_t(diffusion, micro_batch, torch.device("cpu"), g)
                 noise = torch.randn(x0.shape, generator=g)
-                mine = slice(rank * micro_batch // world, (rank + 1) * micro_batch // world)
                 if masks is not None:
                     masks.start((r.run.seed * 1_000_003 + step) * 64 + micro, micro_batch, mine)
                 x0, t, weights, noise = (v[mine].to(accelerator.device) for v in (x0, t, weights, noise))
