@@ -103,18 +103,19 @@ def run(ctx: click.Context, recipe_file: Path, overrides: tuple[str, ...], resum
 @click.argument("run_dir", type=RUN_DIR)
 @click.option("-n", "--num-images", type=int, help="How many images (default: the recipe's sample.num_images).")
 @click.option("--seed", type=int, help="Sampling seed (default: the recipe's sample.seed).")
-@click.option("--sampler", help="Sampler plugin name (default: the recipe's).")
+@click.option("--sampler", help="Sampler plugin name (default: the recipe's); `ddpm-kit plugins` lists them.")
+@click.option("--steps", type=int, help="Sampling steps, for samplers that skip steps (respaced, ddim, diffusers-*).")
 @click.option("--name", default="final", show_default=True, help="File name for the grid and array.")
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
 @click.option("--device", help="torch device for one process (default: accelerate's: the GPU if there is one).")
 @click.pass_context
 def sample(ctx: click.Context, run_dir: Path, num_images: int | None, seed: int | None, sampler: str | None,
-           name: str, raw: bool, device: str | None) -> None:
+           steps: int | None, name: str, raw: bool, device: str | None) -> None:
     """Draw samples from a trained run: samples/<name>.png and samples/<name>.npz."""
     from .workflow import sample_run
 
-    sample_run(get_registry_from(ctx), run_dir, num_images=num_images, seed=seed, sampler=sampler, name=name,
-               use_ema=not raw, device=device)
+    sample_run(get_registry_from(ctx), run_dir, num_images=num_images, seed=seed, sampler=sampler, steps=steps,
+               name=name, use_ema=not raw, device=device)
 
 
 @cli.command()

@@ -29,6 +29,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "ddpm_kit.builtins.variances",
     "ddpm_kit.builtins.decoders",
     "ddpm_kit.builtins.samplers",
+    "ddpm_kit.builtins.schedulers",
     "ddpm_kit.builtins.objectives",
     "ddpm_kit.builtins.backbones",
     "ddpm_kit.builtins.datasets",

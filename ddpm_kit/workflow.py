@@ -100,11 +100,12 @@ def _sample(components: Components, run: RunFolder, n: int, seed: int | None, na
     """Samples to samples/<name>.png/.npz, plus x0-hat along the chain of the first images (Fig. 6);
     all processes sample, the main process writes."""
     model = load_run_model(components, run, use_ema=use_ema, device=device)
-    T = components.diffusion.num_timesteps
-    keep = {int(round(v)) for v in np.linspace(T - 1, 0, 10)}
+    keep: set[int] = set()
     snapshots: dict[int, torch.Tensor] = {}
 
     def record(step: dict) -> None:
+        if not keep:  # the first step's index tells how many steps this sampler takes
+            keep.update(int(round(v)) for v in np.linspace(step["i"], 0, 10))
         if step["i"] in keep and step["i"] not in snapshots:
             snapshots[step["i"]] = to_uint8(step["x0_hat"][:progressive]).cpu()
 
@@ -120,18 +121,23 @@ def _sample(components: Components, run: RunFolder, n: int, seed: int | None, na
     run.set_in_summary(sample_processes=describe(state))
 
 
-def load_run(registry: Registry, run_dir: Path, sampler: str | None = None) -> tuple[Components, RunFolder]:
+def load_run(registry: Registry, run_dir: Path, sampler: str | None = None,
+             steps: int | None = None) -> tuple[Components, RunFolder]:
+    """A finished run's components; ``sampler`` / ``steps`` replace the recipe's sampler for this call."""
     run = RunFolder.existing(run_dir)
     data = read_toml(run.recipe_file)
+    table = data.setdefault("sample", {})
     if sampler:
-        data.setdefault("sample", {})["sampler"] = {"name": sampler}
+        table["sampler"] = {"name": sampler}
+    if steps is not None:
+        table.setdefault("sampler", {"name": "ancestral"})["steps"] = steps
     recipe = validate_recipe(data, registry, str(run.recipe_file))
     return build_components(recipe, registry, str(run.recipe_file)), run
 
 
 def sample_run(registry: Registry, run_dir: Path, *, num_images: int | None, seed: int | None, sampler: str | None,
-               name: str, use_ema: bool, device: str | None) -> None:
-    components, run = load_run(registry, run_dir, sampler)
+               name: str, use_ema: bool, device: str | None, steps: int | None = None) -> None:
+    components, run = load_run(registry, run_dir, sampler, steps)
     state = process_state()
     _sample(components, run, num_images or components.recipe.sample.num_images, seed, name, use_ema, state,
             device_for(state, device))

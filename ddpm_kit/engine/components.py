@@ -76,4 +76,10 @@ def build_components(recipe: Recipe, registry: Registry, source: str = "recipe")
     except DdpmKitError as exc:
         raise DdpmKitError(f"{source}: objective: {exc}") from None
     sampler = build("sample.sampler", "sampler", recipe.sample.sampler, num_timesteps=diffusion.num_timesteps)
+    check = getattr(sampler, "check", None)  # a sampler that cannot sample this diffusion says so now
+    if check is not None:
+        try:
+            check(diffusion)
+        except DdpmKitError as exc:
+            raise DdpmKitError(f"{source}: sample.sampler: {exc}") from None
     return Components(recipe, diffusion, objective, sampler, registry, source=source)

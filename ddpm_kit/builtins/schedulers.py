@@ -1,0 +1,121 @@
+"""diffusers' schedulers as sampler plugins: DDIM, DPM-Solver++, UniPC, Euler, Heun, DEIS, PNDM,
+LMS, KDPM2, ... whatever the installed diffusers ships.
+
+The schedulers' code stays in diffusers; this module adapts. Every scheduler of diffusers'
+``KarrasDiffusionSchedulers`` family that takes ``trained_betas`` and ``prediction_type`` is
+registered as ``diffusers-<name>`` (NAMES; a test fails when a diffusers release adds one that is
+missing here), built from the run's exact betas (float64) and its parameterization (eps ->
+"epsilon", x0 -> "sample") with ``steps`` inference steps. A run that predicts mu, or learns its
+variance, is refused with the samplers that can sample it. diffusers is imported only when a
+sampler is built, so listing plugins stays fast.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..errors import DdpmKitError
+from ..hookspecs import hookimpl
+
+PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample"}
+VARIANCE_TYPES = {"fixed_beta": "fixed_large", "fixed_beta_tilde": "fixed_small"}  # DDPMScheduler's names
+NAMES = {  # diffusers class -> sampler name (classes not listed get their lowercased name)
+    "DDIMScheduler": "ddim", "DDPMScheduler": "ddpm", "PNDMScheduler": "pndm", "LMSDiscreteScheduler": "lms",
+    "EulerDiscreteScheduler": "euler", "HeunDiscreteScheduler": "heun",
+    "EulerAncestralDiscreteScheduler": "euler-ancestral", "DPMSolverMultistepScheduler": "dpm-solver++",
+    "DPMSolverSinglestepScheduler": "dpm-solver-singlestep", "KDPM2DiscreteScheduler": "kdpm2",
+    "KDPM2AncestralDiscreteScheduler": "kdpm2-ancestral", "DEISMultistepScheduler": "deis",
+    "UniPCMultistepScheduler": "unipc",
+}
+CAN_SAMPLE_ANY_RUN = "ancestral (and respaced, ddim from ddpm-kit-improved)"
+
+
+def scheduler_class(class_name: str) -> type:
+    """The installed diffusers' scheduler class, checked to take the run's betas and parameterization."""
+    import diffusers
+
+    cls = getattr(diffusers, class_name, None)
+    params = inspect.signature(cls.__init__).parameters if cls is not None else {}
+    if "trained_betas" not in params or "prediction_type" not in params:
+        raise DdpmKitError(f"diffusers {diffusers.__version__} has no {class_name} that takes trained_betas and "
+                           "prediction_type")
+    return cls
+
+
+class DiffusersSampler:
+    """A diffusers scheduler driven by ddpm-kit's model and diffusion (the ``Sampler`` signature)."""
+
+    def __init__(self, name: str, scheduler_class: type, steps: int, options: dict[str, Any]) -> None:
+        self.name, self.scheduler_class, self.steps, self.options = name, scheduler_class, steps, options
+
+    def check(self, diffusion) -> None:
+        """Refuse runs the scheduler cannot express (before any training)."""
+        param = diffusion.parameterization.name
+        if param not in PREDICTION_TYPES:
+            raise DdpmKitError(f"sampler '{self.name}' needs eps or x0 prediction, this run predicts '{param}'; "
+                               f"samplers that can: {CAN_SAMPLE_ANY_RUN}")
+        if diffusion.variance.learned:
+            raise DdpmKitError(f"sampler '{self.name}' cannot use the learned variance "
+                               f"'{diffusion.variance.name}'; samplers that can: {CAN_SAMPLE_ANY_RUN}")
+
+    def scheduler(self, diffusion):
+        """The scheduler over the run's exact betas and parameterization."""
+        self.check(diffusion)
+        config = {"num_train_timesteps": diffusion.num_timesteps, "trained_betas": diffusion.betas.numpy(),
+                  "prediction_type": PREDICTION_TYPES[diffusion.parameterization.name], **self.options}
+        accepted = inspect.signature(self.scheduler_class.__init__).parameters
+        if "variance_type" in accepted and diffusion.variance.name in VARIANCE_TYPES:  # DDPMScheduler
+            config.setdefault("variance_type", VARIANCE_TYPES[diffusion.variance.name])
+        if "timestep_spacing" in accepted:
+            config.setdefault("timestep_spacing", "linspace")  # from t = T-1 down to t = 0, as ancestral sampling
+        unknown = sorted(set(config) - set(accepted))
+        if unknown:
+            raise DdpmKitError(f"sampler '{self.name}': {self.scheduler_class.__name__} takes no option "
+                               f"{', '.join(unknown)}")
+        return self.scheduler_class(**config)
+
+    @torch.no_grad()
+    def __call__(self, diffusion, model, x_T: torch.Tensor, *, generator: torch.Generator | None = None,
+                 callback: Callable[[dict[str, Any]], None] | None = None, noise=None) -> torch.Tensor:
+        scheduler = self.scheduler(diffusion)
+        scheduler.set_timesteps(self.steps, device=x_T.device)
+        # stochastic schedulers draw with diffusers' randn_tensor, which takes one generator per image
+        generators = getattr(noise, "generators", None) or generator
+        x = x_T * scheduler.init_noise_sigma
+        timesteps = scheduler.timesteps
+        channels = x_T.shape[1]
+        stochastic = "generator" in inspect.signature(scheduler.step).parameters
+        for k, t in enumerate(timesteps):
+            t_model = torch.full((x.shape[0],), int(round(float(t))), device=x.device, dtype=torch.long)
+            x_t = scheduler.scale_model_input(x, t)  # the VP x_t the network was trained on
+            output = diffusion.model_output(model, x_t, t_model)[:, :channels]
+            result = scheduler.step(output, t, x, **({"generator": generators} if stochastic else {}))
+            x = result.prev_sample
+            if callback is not None:
+                x0_hat = getattr(result, "pred_original_sample", None)
+                if x0_hat is None:
+                    x0_hat = diffusion.parameterization.predict_x0(diffusion, output, x_t, t_model)
+                callback({"i": len(timesteps) - 1 - k, "x": x, "x0_hat": x0_hat})
+        return x
+
+
+def _factory(name: str, class_name: str):
+    def make(steps: int = 50, options: dict[str, Any] | None = None,
+             num_timesteps: int | None = None) -> DiffusersSampler:
+        if steps < 1 or (num_timesteps is not None and steps > num_timesteps):
+            raise ValueError(f"steps must lie in 1..{num_timesteps or 'T'} (the schedule's T), got {steps}")
+        return DiffusersSampler(name, scheduler_class(class_name), steps, dict(options or {}))
+
+    make.__doc__ = (f"diffusers' {class_name} over ``steps`` steps, built from the run's betas; ``options`` go "
+                    "to the scheduler (e.g. { solver_order = 3 }).")
+    return make
+
+
+@hookimpl
+def register_samplers(register):
+    for class_name, name in NAMES.items():
+        register(f"diffusers-{name}", _factory(f"diffusers-{name}", class_name))

@@ -1,0 +1,130 @@
+"""diffusers' schedulers as sampler plugins, held against the analytic Gaussian oracle (exact eps*),
+the brief's closed-form ancestral figure, and diffusers' own DDIMPipeline on the same noise."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import oracle
+from helpers import TINY, ddpm_kit, make_diffusion
+from ddpm_kit.builtins.schedulers import NAMES
+from ddpm_kit.errors import DdpmKitError
+
+ALL = [f"diffusers-{n}" for n in NAMES.values()]
+STOCHASTIC = {"diffusers-ddpm", "diffusers-euler-ancestral", "diffusers-kdpm2-ancestral"}
+DETERMINISTIC = [n for n in ALL if n not in STOCHASTIC]
+N = 2048 * 16  # samples per run (2048 images of 4x4 independent pixels)
+SE_STD = oracle.S / math.sqrt(2 * N)  # Monte-Carlo standard error of a sample std: 0.00078
+
+
+def moments(registry, name, steps, variance="fixed_beta_tilde", seed=1):
+    d = make_diffusion(registry, T=1000, variance=variance)
+    sampler = registry.build("sampler", name, {"steps": steps}, num_timesteps=1000)
+    x_T = torch.randn(2048, 1, 4, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x = sampler(d, oracle.EpsOracle(d.betas.numpy()), x_T, generator=torch.Generator().manual_seed(seed + 1))
+    return x.mean().item(), x.std().item()
+
+
+def test_every_karras_family_scheduler_of_the_installed_diffusers_is_a_sampler(registry):
+    import inspect
+
+    import diffusers
+    from diffusers.schedulers import KarrasDiffusionSchedulers
+
+    fits = {m.name for m in KarrasDiffusionSchedulers if hasattr(diffusers, m.name) and {"trained_betas", "prediction_type"}
+            <= set(inspect.signature(getattr(diffusers, m.name).__init__).parameters)}
+    assert fits == set(NAMES)  # a new diffusers scheduler of the family fails here until it is named
+    for name in ALL:
+        assert registry.resolve("sampler", name)
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_deterministic_schedulers_converge_to_the_data_distribution(registry, name):
+    """With the exact eps*, the probability-flow ODE maps N(0, I) to the data's N(0.1, 0.2^2); each
+    solver's error in the std shrinks as steps grow (25 -> 250) and is small at 250 steps."""
+    m25, s25 = moments(registry, name, 25)
+    m250, s250 = moments(registry, name, 250)
+    assert abs(m250 - oracle.M) < 4 * oracle.S / math.sqrt(N) + 1e-3  # MC error 0.0011 (+ solver bias)
+    assert abs(s250 - oracle.S) < abs(s25 - oracle.S)  # converging (same noise: the MC error is shared)
+    assert abs(s250 - oracle.S) < 0.005 + 4 * SE_STD  # first-order DDIM is the slowest: 0.0037 off here
+
+
+@pytest.mark.parametrize("variance,expected", [("fixed_beta_tilde", 0.19630), ("fixed_beta", 0.20093)])
+def test_diffusers_ddpm_over_all_1000_steps_is_ancestral_sampling_with_the_runs_variance(registry, variance, expected):
+    """The brief's closed forms: ancestral sampling ends at std 0.19630 with sigma^2 = beta-tilde and
+    0.20093 with beta (the run's variance becomes DDPMScheduler's fixed_small / fixed_large)."""
+    mean, std = moments(registry, "diffusers-ddpm", 1000, variance=variance)
+    assert abs(mean - oracle.M) < 4 * oracle.S / math.sqrt(N)
+    assert abs(std - expected) < 4 * SE_STD  # the two figures are 6 standard errors apart
+
+
+@pytest.mark.parametrize("name", sorted(STOCHASTIC - {"diffusers-ddpm"}))
+def test_ancestral_schedulers_approach_the_data_std_as_steps_grow(registry, name):
+    _, s50 = moments(registry, name, 50)
+    _, s1000 = moments(registry, name, 1000)
+    assert abs(s1000 - oracle.S) < abs(s50 - oracle.S) and abs(s1000 - oracle.S) < 0.01
+
+
+def test_images_of_a_stochastic_scheduler_follow_their_own_generators(registry):
+    """Per-image noise reaches diffusers' randn_tensor (one generator per image)."""
+    from ddpm_kit.noise import ImageNoise
+
+    d = make_diffusion(registry, T=1000)
+    sampler = registry.build("sampler", "diffusers-euler-ancestral", {"steps": 20}, num_timesteps=1000)
+    model = oracle.EpsOracle(d.betas.numpy())
+
+    def draw(indices):
+        noise = ImageNoise(7, indices)
+        return sampler(d, model, noise(torch.empty(len(indices), 1, 4, 4, dtype=torch.float64)), noise=noise)
+
+    whole = draw(range(6))
+    torch.testing.assert_close(torch.cat([draw(range(0, 2)), draw(range(2, 6))]), whole, rtol=0, atol=1e-12)
+
+
+def test_diffusers_ddim_is_ddim_pipeline_on_the_same_noise(registry):
+    from diffusers import DDIMPipeline
+    from diffusers.utils.torch_utils import randn_tensor
+
+    d = make_diffusion(registry, T=1000)
+    torch.manual_seed(0)
+    net = registry.build("backbone", "unet2d", {"preset": "cpu-tiny"}, in_channels=1, out_channels=1, image_size=8)
+    net.eval()
+    sampler = registry.build("sampler", "diffusers-ddim", {"steps": 20}, num_timesteps=1000)
+    pipe = DDIMPipeline(unet=net.unet, scheduler=sampler.scheduler(d))
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(batch_size=3, generator=torch.Generator().manual_seed(5), num_inference_steps=20,
+                  output_type="np").images  # [B, H, W, C] in [0, 1]
+    x_T = randn_tensor((3, 1, 8, 8), generator=torch.Generator().manual_seed(5))
+    ours = sampler(d, net, x_T)
+    ours = (ours / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    assert np.abs(ours - theirs).max() < 1e-5
+    assert np.abs(theirs - theirs.mean()).max() > 0.05  # not a constant image
+
+
+@pytest.mark.parametrize("case,message", [("mu", "predicts 'mu'"), ("learned", "learned variance")])
+def test_runs_a_scheduler_cannot_express_are_refused_naming_the_samplers_that_can(registry, case, message):
+    from ddpm_kit.engine import build_components
+    from ddpm_kit.recipe import load_recipe
+
+    overrides = ["sample.sampler.name=\"diffusers-unipc\""]
+    overrides += ["diffusion.parameterization.name=\"mu\""] if case == "mu" else [
+        "diffusion.variance.name=\"learned\"", "objective.name=\"vlb\""]
+    recipe, _ = load_recipe(TINY, registry, overrides)
+    with pytest.raises(DdpmKitError, match=rf"sample\.sampler: .*{message}.*samplers that can: ancestral"):
+        build_components(recipe, registry, str(TINY))
+
+
+@pytest.mark.slow
+def test_sample_command_takes_a_sampler_and_steps(finished_run):
+    run, _ = finished_run
+    result = ddpm_kit("sample", str(run), "-n", "4", "--sampler", "diffusers-dpm-solver++", "--steps", "10",
+                      "--name", "dpm10")
+    assert result.returncode == 0, result.stderr
+    assert np.load(run / "samples" / "dpm10.npz")["images"].shape == (4, 1, 8, 8)
+    result = ddpm_kit("sample", str(run), "-n", "4", "--steps", "10")
+    assert result.returncode == 2 and "sampler 'ancestral' has no parameter 'steps'" in result.stderr
