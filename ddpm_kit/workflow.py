@@ -18,7 +18,7 @@ from .data import to_uint8
 from .engine import Components, build_components, describe, evaluate, load_run_model, process_state, sample_images, train
 from .errors import DdpmKitError
 from .plugins import Registry
-from .recipe import load_recipe, read_toml, validate_recipe
+from .recipe import Component, load_recipe, read_toml, validate_recipe
 from .runs import RunFolder
 
 # Keys that may change when a run is resumed (e.g. to train longer); the rest must match.
@@ -143,12 +143,28 @@ def sample_run(registry: Registry, run_dir: Path, *, num_images: int | None, see
             device_for(state, device))
 
 
-def evaluate_run(registry: Registry, run_dir: Path, *, limit: int | None, use_ema: bool | None,
-                 device: str | None) -> dict:
-    components, run = load_run(registry, run_dir)
-    overrides = {"bpd": {"limit": limit}} if limit else None
+def evaluate_run(registry: Registry, run_dir: Path, *, limit: int | None, use_ema: bool | None, device: str | None,
+                 metric: str | None = None, num_samples: int | None = None, sampler: str | None = None,
+                 steps: int | None = None) -> dict:
+    """All the recipe's metrics (eval/metrics.json), or one ``metric`` (eval/<metric>[_<sampler>].json)
+    with its samples drawn by ``sampler`` / ``steps`` when given."""
+    if num_samples is not None and metric is None:
+        raise DdpmKitError("--num-samples needs --metric (the metric that draws the samples, e.g. --metric fid)")
+    components, run = load_run(registry, run_dir, sampler, steps)
+    overrides = {"bpd": {"limit": limit}} if limit else {}
+    if metric is not None:
+        specs = components.recipe.eval.metrics
+        chosen = next((m for m in specs if m.name == metric), None) or Component(name=metric)
+        components.recipe.eval.metrics = [chosen]
+        if num_samples is not None:
+            overrides.setdefault(metric, {})["num_samples"] = num_samples
+    tag = None
+    if sampler or steps:
+        s = components.recipe.sample.sampler
+        tag = f"{s.name}-{s.params['steps']}" if "steps" in s.params else s.name
     state = process_state()
-    return _evaluate(components, run, state, device_for(state, device), use_ema=use_ema, overrides=overrides)
+    return _evaluate(components, run, state, device_for(state, device), use_ema=use_ema, overrides=overrides,
+                     sample_tag=tag, only=metric)
 
 
 def device_for(state, device: str | None) -> torch.device:

@@ -128,3 +128,22 @@ def test_sample_command_takes_a_sampler_and_steps(finished_run):
     assert np.load(run / "samples" / "dpm10.npz")["images"].shape == (4, 1, 8, 8)
     result = ddpm_kit("sample", str(run), "-n", "4", "--steps", "10")
     assert result.returncode == 2 and "sampler 'ancestral' has no parameter 'steps'" in result.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_one_metric_with_another_sampler_keeps_the_runs_metrics(finished_run):
+    import json
+
+    run, _ = finished_run
+    before = (run / "eval" / "metrics.json").read_text()
+    result = ddpm_kit("evaluate", str(run), "--metric", "fid", "--num-samples", "6", "--sampler", "diffusers-ddim",
+                      "--steps", "5")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads((run / "eval" / "fid_diffusers-ddim-5.json").read_text())
+    assert figures["fid_samples"] == 6 and figures["sampler"] == "diffusers-ddim-5" and figures["fid"] > 0
+    samples = np.load(run / "samples" / "eval_6_diffusers-ddim-5.npz")["images"]
+    assert samples.shape == (6, 1, 8, 8)
+    assert not np.array_equal(samples, np.load(run / "samples" / "final.npz")["images"][:6])  # drawn anew
+    assert (run / "eval" / "metrics.json").read_text() == before
+    result = ddpm_kit("evaluate", str(run), "--num-samples", "6")
+    assert result.returncode == 2 and "--num-samples needs --metric" in result.stderr

@@ -33,6 +33,7 @@ class EvalContext:
     run: RunFolder
     seed: int = 0
     state: Any = field(default_factory=LocalState)
+    sample_tag: str | None = None  # samples drawn by another sampler than the recipe's (cached apart)
 
     @property
     def diffusion(self) -> GaussianDiffusion:
@@ -64,16 +65,17 @@ class EvalContext:
         """``n`` samples in [-1, 1] on every process: the run's final samples if there are enough,
         else drawn now by all processes together (and kept as samples/eval_<n>.npz)."""
         final = self.run.samples / "final.npz"
-        if final.is_file():
+        if final.is_file() and self.sample_tag is None:
             images = torch.from_numpy(np.load(final)["images"])
             if len(images) >= n:
                 return to_model_range(images[:n])
-        cached = self.run.samples / f"eval_{n}.npz"
+        name = f"eval_{n}" if self.sample_tag is None else f"eval_{n}_{self.sample_tag}"
+        cached = self.run.samples / f"{name}.npz"
         if cached.is_file():
             return to_model_range(torch.from_numpy(np.load(cached)["images"]))
         images = sample_images(self.components, self.model, n, self.device, seed=self.seed + 1, state=self.state)
         if self.is_main_process:
-            self.run.save_samples(images, f"eval_{n}")
+            self.run.save_samples(images, name)
         self.state.wait_for_everyone()
         return to_model_range(images)
 
@@ -108,13 +110,15 @@ class EvalContext:
 
 
 def evaluate(components: Components, run: RunFolder, device: torch.device, *, use_ema: bool | None = None,
-             overrides: dict[str, dict[str, Any]] | None = None, state=None) -> dict[str, float]:
+             overrides: dict[str, dict[str, Any]] | None = None, state=None, sample_tag: str | None = None,
+             only: str | None = None) -> dict[str, float]:
     """Compute every metric the recipe lists, on every process of ``state``; the main process
-    writes eval/metrics.json."""
+    writes eval/metrics.json, or eval/<only>[_<sample_tag>].json when one metric was asked for."""
     state = state or LocalState()
     use_ema = components.recipe.eval.use_ema if use_ema is None else use_ema
     model = load_run_model(components, run, use_ema=use_ema, device=device)
-    context = EvalContext(components, model, device, run, seed=components.recipe.run.seed, state=state)
+    context = EvalContext(components, model, device, run, seed=components.recipe.run.seed, state=state,
+                          sample_tag=sample_tag)
     results: dict[str, float] = {}
     for spec in components.recipe.eval.metrics:
         params = {**spec.params, **(overrides or {}).get(spec.name, {})}
@@ -122,8 +126,11 @@ def evaluate(components: Components, run: RunFolder, device: torch.device, *, us
         with torch.inference_mode():
             results.update(metric.compute(context))
     results["weights"] = "ema" if use_ema else "raw"
+    if sample_tag is not None:
+        results["sampler"] = sample_tag
     if state.is_main_process:
         run.eval.mkdir(parents=True, exist_ok=True)
-        (run.eval / "metrics.json").write_text(json.dumps(results, indent=2))
+        name = "metrics" if only is None else "_".join(filter(None, [only, sample_tag]))
+        (run.eval / f"{name}.json").write_text(json.dumps(results, indent=2))
     state.wait_for_everyone()
     return results
