@@ -76,11 +76,20 @@ class TrainSection(Strict):
     on_nonfinite: Literal["stop", "skip"] = "stop"
     channels_last: bool = False
     compile: bool = False
+    # experiment trackers through accelerate (none by default): tensorboard, wandb, mlflow, ...
+    log_with: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab",
+                           "trackio"]] = []
+    eval_every: int = Field(default=0, ge=0)  # steps between evaluations of the EMA weights (0: none)
+    eval_metrics: list[Component] | None = None  # default: eval.metrics
+    best_metric: str | None = None  # a figure of those metrics, e.g. "fid": keeps checkpoints/best
+    best_mode: Literal["min", "max"] = "min"
 
     @pydantic.model_validator(mode="after")
     def _batch_splits(self) -> TrainSection:
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} must be divisible by grad_accum {self.grad_accum}")
+        if self.best_metric and not self.eval_every:
+            raise ValueError("best_metric needs eval_every > 0 (the evaluations it picks the best of)")
         return self
 
 
@@ -120,6 +129,7 @@ class Recipe(Strict):
                  ("diffusion.variance", "variance", d.variance), ("diffusion.decoder", "decoder", d.decoder),
                  ("objective", "objective", self.objective), ("sample.sampler", "sampler", self.sample.sampler)]
         found += [(f"eval.metrics[{i}]", "metric", m) for i, m in enumerate(self.eval.metrics)]
+        found += [(f"train.eval_metrics[{i}]", "metric", m) for i, m in enumerate(self.train.eval_metrics or [])]
         return found
 
 

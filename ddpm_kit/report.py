@@ -48,7 +48,7 @@ def summarize(run: RunFolder) -> dict[str, Any]:
         "FID": _fmt(metrics.get("fid"), 2),
         "classifier score": _fmt(metrics.get("classifier_score"), 2),
         "extractor": metrics.get("fid_extractor"),
-        "losses": [(m["step"], m["loss"]) for m in done],
+        "losses": [(m["step"], m["loss"]) for m in done if "loss" in m],  # eval entries have none
     }
 
 

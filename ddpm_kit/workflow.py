@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .data import to_uint8
+from .engine.monitoring import trackers
 from .engine import Components, build_components, describe, evaluate, load_run_model, process_state, sample_images, train
 from .errors import DdpmKitError
 from .plugins import Registry
@@ -45,8 +46,9 @@ def run_recipe(registry: Registry, recipe_file: Path, overrides: list[str], *, r
     recipe, resolved = load_recipe(recipe_file, registry, overrides)
     run = RunFolder(run_dir or Path(recipe.run.output_dir) / (recipe.run.name or recipe_file.stem))
     components = build_components(recipe, registry, str(recipe_file))
-    components.build_backbone()  # fail on a bad backbone or missing data before touching the run folder
-    components.build_dataset()
+    components.build_backbone()  # fail on a bad backbone, missing data or a missing tracker before
+    components.build_dataset()   # touching the run folder
+    trackers(recipe.train.log_with)
     state = process_state()
     exists = run.recipe_file.is_file()
     if exists and resume:

@@ -27,7 +27,7 @@ def fake_context(diffusion, model, x, tmp_path):
         np.save(run.eval / f"{name}.npy", array)
 
     return SimpleNamespace(diffusion=diffusion, model=model, device=torch.device("cpu"), seed=0, run=run,
-                           images=lambda split, limit: x[:limit], save_array=save_array, is_main_process=True,
+                           images=lambda split, limit: x[:limit], save_array=save_array, is_main_process=True, eval_dir=run.eval,
                            map_batches=lambda total, size, work, desc=None: map_batches(LocalState(), total, size, work))
 
 

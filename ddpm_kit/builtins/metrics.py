@@ -47,8 +47,8 @@ class BitsPerDim(Metric):
         context.save_array("bpd_terms", all_terms)
         context.save_array("xstart_mse", all_mse)
         if context.is_main_process:
-            plot_bpd_terms(all_terms, context.run.eval / "bpd_per_timestep.png")
-            plot_rate_distortion(all_terms, all_mse, context.run.eval / "rate_distortion.png")
+            plot_bpd_terms(all_terms, context.eval_dir / "bpd_per_timestep.png")
+            plot_rate_distortion(all_terms, all_mse, context.eval_dir / "rate_distortion.png")
         total = all_terms.sum(1)
         return {"bpd": float(total.mean()), "bpd_stderr": float(total.std(ddof=1) / math.sqrt(len(total))),
                 "bpd_L0": float(all_terms[:, 0].mean()), "bpd_prior": float(all_terms[:, -1].mean()),

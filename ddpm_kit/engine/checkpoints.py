@@ -62,9 +62,10 @@ def refuse_unsafe_pickles(folder: Path) -> None:
                                f"({' '.join(str(exc).split())[:200]})") from None
 
 
-def save_checkpoint(accelerator, run: RunFolder, step: int, ema, keep: int) -> None:
-    """accelerate's full training state, written to a temporary folder and renamed when complete."""
-    final = run.checkpoint_dir(step)
+def save_checkpoint(accelerator, run: RunFolder, step: int, ema, keep: int, folder: Path | None = None) -> None:
+    """accelerate's full training state, written to a temporary folder and renamed when complete
+    (to checkpoints/step_NNNNNNN, or to ``folder``, which is then not counted among the kept)."""
+    final = folder or run.checkpoint_dir(step)
     tmp = final.with_name(f".tmp-{final.name}")
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
@@ -75,7 +76,8 @@ def save_checkpoint(accelerator, run: RunFolder, step: int, ema, keep: int) -> N
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
-        run.prune_checkpoints(keep)
+        if folder is None:
+            run.prune_checkpoints(keep)
     accelerator.wait_for_everyone()
 
 

@@ -34,6 +34,12 @@ class EvalContext:
     seed: int = 0
     state: Any = field(default_factory=LocalState)
     sample_tag: str | None = None  # samples drawn by another sampler than the recipe's (cached apart)
+    out: Path | None = None  # where arrays and plots go (default: the run's eval/)
+    keep_samples: bool = True  # False during training: weights change, so samples are never reused
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.out or self.run.eval
 
     @property
     def diffusion(self) -> GaussianDiffusion:
@@ -64,6 +70,9 @@ class EvalContext:
     def samples(self, n: int) -> torch.Tensor:
         """``n`` samples in [-1, 1] on every process: the run's final samples if there are enough,
         else drawn now by all processes together (and kept as samples/eval_<n>.npz)."""
+        if not self.keep_samples:
+            return to_model_range(sample_images(self.components, self.model, n, self.device, seed=self.seed + 1,
+                                                state=self.state))
         final = self.run.samples / "final.npz"
         if final.is_file() and self.sample_tag is None:
             images = torch.from_numpy(np.load(final)["images"])
@@ -101,8 +110,8 @@ class EvalContext:
         return my_batches(self.state, total, batch_size)
 
     def save_array(self, name: str, array: np.ndarray) -> Path:
-        """eval/<name>.npy, written by the main process."""
-        path = self.run.eval / f"{name}.npy"
+        """<eval_dir>/<name>.npy, written by the main process."""
+        path = self.eval_dir / f"{name}.npy"
         if self.is_main_process:
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, array)

@@ -3,7 +3,6 @@ checkpoints that are complete or absent, Ctrl-C and non-finite steps handled."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import signal
 import threading
@@ -19,6 +18,7 @@ from .checkpoints import ema_weights, make_ema, refuse_unsafe_pickles, save_chec
 from .components import Components
 from .data import global_batch, load_split, step_generator, step_rows
 from .dropout import use_global_batch_dropout
+from .monitoring import TrainingEvaluation, log_grid, trackers
 from .sampling import quiet_known_dynamo_warnings, sample_images
 
 
@@ -30,15 +30,15 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
     from tqdm.auto import tqdm
 
     r, tr = components.recipe, components.recipe.train
-    tensorboard = importlib.util.find_spec("tensorboard") is not None  # optional: pip install 'ddpm-kit[tensorboard]'
     accelerator = Accelerator(mixed_precision=tr.mixed_precision, step_scheduler_with_optimizer=False,
                               gradient_accumulation_steps=tr.grad_accum, project_dir=str(run.path),
-                              log_with="tensorboard" if tensorboard else None,
+                              log_with=trackers(tr.log_with) or None,
                               dynamo_backend="inductor" if tr.compile else "no")
     if tr.compile:
         quiet_known_dynamo_warnings()
-    if tensorboard:
-        accelerator.init_trackers("tensorboard")
+    if tr.log_with:
+        accelerator.init_trackers(run.path.name)
+    evaluation = TrainingEvaluation(components, run, accelerator) if tr.eval_every else None
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_batch = tr.batch_size // tr.grad_accum
     if tr.batch_size % (tr.grad_accum * world):
@@ -132,13 +132,15 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}")
                 loss_sum.zero_()
                 interval_start, interval_steps = time.perf_counter(), 0
+            if evaluation is not None and evaluation.due(done, tr.steps):  # before the checkpoint of this step
+                evaluation(accelerator, model, ema, done, keep=tr.keep_checkpoints)
             if checkpoint_due:
                 save_checkpoint(accelerator, run, done, ema, keep=tr.keep_checkpoints)
             if tr.sample_every and done % tr.sample_every == 0 and accelerator.is_main_process:
                 unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
                 with ema_weights(unwrapped, ema):
                     images = sample_images(components, unwrapped, 16, accelerator.device)
-                run.save_grid(images, run.samples / f"step_{done:07d}.png")
+                log_grid(accelerator, images, done, run.save_grid(images, run.samples / f"step_{done:07d}.png"))
             # Ctrl-C: stop between steps. Several processes agree at log steps (one small all-reduce).
             if world == 1 and stop.requested or world > 1 and done % tr.log_every == 0 and bool(
                     accelerator.reduce(torch.tensor(float(stop.requested), device=accelerator.device), "max")):

@@ -1,0 +1,97 @@
+"""What watches a long run: experiment trackers (accelerate's tracker API, named in the recipe),
+sample grids sent to them, and evaluation of the EMA weights during training with a ``best``
+checkpoint kept by a named figure."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DdpmKitError
+from ..runs import RunFolder
+from .checkpoints import ema_weights, save_checkpoint
+from .components import Components
+from .evaluation import EvalContext
+
+BEST = "best"
+PACKAGES = {"comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive", "aim": "aim"}
+
+
+def trackers(names: list[str]) -> list[str]:
+    """``train.log_with`` checked: each tracker's package must be installed (a one-line error if not)."""
+    for name in names:
+        if importlib.util.find_spec(PACKAGES.get(name, name)) is None:
+            raise DdpmKitError(f"train.log_with: tracker '{name}' is not installed (pip install {name}); "
+                               "remove it from the recipe or install it")
+    return names
+
+
+def log_grid(accelerator, images: torch.Tensor, step: int, path: Path) -> None:
+    """Send a saved sample grid (PNG) to every tracker that takes images."""
+    from PIL import Image
+
+    grid = np.asarray(Image.open(path).convert("RGB"))
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images({"samples": grid[None]}, step=step, dataformats="NHWC")
+        elif hasattr(tracker, "log_images"):
+            tracker.log_images({"samples": [grid]}, step=step)
+
+
+class TrainingEvaluation:
+    """``train.eval_metrics`` (default: ``eval.metrics``) on the EMA weights every
+    ``train.eval_every`` steps, on all processes; ``checkpoints/best`` follows ``train.best_metric``."""
+
+    def __init__(self, components: Components, run: RunFolder, state) -> None:
+        tr = components.recipe.train
+        self.components, self.run, self.state = components, run, state
+        self.every, self.metric, self.mode = tr.eval_every, tr.best_metric, tr.best_mode
+        self.specs = tr.eval_metrics if tr.eval_metrics is not None else components.recipe.eval.metrics
+        self.best = self._read_best()
+
+    def _read_best(self) -> float | None:
+        """The best figure so far (a resumed run continues from its checkpoints/best)."""
+        record = self.run.checkpoints / BEST / "best.json"
+        return json.loads(record.read_text())["value"] if record.is_file() else None
+
+    def due(self, step: int, last: int) -> bool:
+        return bool(self.every) and (step % self.every == 0 or step == last)
+
+    def __call__(self, accelerator, model: torch.nn.Module, ema, step: int, keep: int) -> dict[str, Any]:
+        """Evaluate at ``step``; log to metrics.jsonl and the trackers; save ``best`` if it improved."""
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+        out = self.run.eval / "during-training" / f"step_{step:07d}"
+        with ema_weights(unwrapped, ema), torch.random.fork_rng(devices=[]), torch.inference_mode():
+            unwrapped.eval()
+            context = EvalContext(self.components, unwrapped, accelerator.device, self.run,
+                                  seed=self.components.recipe.run.seed, state=self.state, out=out, keep_samples=False)
+            results: dict[str, Any] = {}
+            for spec in self.specs:
+                results.update(self.components.registry.build("metric", spec.name, spec.params).compute(context))
+        unwrapped.train()
+        figures = {k: v for k, v in results.items() if isinstance(v, (int, float))}
+        if self.metric is not None and self.metric not in figures:
+            raise DdpmKitError(f"train.best_metric '{self.metric}' is not among the evaluation's figures: "
+                               f"{', '.join(figures)}")
+        accelerator.log({f"eval/{k}": v for k, v in figures.items()}, step=step)
+        if accelerator.is_main_process:
+            self.run.log_metrics({"step": step, "eval": results})
+        if self.metric is not None and self._improves(figures[self.metric]):
+            self.best = figures[self.metric]
+            self._save_best(accelerator, ema, step, keep)
+        return results
+
+    def _improves(self, value: float) -> bool:
+        return self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+
+    def _save_best(self, accelerator, ema, step: int, keep: int) -> None:
+        """The full training state at this step, as checkpoints/best (replaced atomically)."""
+        save_checkpoint(accelerator, self.run, step, ema, keep=keep, folder=self.run.checkpoints / BEST)
+        if accelerator.is_main_process:
+            (self.run.checkpoints / BEST / "best.json").write_text(
+                json.dumps({"step": step, "metric": self.metric, "mode": self.mode, "value": self.best}))
