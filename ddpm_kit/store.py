@@ -28,6 +28,7 @@ import torch
 
 from .data import decode_images, image_column
 from .errors import DdpmKitError
+from .progress import progress_bar
 
 STORE_FORMAT = 1
 META = "meta.json"
@@ -116,7 +117,6 @@ def build_store(ds, folder: Path, image_size: int, channels: int, resize: str, *
                 chunk: int = 256, progress: bool = True, desc: str = "preparing data") -> PixelStore:
     """Decode ``ds`` into ``folder`` (written under a temporary name, renamed when complete)."""
     import datasets
-    from tqdm.auto import tqdm
 
     if len(ds) == 0:
         raise DdpmKitError("dataset split is empty")
@@ -133,7 +133,7 @@ def build_store(ds, folder: Path, image_size: int, channels: int, resize: str, *
         workers = workers or min(8, os.cpu_count() or 1)
         bounds = _chunks(len(ds), chunk)
         args = (ds, column, (image_size, channels, resize), str(tmp / PIXELS), row_bytes)
-        bar = tqdm(total=len(ds), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(total=len(ds), desc=desc, unit="img", enabled=progress)
         if workers > 1 and len(bounds) > 1:
             context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
             with context.Pool(min(workers, len(bounds)), initializer=_init_worker, initargs=args) as pool:

@@ -15,6 +15,7 @@ from ..data import to_model_range
 from ..diffusion import GaussianDiffusion
 from ..errors import DdpmKitError
 from ..runs import RunFolder
+from ..progress import progress_bar
 from .checkpoints import load_run_model
 from .components import Components
 from .data import load_split
@@ -92,11 +93,8 @@ class EvalContext:
                     desc: str | None = None) -> np.ndarray:
         """``work(rows)`` for batches of 0..total-1 split over the processes; all results, in
         order, on every process. A progress bar on the main process when ``desc`` is given."""
-        from tqdm.auto import tqdm
-
         def progress(batches):
-            return tqdm(batches, desc=desc, unit="batch", disable=desc is None or not self.is_main_process,
-                        dynamic_ncols=True)
+            return progress_bar(batches, desc=desc, unit="batch", enabled=desc is not None and self.is_main_process)
 
         return map_batches(self.state, total, batch_size, work, progress)
 

@@ -18,6 +18,7 @@ import torch
 
 from ..data import to_uint8
 from ..noise import ImageNoise, image_seed
+from ..progress import progress_bar
 from .components import Components
 from .distributed import LocalState, map_batches, my_batches
 
@@ -63,10 +64,8 @@ class StepBar:
     """One tqdm bar over every reverse step of this process's batches (main process only)."""
 
     def __init__(self, num_batches: int, enabled: bool, desc: str = "sample") -> None:
-        from tqdm.auto import tqdm
-
         self.num_batches = num_batches
-        self.bar = tqdm(total=None, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True)
+        self.bar = progress_bar(total=None, desc=desc, unit="step", enabled=enabled)
 
     def __call__(self, step: dict[str, Any]) -> None:
         if self.bar.total is None:  # the first step's index tells the sampler's number of steps

@@ -13,6 +13,7 @@ import torch
 
 from ..errors import DdpmKitError
 from ..interfaces import Objective
+from ..progress import progress_bar
 from ..runs import RunFolder
 from .checkpoints import ema_weights, make_ema, refuse_unsafe_pickles, save_checkpoint, save_final_weights
 from .components import Components
@@ -27,7 +28,6 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.optimization import get_constant_schedule_with_warmup
-    from tqdm.auto import tqdm
 
     r, tr = components.recipe, components.recipe.train
     accelerator = Accelerator(mixed_precision=tr.mixed_precision, step_scheduler_with_optimizer=False,
@@ -71,8 +71,8 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
             start = checkpoint.step
             accelerator.print(f"resuming {run.path} from step {start}")
     diffusion = components.diffusion
-    bar = tqdm(range(start, tr.steps), initial=start, total=tr.steps, disable=not accelerator.is_main_process,
-               desc="train", dynamic_ncols=True)
+    bar = progress_bar(range(start, tr.steps), initial=start, total=tr.steps, desc="train",
+                       enabled=accelerator.is_main_process)
     loss_sum = torch.zeros((), device=accelerator.device)
     interval_start, interval_steps, skipped = time.perf_counter(), 0, 0
     grad_norm = torch.zeros(())
