@@ -46,9 +46,14 @@ def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + micro)
 
 
+def draw_indices(total: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """The rows of one global batch: ``generator``'s first draw (with replacement across epochs)."""
+    return torch.randint(0, total, (batch_size,), generator=generator)
+
+
 def global_batch(pixels, batch_size: int, generator: torch.Generator, flip: bool) -> torch.Tensor:
     """x0 in [-1, 1] for one global batch (sampled with replacement across epochs)."""
-    index = torch.randint(0, len(pixels), (batch_size,), generator=generator)
+    index = draw_indices(len(pixels), batch_size, generator)
     x0 = to_model_range(pixels[index])
     if flip:
         mask = torch.rand(batch_size, generator=generator) < 0.5
@@ -87,8 +92,7 @@ class StepRows(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> list[PrefetchedRows]:
         out = []
         for micro in range(self.grad_accum):
-            g = step_generator(self.seed, self.first + k, micro)
-            index = torch.randint(0, len(self.split), (self.micro_batch,), generator=g)
+            index = draw_indices(len(self.split), self.micro_batch, step_generator(self.seed, self.first + k, micro))
             rows = torch.zeros((self.micro_batch, *self.split.shape[1:]), dtype=torch.uint8)
             rows[self.mine] = self.split[index[self.mine]]
             out.append(PrefetchedRows(index, rows, len(self.split)))

@@ -31,7 +31,7 @@ def trackers(names: list[str]) -> list[str]:
     return names
 
 
-def log_grid(accelerator, images: torch.Tensor, step: int, path: Path) -> None:
+def log_grid(accelerator, step: int, path: Path) -> None:
     """Send a saved sample grid (PNG) to every tracker that takes images."""
     from PIL import Image
 

@@ -140,7 +140,7 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
                 unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
                 with ema_weights(unwrapped, ema):
                     images = sample_images(components, unwrapped, 16, accelerator.device)
-                log_grid(accelerator, images, done, run.save_grid(images, run.samples / f"step_{done:07d}.png"))
+                log_grid(accelerator, done, run.save_grid(images, run.samples / f"step_{done:07d}.png"))
             # Ctrl-C: stop between steps. Several processes agree at log steps (one small all-reduce).
             if world == 1 and stop.requested or world > 1 and done % tr.log_every == 0 and bool(
                     accelerator.reduce(torch.tensor(float(stop.requested), device=accelerator.device), "max")):
