@@ -7,6 +7,7 @@ dtype when gathered. Timestep indices are 0-based (index t is the paper's t+1).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -171,7 +172,8 @@ class GaussianDiffusion:
     @torch.no_grad()
     def calc_bpd_loop(self, model: Model, x0: torch.Tensor, *, clip_denoised: bool = False,
                       generator: torch.Generator | None = None, noise: NoiseSource | None = None,
-                      timesteps_per_batch: int = 1) -> dict[str, torch.Tensor]:
+                      timesteps_per_batch: int = 1,
+                      progress: Callable[[int], object] | None = None) -> dict[str, torch.Tensor]:
         """The full bound L_T + sum_t L_{t-1} + L_0 per example, in bits/dim (eq. 5).
 
         Returns ``total_bpd`` [B], ``prior_bpd`` [B] (L_T), ``vb`` [B, T] (column t is L_t, 0-based)
@@ -180,7 +182,8 @@ class GaussianDiffusion:
         ``timesteps_per_batch`` > 1 stacks that many timesteps into one network call; the noise is
         drawn in the same order either way, so the results agree with the one-at-a-time loop.
         ``noise`` (e.g. ``ImageNoise``) draws each image's noise from its own generator, so an
-        image's figures do not depend on the batch it is in.
+        image's figures do not depend on the batch it is in. ``progress(n)`` is called after each
+        chunk of ``n`` timesteps (a tqdm bar's ``update``).
         """
         batch, k = x0.shape[0], max(1, timesteps_per_batch)
         vb, mse = [], []
@@ -192,6 +195,8 @@ class GaussianDiffusion:
             out = self.vb_terms_bpd(model, x0_rep, self.q_sample(x0_rep, t, eps), t, clip_denoised=clip_denoised)
             vb.append(out["output"].view(len(chunk), batch))
             mse.append(mean_flat((out["pred_x0"].clamp(-1, 1) - x0_rep) ** 2).view(len(chunk), batch))
+            if progress is not None:
+                progress(len(chunk))
         vb_terms = torch.cat(vb).flip(0).T  # [B, T] in timestep order
         prior = self.prior_bpd(x0)
         return {"total_bpd": vb_terms.sum(dim=1) + prior, "prior_bpd": prior, "vb": vb_terms,

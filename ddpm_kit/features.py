@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,11 @@ def cache_dir() -> Path:
     return Path(root) / "feature-nets"
 
 
+def key_digest(key: dict) -> str:
+    """A short, stable name for a cache entry's key (JSON with sorted keys, SHA-256)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def train_classifier(x: torch.Tensor, labels: torch.Tensor, *, epochs: int = 4, seed: int = 0) -> DigitClassifier:
     """Fit the classifier on images in [-1, 1] (Adam, batch 64); deterministic in ``seed``."""
     g = torch.Generator().manual_seed(seed)
@@ -61,7 +67,7 @@ def cached_classifier(key: dict, x: torch.Tensor, labels: torch.Tensor) -> tuple
     """The classifier for ``key`` (dataset and preprocessing), trained once and cached as safetensors."""
     from safetensors.torch import load_file, save_file
 
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    digest = key_digest(key)
     path = cache_dir() / f"classifier-{digest}.safetensors"
     num_classes = int(labels.max()) + 1
     if path.is_file():
@@ -87,18 +93,56 @@ def features_and_probs(net: DigitClassifier, x: torch.Tensor, batch_size: int = 
     return np.concatenate(feats), np.concatenate(probs)
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussians fitted to features.
+@dataclass(frozen=True)
+class FeatureStats:
+    """A Gaussian fitted to features (mean, covariance) and the number of rows it was fitted to."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int
+
+    @classmethod
+    def fit(cls, features: np.ndarray) -> FeatureStats:
+        return cls(features.mean(0), np.atleast_2d(np.cov(features, rowvar=False)), len(features))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"mu": self.mu, "sigma": self.sigma, "n": np.asarray(self.n)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> FeatureStats:
+        return cls(arrays["mu"], arrays["sigma"], int(arrays["n"]))
+
+
+def frechet_distance(a: np.ndarray | FeatureStats, b: np.ndarray | FeatureStats) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussians fitted to features
+    (Heusel et al. 2017); ``a`` and ``b`` are feature rows or their fitted ``FeatureStats``.
 
     Tr (S_a S_b)^(1/2) = Tr (S_a^(1/2) S_b S_a^(1/2))^(1/2), a symmetric PSD form computed with
     eigh: stable for the singular covariances of features with dead units.
     """
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    w, v = np.linalg.eigh(s_a)
+    a, b = (x if isinstance(x, FeatureStats) else FeatureStats.fit(x) for x in (a, b))
+    w, v = np.linalg.eigh(a.sigma)
     sa_half = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(sa_half @ s_b @ sa_half), 0, None)).sum()
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * tr_covmean)
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(sa_half @ b.sigma @ sa_half), 0, None)).sum()
+    return float(((a.mu - b.mu) ** 2).sum() + np.trace(a.sigma) + np.trace(b.sigma) - 2 * tr_covmean)
+
+
+def confident_fraction(probs: np.ndarray, threshold: float = 0.9) -> float:
+    """The fraction of images whose most likely class has probability above ``threshold``."""
+    return float((probs.max(1) > threshold).mean())
+
+
+def stats_path(key: dict) -> Path:
+    """Where the arrays for ``key`` (extractor, data settings, split, rows) are cached."""
+    return cache_dir() / f"stats-{key_digest(key)}.npz"
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an .npz atomically (processes and runs may race to write the same cache entry)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
 
 
 def classifier_score(probs: np.ndarray) -> float:

@@ -12,7 +12,7 @@ from .recipe import read_toml
 from .runs import RunFolder
 
 COLUMNS = ["run", "parameterization", "variance", "objective", "steps", "train time", "bits/dim", "FID",
-           "classifier score"]
+           "FID floor", "confident (real)", "classifier score"]
 
 
 def _fmt(value: float | None, digits: int = 3, stderr: float | None = None) -> str:
@@ -46,6 +46,9 @@ def summarize(run: RunFolder) -> dict[str, Any]:
         "train time": _duration(summary.get("train_seconds")),
         "bits/dim": _fmt(metrics.get("bpd"), 3, metrics.get("bpd_stderr")),
         "FID": _fmt(metrics.get("fid"), 2),
+        "FID floor": _fmt(metrics.get("fid_real_floor"), 2),
+        "confident (real)": (f"{metrics['confident']:.2f} ({metrics['confident_real']:.2f})"
+                             if "confident" in metrics else "-"),
         "classifier score": _fmt(metrics.get("classifier_score"), 2),
         "extractor": metrics.get("fid_extractor"),
         "losses": [(m["step"], m["loss"]) for m in done if "loss" in m],  # eval entries have none

@@ -1,6 +1,9 @@
 """Evaluation: bits/dim through the metric code, batched timesteps, FID sanity, Frechet distance."""
 
+import json
 import math
+import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,9 +11,10 @@ import pytest
 import torch
 
 import oracle
-from helpers import make_diffusion
-from ddpm_kit.features import classifier_score, features_and_probs, frechet_distance, train_classifier
-from ddpm_kit.engine.distributed import LocalState, map_batches
+from helpers import ddpm_kit, make_diffusion
+from ddpm_kit.features import (FeatureStats, classifier_score, confident_fraction, features_and_probs,
+                               frechet_distance, train_classifier)
+from ddpm_kit.engine.distributed import LocalState, map_batches, my_batches
 from ddpm_kit.runs import RunFolder
 
 
@@ -28,7 +32,8 @@ def fake_context(diffusion, model, x, tmp_path):
 
     return SimpleNamespace(diffusion=diffusion, model=model, device=torch.device("cpu"), seed=0, run=run,
                            images=lambda split, limit: x[:limit], save_array=save_array, is_main_process=True, eval_dir=run.eval,
-                           map_batches=lambda total, size, work, desc=None: map_batches(LocalState(), total, size, work))
+                           map_batches=lambda total, size, work, desc=None: map_batches(LocalState(), total, size, work),
+                           my_share=lambda total, size: my_batches(LocalState(), total, size))
 
 
 def test_bpd_metric_on_the_oracle_gives_the_closed_form_bound(registry, tmp_path):
@@ -56,7 +61,10 @@ def test_batched_timesteps_equal_the_plain_loop(registry, param, variance):
 
     x = gaussian_data(6, seed=1)
     plain = d.calc_bpd_loop(model, x, generator=torch.Generator().manual_seed(7))
-    batched = d.calc_bpd_loop(model, x, generator=torch.Generator().manual_seed(7), timesteps_per_batch=7)
+    chunks = []
+    batched = d.calc_bpd_loop(model, x, generator=torch.Generator().manual_seed(7), timesteps_per_batch=7,
+                              progress=chunks.append)
+    assert chunks == [7, 7, 7, 7, 7, 5]  # the progress bar advances by timestep chunk, T in all
     for key in ("total_bpd", "prior_bpd", "vb", "xstart_mse"):
         torch.testing.assert_close(batched[key], plain[key], rtol=1e-10, atol=1e-10)
 
@@ -81,6 +89,64 @@ def test_frechet_distance_of_known_gaussians():
     b = rng.normal(1, math.sqrt(2), (200_000, 4))
     assert frechet_distance(a, b) == pytest.approx(4 + 4 * (3 - 2 * math.sqrt(2)), rel=0.02)
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_frechet_distance_agrees_with_scipy_sqrtm_on_non_commuting_covariances(seed):
+    """pytorch-fid's formula, Tr sqrtm(S_a S_b) by scipy, on covariances whose product is not symmetric."""
+    from scipy.linalg import sqrtm
+
+    rng = np.random.default_rng(seed)
+    d = 7
+    a_half, b_half = rng.normal(size=(d, d)), rng.normal(size=(d, d))
+    s_a, s_b = a_half @ a_half.T + 0.1 * np.eye(d), b_half @ b_half.T + 0.1 * np.eye(d)
+    assert not np.allclose(s_a @ s_b, s_b @ s_a, atol=1e-3)
+    mu_a, mu_b = rng.normal(size=d), rng.normal(size=d)
+    expected = ((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * sqrtm(s_a @ s_b).real)
+    got = frechet_distance(FeatureStats(mu_a, s_a, 100), FeatureStats(mu_b, s_b, 100))
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_confident_fraction_counts_top_probabilities_above_the_threshold():
+    probs = np.array([[0.95, 0.05], [0.5, 0.5], [0.02, 0.98], [0.9, 0.1]])  # 0.9 itself is not above
+    assert confident_fraction(probs) == 0.5
+    assert confident_fraction(probs, threshold=0.4) == 1.0
+
+
+@pytest.mark.slow
+def test_fid_caches_the_real_statistics_and_measures_the_floor_at_the_sample_count(finished_run, registry):
+    """A second FID with another sample count reads the test split's statistics from the cache
+    (the file is not rewritten) and computes only the floor's N training images; every figure
+    equals features computed here from the data, the cached classifier and the saved samples."""
+    from safetensors.torch import load_file
+
+    from ddpm_kit.data import to_model_range, to_uint8_tensor
+    from ddpm_kit.features import DigitClassifier
+
+    run, _ = finished_run
+    cache = Path(os.environ["DDPM_KIT_CACHE"]) / "feature-nets"
+    before = {p.name: p.stat().st_mtime_ns for p in cache.glob("stats-*.npz")}
+    result = ddpm_kit("evaluate", str(run), "--metric", "fid", "--num-samples", "12")
+    assert result.returncode == 0, result.stderr
+    after = {p.name: p.stat().st_mtime_ns for p in cache.glob("stats-*.npz")}
+    assert len(set(after) - set(before)) == 1  # the floor at 12 training images; the test split's was cached
+    assert {name: after[name] for name in before} == before
+    figures = json.loads((run / "eval" / "fid.json").read_text())
+    assert figures["fid_samples"] == 12 and figures["fid_floor_images"] == 12
+
+    digits = registry.build("dataset", "digits")  # tests/recipes/tiny.toml's data: 8x8, one channel, resized
+    train, test = (to_model_range(to_uint8_tensor(digits[s], 8, 1, "resize")) for s in ("train", "test"))
+    digest = figures["fid_extractor"].split()[0].removeprefix("classifier-")
+    net = DigitClassifier(1, 8, 10)
+    net.load_state_dict(load_file(str(cache / f"classifier-{digest}.safetensors")))
+    samples = to_model_range(torch.from_numpy(np.load(run / "samples" / "eval_12.npz")["images"]))
+    (f_test, p_test), (f_train, _), (f_fake, p_fake) = (features_and_probs(net.eval(), x)
+                                                        for x in (test, train[:12], samples))
+    assert figures["fid"] == pytest.approx(frechet_distance(f_test, f_fake), rel=1e-6)
+    assert figures["fid_real_floor"] == pytest.approx(frechet_distance(f_test, f_train), rel=1e-6)
+    assert figures["confident"] == confident_fraction(p_fake)
+    assert figures["confident_real"] == confident_fraction(p_test)
+    assert figures["classifier_score_real"] == pytest.approx(classifier_score(p_test), rel=1e-9)
 
 
 def test_fid_of_training_images_against_themselves_is_near_zero_and_noise_is_far(registry):

@@ -32,17 +32,23 @@ class BitsPerDim(Metric):
         from ..plots import plot_bpd_terms, plot_rate_distortion
 
         from ..noise import ImageNoise
+        from ..progress import progress_bar
 
         x = context.images(self.split, self.limit)
         T = context.diffusion.num_timesteps
+        my_batches = len(context.my_share(len(x), self.batch_size))
+        bar = progress_bar(total=my_batches * T, desc=f"bits/dim ({my_batches} batches x {T} timesteps)",
+                           unit="t", enabled=context.is_main_process)
 
         def terms_and_mse(rows: range) -> np.ndarray:  # [b, T + 1 + T]: L_0..L_{T-1}, L_T, x0-hat errors
             out = context.diffusion.calc_bpd_loop(
                 context.model, x[rows.start:rows.stop].to(context.device), clip_denoised=self.clip_denoised,
-                noise=ImageNoise(context.seed, rows, context.device), timesteps_per_batch=self.timesteps_per_batch)
+                noise=ImageNoise(context.seed, rows, context.device), timesteps_per_batch=self.timesteps_per_batch,
+                progress=bar.update)
             return torch.cat([out["vb"], out["prior_bpd"][:, None], out["xstart_mse"]], dim=1).double().cpu().numpy()
 
-        both = context.map_batches(len(x), self.batch_size, terms_and_mse, desc="bits/dim")
+        with bar:
+            both = context.map_batches(len(x), self.batch_size, terms_and_mse)
         all_terms, all_mse = both[:, :T + 1], both[:, T + 1:]
         context.save_array("bpd_terms", all_terms)
         context.save_array("xstart_mse", all_mse)
@@ -56,8 +62,16 @@ class BitsPerDim(Metric):
 
 
 class ClassifierFID(Metric):
-    """FID and the Inception-Score counterpart with features of a small classifier trained once on
-    the labelled train split (cached). For digit-like data, offline. Names its extractor."""
+    """FID with features of a small classifier trained once on the labelled train split (cached),
+    beside its real-vs-real floor at the same sample count, and how many samples the classifier
+    labels with confidence: for digit-like data, offline. Names its extractor.
+
+    ``fid``: N samples against the test split; ``fid_real_floor``: N training images against the
+    same test split (what FID a perfect model would get with N samples); ``confident``: the
+    fraction of samples whose top class has probability > 0.9, beside ``confident_real`` for the
+    test split (images the classifier has not seen, like the samples). The test split's and the
+    floor's statistics depend only on the extractor and the data settings and are cached.
+    """
 
     name = "fid"
 
@@ -65,26 +79,48 @@ class ClassifierFID(Metric):
         self.num_samples, self.split, self.label_column = num_samples, split, label_column
 
     def compute(self, context) -> dict[str, float]:
-        from ..features import cached_classifier, classifier_score, features_and_probs, frechet_distance
+        from ..features import FeatureStats, cached_classifier, frechet_distance
 
         train_x, train_y = context.labelled("train", self.label_column)
         with context.state.main_process_first():  # the main process trains and caches it, the others load it
             net, digest = cached_classifier(context.data_key(), train_x, train_y)
         real, real_y = context.labelled(self.split, self.label_column)
         fake = context.samples(self.num_samples)
+        floor_n = min(len(fake), len(train_x))
+        key = {"extractor": f"classifier-{digest}", "data": context.data_key()}
+        summary = _FeatureSummary(context, net, int(train_y.max()) + 1)
+        test = context.cached({**key, "split": self.split, "rows": len(real)},
+                              lambda: summary(real, f"features: {self.split} split", real_y))
+        train = context.cached({**key, "split": "train", "rows": floor_n},
+                               lambda: summary(train_x[:floor_n], "features: train (floor)"))
+        samples = summary(fake, "features: samples")
+        test_stats, train_stats, sample_stats = (FeatureStats.from_arrays(a) for a in (test, train, samples))
+        return {"fid": frechet_distance(test_stats, sample_stats),
+                "fid_real_floor": frechet_distance(test_stats, train_stats),
+                "confident": float(samples["confident"]), "confident_real": float(test["confident"]),
+                "classifier_score": float(samples["classifier_score"]),
+                "classifier_score_real": float(test["classifier_score"]),
+                "fid_samples": float(len(fake)), "fid_floor_images": float(floor_n),
+                "fid_extractor": f"classifier-{digest} (test acc {float(test['accuracy']):.3f})"}
 
-        def features(x: torch.Tensor, what: str) -> tuple[np.ndarray, np.ndarray]:
-            both = context.map_rows(x, lambda b: np.concatenate(features_and_probs(net, b), 1), desc=what)
-            return both[:, :-p_width], both[:, -p_width:]
 
-        p_width = int(train_y.max()) + 1
-        f_real, p_real = features(real, "features: real")
-        f_fake, p_fake = features(fake, "features: samples")
-        f_train, _ = features(train_x[: len(real)], "features: train")
-        accuracy = float((p_real.argmax(1) == real_y.numpy()).mean())
-        return {"fid": frechet_distance(f_real, f_fake), "fid_real_floor": frechet_distance(f_real, f_train),
-                "classifier_score": classifier_score(p_fake), "classifier_score_real": classifier_score(p_real),
-                "fid_samples": float(len(fake)), "fid_extractor": f"classifier-{digest} (test acc {accuracy:.3f})"}
+class _FeatureSummary:
+    """A set of images as the classifier sees it: the Gaussian of its features, the confident
+    fraction, the classifier score and (given labels) the accuracy. Work shared by the processes."""
+
+    def __init__(self, context, net, num_classes: int) -> None:
+        self.context, self.net, self.num_classes = context, net, num_classes
+
+    def __call__(self, x: torch.Tensor, what: str, labels: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        from ..features import FeatureStats, classifier_score, confident_fraction, features_and_probs
+
+        both = self.context.map_rows(x, lambda b: np.concatenate(features_and_probs(self.net, b), 1), desc=what)
+        feats, probs = both[:, :-self.num_classes], both[:, -self.num_classes:]
+        out = {**FeatureStats.fit(feats).arrays(), "confident": np.asarray(confident_fraction(probs)),
+               "classifier_score": np.asarray(classifier_score(probs))}
+        if labels is not None:
+            out["accuracy"] = np.asarray((probs.argmax(1) == labels.numpy()).mean())
+        return out
 
 
 class InceptionFID(Metric):

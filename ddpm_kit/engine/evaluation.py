@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from ..progress import progress_bar
 from .checkpoints import load_run_model
 from .components import Components
 from .data import load_split
-from .distributed import LocalState, map_batches, my_batches
+from .distributed import LocalState, gather_in_order, map_batches, my_batches
 from .sampling import sample_images
 
 
@@ -106,6 +107,25 @@ class EvalContext:
     def my_share(self, total: int, batch_size: int) -> list[range]:
         """This process's batches of 0..total-1 (for metrics that reduce across processes themselves)."""
         return my_batches(self.state, total, batch_size)
+
+    def cached(self, key: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Arrays that depend only on ``key`` (the real data's feature statistics for an extractor
+        and data settings, say): read from the cache when every process can read them, else
+        computed by all processes together and cached by the main process."""
+        from ..features import save_arrays, stats_path
+
+        path = stats_path(key)
+        try:
+            with np.load(path) as stored:
+                arrays = dict(stored)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            arrays = None
+        if all(gather_in_order(self.state, [(self.state.process_index, arrays is not None)])):
+            return arrays
+        arrays = compute()
+        if self.is_main_process:
+            save_arrays(path, arrays)
+        return arrays
 
     def save_array(self, name: str, array: np.ndarray) -> Path:
         """<eval_dir>/<name>.npy, written by the main process."""
