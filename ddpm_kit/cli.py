@@ -69,16 +69,25 @@ def recipe() -> None:
 @set_option
 @click.pass_context
 def recipe_check(ctx: click.Context, files: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
-    """Validate recipe FILES (keys, plugin names, plugin parameters) without running anything."""
+    """Validate recipe FILES without training: keys, plugin names and parameters, and everything
+    `run` builds before its first step (diffusion, objective, sampler, the backbone on the meta
+    device, which allocates no memory, and the dataset plugin's own check, without loading data)."""
+    import torch
+
+    from .engine import build_components
     from .recipe import load_recipe
 
     registry = get_registry_from(ctx)
     for file in files:
         r, _ = load_recipe(file, registry, overrides)
+        components = build_components(r, registry, str(file))
+        components.check_dataset()
+        with torch.device("meta"):
+            parameters = sum(p.numel() for p in components.build_backbone().parameters())
         d = r.diffusion
-        click.echo(f"ok: {file} ({r.data.dataset.name} {r.data.image_size}px, {r.backbone.name}, "
-                   f"{d.parameterization.name}/{d.variance.name}/{r.objective.name}, T={d.schedule.params.get('T', 1000)}, "
-                   f"{r.train.steps} steps)")
+        click.echo(f"ok: {file} ({r.data.dataset.name} {r.data.image_size}px, {r.backbone.name} "
+                   f"{parameters / 1e6:.1f}M parameters, {d.parameterization.name}/{d.variance.name}/{r.objective.name}, "
+                   f"T={d.schedule.params.get('T', 1000)}, {r.train.steps} steps)")
 
 
 @cli.command()

@@ -11,8 +11,15 @@ from .errors import DdpmKitError
 from .runs import RunFolder
 
 PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample"}
-VARIANCE_TYPES = {"fixed_beta": "fixed_large", "fixed_beta_tilde": "fixed_small", "learned": "learned",
-                  "learned_range": "learned_range"}
+# ddpm-kit variance -> DDPMScheduler variance_type with the same sigma_t^2. diffusers' "learned_range"
+# is improved-diffusion's interpolation exp(v log beta_t + (1 - v) log beta-tilde_t), v = (out + 1) / 2,
+# as ddpm-kit-improved's learned_range; its "learned" takes the output as the variance itself.
+VARIANCE_TYPES = {"fixed_beta": "fixed_large", "fixed_beta_tilde": "fixed_small", "learned_range": "learned_range"}
+REFUSED_VARIANCES = {
+    "learned": "its extra channels are a log-variance, and DDPMScheduler reads them as the variance itself "
+               "(variance_type 'learned') or as an interpolation weight ('learned_range'), so the exported "
+               "pipeline would sample NaN",
+}
 
 
 def diffusers_scheduler_config(components: Components) -> tuple[dict, list[str]]:
@@ -23,8 +30,9 @@ def diffusers_scheduler_config(components: Components) -> tuple[dict, list[str]]
         raise DdpmKitError(f"diffusers' DDPMScheduler cannot express parameterization '{param}' (it predicts "
                            f"{' or '.join(PREDICTION_TYPES.values())}); retrain with eps or x0 to export")
     if variance not in VARIANCE_TYPES:
-        raise DdpmKitError(f"diffusers' DDPMScheduler cannot express variance '{variance}'; "
-                           f"exportable: {', '.join(VARIANCE_TYPES)}")
+        why = REFUSED_VARIANCES.get(variance, "it has no variance_type for it")
+        raise DdpmKitError(f"cannot export variance '{variance}' to diffusers' DDPMScheduler: {why}; "
+                           f"exportable variances: {', '.join(VARIANCE_TYPES)}")
     sampler = components.recipe.sample.sampler
     clip = bool(sampler.params.get("clip_denoised", True))
     notes = [

@@ -295,25 +295,35 @@ def validate_params(provider: Provider, params: dict[str, Any], context_names: I
     try:
         validated = model(**params)
     except pydantic.ValidationError as exc:
-        raise ParamError(label, exc, sorted(signature)) from None
+        raise ParamError.from_pydantic(label, exc, sorted(signature)) from None
     values = {n: getattr(validated, n) for n in signature}
-    values.update(validated.model_extra or {})
+    extra = validated.model_extra or {}
+    forwarded = getattr(provider.factory, "extra_params", None)  # what its **kwargs take, when it says
+    if forwarded is not None:
+        valid = set(signature) | set(forwarded())
+        for key in extra:
+            if key not in valid:
+                raise ParamError(f"{label} has no parameter '{key}'{did_you_mean(key, valid)}", key)
+    values.update(extra)
     return values
 
 
 class ParamError(DdpmKitError):
     """A component parameter failed validation; ``key`` is the parameter's name."""
 
-    def __init__(self, label: str, exc: pydantic.ValidationError, valid: list[str]) -> None:
-        err = exc.errors()[0]
-        self.key = ".".join(str(x) for x in err["loc"])
-        if err["type"] == "extra_forbidden":
-            text = f"{label} has no parameter '{self.key}'{did_you_mean(self.key, valid)}"
-        elif err["type"] == "missing":
-            text = f"{label} needs parameter '{self.key}'"
-        else:
-            text = f"{label} parameter '{self.key}': {err['msg']} (got {err.get('input')!r})"
+    def __init__(self, text: str, key: str) -> None:
         super().__init__(text)
+        self.key = key
+
+    @classmethod
+    def from_pydantic(cls, label: str, exc: pydantic.ValidationError, valid: list[str]) -> ParamError:
+        err = exc.errors()[0]
+        key = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            return cls(f"{label} has no parameter '{key}'{did_you_mean(key, valid)}", key)
+        if err["type"] == "missing":
+            return cls(f"{label} needs parameter '{key}'", key)
+        return cls(f"{label} parameter '{key}': {err['msg']} (got {err.get('input')!r})", key)
 
 
 def get_registry(*, strict: bool = False, entry_points: bool = True) -> Registry:

@@ -37,3 +37,13 @@ def finished_run(tmp_path_factory):
     result = ddpm_kit("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=8")
     assert result.returncode == 0, result.stderr
     return run, result
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """For tests that train in this process: accelerate's shared state is reset afterwards, so no
+    Accelerator settings leak into later tests."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 TINY = Path(__file__).parent / "recipes" / "tiny.toml"
+SEED_VARIABLE = "DDPM_KIT_TEST_SEED"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 
 
@@ -24,3 +25,38 @@ def make_diffusion(registry, schedule="linear", parameterization="eps", variance
 def ddpm_kit(*args, **kw):
     """Run the CLI in a subprocess, as a user would."""
     return subprocess.run([sys.executable, "-m", "ddpm_kit", *args], capture_output=True, text=True, env=ENV, **kw)
+
+
+def weights(run, name="model"):
+    """A run's final weights (model/<name>.safetensors) as a state dict."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(run) / "model" / f"{name}.safetensors"))
+
+
+def assert_same_weights(a, b, atol=0.0):
+    import torch
+
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=k)
+
+
+def tiny_with(tmp_path, old, new, name="r.toml"):
+    """The tiny recipe with ``old`` replaced by ``new`` (or each pair of two tuples), written to tmp_path."""
+    text = TINY.read_text()
+    for o, n in zip(old, new) if isinstance(old, tuple) else [(old, new)]:
+        assert o in text
+        text = text.replace(o, n)
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_seed(offset: int = 0) -> int:
+    """A seed for a statistical test: ``offset`` plus 10,007 x $DDPM_KIT_TEST_SEED (default 0).
+    Statistical tests pass for any value (scripts/seed_sweep.py runs them over 20)."""
+    return offset + 10_007 * int(os.environ.get(SEED_VARIABLE, "0"))
+
+
+test_seed.__test__ = False  # a helper, not a test

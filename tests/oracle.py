@@ -135,3 +135,41 @@ def expected_bound(betas: np.ndarray, variance: str, m: float = M, s: float = S,
     terms = {"prior": prior / ln2, "L0": l0 / ln2, "kl": kl[1:].sum() / ln2}
     terms["total"] = terms["prior"] + terms["L0"] + terms["kl"]
     return terms
+
+
+def log_variances(betas: np.ndarray, variance: str) -> tuple[np.ndarray, np.ndarray]:
+    """log beta-tilde_t and the model's log sigma_t^2, both with index 0 set to index 1 (Ho's clipping)."""
+    ab = np.cumprod(1 - betas)
+    ab_prev = np.append(1.0, ab[:-1])
+    tilde = betas * (1 - ab_prev) / (1 - ab)
+    log_tilde = np.log(np.append(tilde[1], tilde[1:]))
+    return log_tilde, {"fixed_beta_tilde": log_tilde, "fixed_beta": np.log(np.append(tilde[1], betas[1:]))}[variance]
+
+
+def sampled_bound_terms(betas: np.ndarray, variance: str, x0: np.ndarray, eps, m: float = M,
+                        s: float = S, exact_cdf: bool = True) -> np.ndarray:
+    """The single-sample estimator of the bound, per image, in bits/dim: [B, T + 1] with columns
+    L_0 .. L_{T-1} and L_T, for images ``x0`` [B, D] and the noise ``eps`` [T, B, D] drawn at each t
+    (or a function t -> [B, D], to draw it as it goes).
+
+    From eqs. 4-7 and 11: x_t = sqrt(ab) x0 + sqrt(1 - ab) eps; the oracle's mu = c1 x0_hat + c2 x_t;
+    L_{t-1} = KL(N(mu_tilde, beta-tilde) || N(mu, sigma^2)), L_0 the discretized Gaussian decoder
+    (the exact normal CDF, as the decoder's default; the reference code's tanh form unless
+    ``exact_cdf``), L_T = KL(q(x_T | x0) || N(0, I)).
+    """
+    T = len(betas)
+    ab, _, c1, c2, a_x0, b_x0 = _coefficients(betas, m, s**2)
+    log_tilde, log_sig = log_variances(betas, variance)
+    out = np.empty((x0.shape[0], T + 1))
+    noise = eps if callable(eps) else eps.__getitem__
+    for t in range(T):
+        x_t = np.sqrt(ab[t]) * x0 + np.sqrt(1 - ab[t]) * noise(t)
+        mu_model = c1[t] * (a_x0[t] * x_t + b_x0[t]) + c2[t] * x_t
+        if t == 0:
+            out[:, 0] = -_discretized_loglik(x0, mu_model, 0.5 * log_sig[0], exact_cdf).mean(1)
+        else:
+            mu_true = c1[t] * x0 + c2[t] * x_t
+            out[:, t] = 0.5 * (log_sig[t] - log_tilde[t] + np.exp(log_tilde[t] - log_sig[t]) - 1
+                               + ((mu_true - mu_model) ** 2).mean(1) / np.exp(log_sig[t]))
+    out[:, T] = 0.5 * (-np.log(1 - ab[-1]) + (1 - ab[-1]) + ab[-1] * (x0**2).mean(1) - 1)
+    return out / np.log(2)

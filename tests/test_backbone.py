@@ -7,7 +7,7 @@ from ddpm_kit.engine import build_components
 from ddpm_kit.errors import DdpmKitError
 from ddpm_kit.recipe import load_recipe
 
-from test_recipes import TINY, tiny_with
+from helpers import TINY, tiny_with
 
 
 def test_paper_cifar10_preset_has_35_7M_parameters(registry):
@@ -33,8 +33,11 @@ def test_unet_kwargs_pass_through_and_bad_ones_are_clear(registry):
     net = registry.build("backbone", "unet2d", {"preset": "cpu-tiny", "block_out_channels": [8, 16]},
                          in_channels=1, out_channels=1, image_size=8)
     assert net.unet.config.block_out_channels == (8, 16) or list(net.unet.config.block_out_channels) == [8, 16]
-    with pytest.raises(DdpmKitError, match="UNet2DModel rejected"):
+    with pytest.raises(DdpmKitError, match="backbone 'unet2d' has no parameter 'no_such_arg'; valid: act_fn,"):
         registry.build("backbone", "unet2d", {"preset": "cpu-tiny", "no_such_arg": 1},
+                       in_channels=1, out_channels=1, image_size=8)
+    with pytest.raises(DdpmKitError, match="UNet2DModel rejected the configuration"):
+        registry.build("backbone", "unet2d", {"preset": "cpu-tiny", "block_out_channels": [8]},
                        in_channels=1, out_channels=1, image_size=8)
 
 

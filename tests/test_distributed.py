@@ -13,12 +13,11 @@ import pytest
 import torch
 
 import oracle
-from helpers import ENV, TINY, ddpm_kit, make_diffusion
+from helpers import ENV, TINY, assert_same_weights, ddpm_kit, make_diffusion, weights
 from ddpm_kit.engine import build_components, sample_images
 from ddpm_kit.engine.dropout import GlobalBatchDropout, use_global_batch_dropout
 from ddpm_kit.noise import ImageNoise
 from ddpm_kit.recipe import load_recipe
-from test_engine import assert_same_weights, weights
 
 
 def free_port() -> int:

@@ -5,26 +5,14 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from helpers import ENV, TINY, ddpm_kit
+from helpers import ENV, TINY, assert_same_weights, ddpm_kit, weights
 
 pytestmark = pytest.mark.slow
-
-
-def weights(run, name="model"):
-    return load_file(str(Path(run) / "model" / f"{name}.safetensors"))
-
-
-def assert_same_weights(a, b, atol=0.0):
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=k)
 
 
 def test_run_writes_the_documented_run_folder(finished_run):

@@ -31,27 +31,65 @@ def test_diffusers_unet_folder_round_trips_with_identical_outputs(registry, tmp_
 
 @pytest.mark.slow
 def test_exported_run_samples_in_diffusers_like_in_ddpm_kit(finished_run, tmp_path, registry):
+    run, _ = finished_run
+    out = run.parent / "exported"
+    result = ddpm_kit("export", str(run), str(out))
+    assert result.returncode == 0, result.stderr
+    assert "note: Ho's fixedlarge" in result.stdout
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file() and (out / "README.md").is_file()
+    theirs, ours = diffusers_and_ddpm_kit_samples(registry, run)
+    np.testing.assert_allclose(theirs, ours, atol=2e-3)
+
+
+def diffusers_and_ddpm_kit_samples(registry, run, seed=5, n=4):
+    """The exported pipeline's 50-step (all T) samples and ddpm-kit's ancestral ones on the same noise, in [0, 1]."""
     from diffusers import DDPMPipeline
 
     from ddpm_kit.engine import load_run_model
     from ddpm_kit.workflow import load_run
 
-    run, _ = finished_run
-    out = tmp_path / "exported"
-    result = ddpm_kit("export", str(run), str(out))
-    assert result.returncode == 0, result.stderr
-    assert "note: Ho's fixedlarge" in result.stdout
-    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file() and (out / "README.md").is_file()
-    pipe = DDPMPipeline.from_pretrained(str(out))
-    theirs = pipe(batch_size=4, generator=torch.Generator().manual_seed(5), num_inference_steps=50,
+    pipe = DDPMPipeline.from_pretrained(str(run.parent / "exported"))
+    theirs = pipe(batch_size=n, generator=torch.Generator().manual_seed(seed), num_inference_steps=50,
                   output_type="np").images  # [B, H, W, C] in [0, 1]
     components, run_folder = load_run(registry, run)
     model = load_run_model(components, run_folder, use_ema=True, device=torch.device("cpu"))
-    g = torch.Generator().manual_seed(5)
-    x_T = torch.randn(4, 1, 8, 8, generator=g)
+    g = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(n, 1, 8, 8, generator=g)
     ours = sample_ancestral(components.diffusion, model, x_T, generator=g, clip_denoised=True)
-    ours = (ours / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    return theirs, (ours / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.slow
+def test_exported_learned_range_run_samples_in_diffusers_like_in_ddpm_kit(tmp_path):
+    """improved-diffusion's learned_range is diffusers' learned_range: same images on the same noise."""
+    from ddpm_kit.plugins import get_registry
+
+    registry = get_registry()  # with ddpm-kit-improved, which provides learned_range and hybrid
+    run = tmp_path / "run"
+    result = ddpm_kit("run", str(TINY), "--run-dir", str(run), "--set", "diffusion.variance.name=learned_range",
+                      "--set", "objective.name=hybrid", "--set", "train.steps=4", "--no-sample", "--no-eval")
+    assert result.returncode == 0, result.stderr
+    result = ddpm_kit("export", str(run), str(tmp_path / "exported"))
+    assert result.returncode == 0, result.stderr
+    theirs, ours = diffusers_and_ddpm_kit_samples(registry, run)
+    assert np.isfinite(theirs).all() and theirs.std() > 0.05
     np.testing.assert_allclose(theirs, ours, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_exporting_a_raw_learned_variance_is_refused_with_the_reason(tmp_path):
+    run = tmp_path / "run"
+    result = ddpm_kit("run", str(TINY), "--run-dir", str(run), "--set", "diffusion.variance.name=learned",
+                      "--set", "objective.name=vlb", "--set", "train.steps=2", "--no-sample", "--no-eval")
+    assert result.returncode == 0, result.stderr
+    result = ddpm_kit("export", str(run), str(tmp_path / "exported"))
+    assert result.returncode == 2 and not (tmp_path / "exported").exists()
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "cannot export variance 'learned' to diffusers' DDPMScheduler: its extra channels are a log-variance, and "
+        "DDPMScheduler reads them as the variance itself (variance_type 'learned') or as an interpolation weight "
+        "('learned_range'), so the exported pipeline would sample NaN; exportable variances: fixed_beta, "
+        "fixed_beta_tilde, learned_range")
+    assert "Traceback" not in result.stderr
 
 
 def test_mu_prediction_export_is_refused_clearly(registry, tmp_path):

@@ -7,22 +7,13 @@ import pytest
 from ddpm_kit.cli import main
 from ddpm_kit.recipe import load_recipe
 
-from helpers import TINY
+from helpers import TINY, tiny_with
 
 
 def write(tmp_path, text, name="r.toml"):
     path = tmp_path / name
     path.write_text(text)
     return path
-
-
-def tiny_with(tmp_path, old, new, name="r.toml"):
-    """The tiny recipe with ``old`` replaced by ``new`` (or each pair of two tuples)."""
-    text = TINY.read_text()
-    for o, n in zip(old, new) if isinstance(old, tuple) else [(old, new)]:
-        assert o in text
-        text = text.replace(o, n)
-    return write(tmp_path, text, name)
 
 
 def run_cli(capsys, *args):
@@ -80,6 +71,15 @@ BROKEN = [
      "data.dataset.test_fraction: dataset 'digits' parameter 'test_fraction': Input should be a valid number"),
     ("zero sample images", "num_images = 8", "num_images = 0", "sample.num_images: Input should be greater than 0"),
     ("extends a missing base", "[run]", 'extends = "no_such_base.toml"\n[run]', "no_such_base.toml: recipe file not found"),
+    ("unknown backbone key", 'preset = "cpu-tiny"', 'preset = "cpu-tiny"\nbogus_key_xyz = 1',
+     "backbone.bogus_key_xyz: backbone 'unet2d' has no parameter 'bogus_key_xyz'; valid: act_fn, add_attention,"),
+    ("misspelt UNet2DModel argument", 'preset = "cpu-tiny"', 'preset = "cpu-tiny"\nlayers_per_blok = 2',
+     "backbone 'unet2d' has no parameter 'layers_per_blok' (did you mean 'layers_per_block'?)"),
+    ("configuration UNet2DModel rejects", 'preset = "cpu-tiny"', 'preset = "cpu-tiny"\nblock_out_channels = [16]',
+     "backbone: UNet2DModel rejected the configuration: Must provide the same number of `block_out_channels`"),
+    ("sampler that cannot sample the run", ("[sample]", 'name = "simple"', 'name = "fixed_beta"'),
+     ('[sample]\nsampler = { name = "diffusers-unipc", steps = 10 }', 'name = "vlb"', 'name = "learned"'),
+     "sample.sampler: sampler 'diffusers-unipc' cannot use the learned variance 'learned'"),
 ]
 
 
@@ -95,6 +95,13 @@ def test_broken_recipe_gives_one_line_and_exit_2(tmp_path, capsys, desc, old, ne
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("desc,old,new,fragment", BROKEN, ids=[b[0] for b in BROKEN])
+def test_recipe_check_rejects_whatever_run_rejects_before_training(tmp_path, capsys, desc, old, new, fragment):
+    code, err = run_cli(capsys, "recipe", "check", str(tiny_with(tmp_path, old, new)))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert fragment in err and "Traceback" not in err
+
+
 def test_errors_name_the_file(tmp_path, capsys):
     recipe = tiny_with(tmp_path, "steps = 6", "stpes = 6", name="named.toml")
     code, err = run_cli(capsys, "recipe", "check", str(recipe))
@@ -108,12 +115,20 @@ def test_missing_recipe_file_and_bad_set(tmp_path, capsys):
     assert code == 2 and "expected KEY.PATH=VALUE" in err
 
 
-def test_recipe_check_accepts_the_shipped_recipes(capsys):
-    recipes = sorted(str(p) for p in (Path(__file__).parents[1] / "recipes").rglob("*.toml"))
-    main(["recipe", "check", str(TINY), *recipes])  # returns normally: exit status 0
+def test_recipe_check_accepts_the_shipped_recipes(capsys, tmp_path):
+    from PIL import Image
+
+    recipes = sorted((Path(__file__).parents[1] / "recipes").rglob("*.toml"))
+    own_data = [str(p) for p in recipes if p.parent.name == "paper256"]  # image folders the user provides
+    main(["recipe", "check", str(TINY), *(str(p) for p in recipes if str(p) not in own_data)])  # exit status 0
+    Image.new("RGB", (300, 300)).save(tmp_path / "one.png")
+    main(["recipe", "check", *own_data, "--set", f'data.dataset.path="{tmp_path}"'])
     out = capsys.readouterr().out
     assert out.count("ok: ") == 1 + len(recipes)
-    assert "quickstart.toml (mnist-5k 16px, unet2d, eps/fixed_beta/simple, T=1000" in out
+    assert "quickstart.toml (mnist-5k 16px, unet2d 1.1M parameters, eps/fixed_beta/simple, T=1000" in out
+    assert "lsun_bedroom_large.toml (imagefolder 256px, unet2d 255.7M parameters" in out  # built on the meta device
+    code, err = run_cli(capsys, "recipe", "check", own_data[0])
+    assert code == 2 and "data.dataset: data folder '" in err and "' does not exist" in err
 
 
 def test_overrides_are_typed_and_nested(registry):

@@ -14,8 +14,7 @@ from PIL import Image
 
 from ddpm_kit.errors import DdpmKitError
 from ddpm_kit.runs import write_manifest
-from helpers import ENV, TINY, ddpm_kit
-from test_engine import assert_same_weights, weights
+from helpers import ENV, TINY, assert_same_weights, ddpm_kit, weights
 
 pytestmark = pytest.mark.slow
 QUIET = ["--no-sample", "--no-eval"]
@@ -74,6 +73,54 @@ def test_non_finite_gradient_stops_with_the_step_and_keeps_the_last_good_checkpo
     assert result.returncode == 0, result.stderr
     metrics = [json.loads(line) for line in (skip / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["skipped_steps"] >= 1
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_a_non_finite_step_never_reaches_the_weights_the_ema_or_a_checkpoint(tmp_path, monkeypatch, registry,
+                                                                            fresh_accelerate_state, policy):
+    """The backbone's output turns NaN in the forward of step 4 only (a hook counts training
+    forwards); logs and checkpoints are not due then. 'stop' raises at step 4 with the weights and
+    the EMA as step 3 left them; 'skip' skips exactly that step and trains on."""
+    import torch
+
+    from ddpm_kit.engine import build_components, training
+    from ddpm_kit.engine.components import Components
+    from ddpm_kit.recipe import load_recipe
+    from ddpm_kit.runs import RunFolder
+
+    bad_step, seen, forwards = 4, {}, []
+    build_backbone, make_ema = Components.build_backbone, training.make_ema
+
+    def poisoned_backbone(self):
+        net = seen["model"] = build_backbone(self)
+
+        def nan_at_the_bad_step(module, args, output):
+            if module.training:
+                forwards.append(1)
+                if len(forwards) == bad_step:
+                    return output * float("nan")
+        net.register_forward_hook(nan_at_the_bad_step)
+        return net
+
+    monkeypatch.setattr(Components, "build_backbone", poisoned_backbone)
+    monkeypatch.setattr(training, "make_ema", lambda *a, **k: seen.setdefault("ema", make_ema(*a, **k)))
+    recipe, resolved = load_recipe(TINY, registry, ["train.steps=6", "train.log_every=5", "train.checkpoint_every=3",
+                                                    f'train.on_nonfinite="{policy}"', 'data.store_dir="' +
+                                                    str(tmp_path / "store") + '"'])
+    run = RunFolder(tmp_path / "run")
+    run.write_recipe(resolved)
+    if policy == "stop":
+        with pytest.raises(training.NonFiniteError, match="at step 4; stopped before applying it"):
+            training.train(build_components(recipe, registry), run)
+        assert len(forwards) == bad_step  # stopped at the bad step, not at the next log or checkpoint step
+        assert [c.step for c in run.list_checkpoints()] == [3]
+    else:
+        training.train(build_components(recipe, registry), run)
+        assert len(forwards) == 6 and json.loads(run.metrics_file.read_text().splitlines()[-1])["skipped_steps"] == 1
+        assert [c.step for c in run.list_checkpoints()] == [3, 6]
+        assert all(torch.isfinite(v).all() for v in weights(run.path, "ema").values())
+    assert all(torch.isfinite(p).all() for p in seen["model"].parameters())
+    assert all(torch.isfinite(p).all() for p in seen["ema"].shadow_params)
 
 
 def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes_exactly(tmp_path):

@@ -77,6 +77,19 @@ def unet2d(in_channels: int, out_channels: int, image_size: int, preset: str = "
     return UNetBackbone(unet)
 
 
+def unet_keyword_arguments() -> list[str]:
+    """What ``unet2d``'s ``**unet_kwargs`` take: UNet2DModel's arguments, less the ones it sets itself."""
+    import inspect
+
+    from diffusers import UNet2DModel
+
+    return sorted(set(inspect.signature(UNet2DModel.__init__).parameters)
+                  - {"self", "sample_size", "in_channels", "out_channels"})
+
+
+unet2d.extra_params = unet_keyword_arguments  # recipe validation checks [backbone] keys against these
+
+
 def load_pretrained_unet(path: str, in_channels: int, out_channels: int, image_size: int):
     """A UNet2DModel from a local folder (safetensors only, never a download), checked against the recipe."""
     from diffusers import UNet2DModel

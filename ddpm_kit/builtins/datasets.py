@@ -47,16 +47,24 @@ def digits(test_fraction: float = 0.1, seed: int = 0) -> datasets.DatasetDict:
     return _split(_from_arrays(images, d.target), test_fraction, seed)
 
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def check_image_folder(path: str, **_: object) -> Path:
+    """The folder, if it exists and holds an image; else a one-line error (``recipe check`` runs it too)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise DdpmKitError(f"data folder '{folder}' does not exist")
+    if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file()):
+        raise DdpmKitError(f"data folder '{folder}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return folder
+
+
 def imagefolder(path: str, test_fraction: float = 0.1, seed: int = 0) -> datasets.DatasetDict:
     """A local folder of images (optionally with train/ and test/ subfolders), via datasets' imagefolder."""
     import datasets
 
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise DdpmKitError(f"data folder '{folder}' does not exist")
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-    if not any(p.suffix.lower() in suffixes for p in folder.rglob("*") if p.is_file()):
-        raise DdpmKitError(f"data folder '{folder}' holds no images ({', '.join(sorted(suffixes))})")
+    folder = check_image_folder(path)
     loaded = datasets.load_dataset("imagefolder", data_dir=str(folder))
     if "test" in loaded:
         return datasets.DatasetDict(train=loaded["train"], test=loaded["test"])
@@ -74,6 +82,9 @@ def hub(path: str, config: str | None = None, revision: str | None = None, train
     if test_split and test_split in loaded:
         return datasets.DatasetDict(train=loaded[train_split], test=loaded[test_split])
     return _split(loaded[train_split], test_fraction, seed)
+
+
+imagefolder.check = check_image_folder  # what `recipe check` can verify without loading
 
 
 @hookimpl

@@ -31,6 +31,11 @@ NAMES = {  # diffusers class -> sampler name (classes not listed get their lower
     "KDPM2AncestralDiscreteScheduler": "kdpm2-ancestral", "DEISMultistepScheduler": "deis",
     "UniPCMultistepScheduler": "unipc",
 }
+VARIANTS = {  # sampler name -> (diffusers class, the options that make it): named settings users ask for
+    # DPM-Solver++(2M) SDE (k-diffusion's "DPM++ 2M SDE"): stochastic, so it keeps part of what
+    # ancestral sampling's noise corrects; the best few-step sampler on the quickstart (docs/sampling.md)
+    "sde-dpm-solver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+}
 CAN_SAMPLE_ANY_RUN = "ancestral (and respaced, ddim from ddpm-kit-improved)"
 
 
@@ -61,10 +66,23 @@ class DiffusersSampler:
         if diffusion.variance.learned:
             raise DdpmKitError(f"sampler '{self.name}' cannot use the learned variance "
                                f"'{diffusion.variance.name}'; samplers that can: {CAN_SAMPLE_ANY_RUN}")
+        scheduler = self._build(diffusion)
+        if "solver_order" not in scheduler.config:  # Heun, PNDM, KDPM2 repeat timesteps by design
+            return
+        scheduler.set_timesteps(self.steps)
+        timesteps = scheduler.timesteps.tolist()
+        if len(set(timesteps)) < len(timesteps):  # the multistep solver would divide by a zero step: NaN
+            raise DdpmKitError(
+                f"sampler '{self.name}': {self.steps} steps with timestep_spacing "
+                f"'{scheduler.config.get('timestep_spacing')}' repeat timesteps in {self.scheduler_class.__name__}; "
+                "use fewer steps or options = { timestep_spacing = \"trailing\" }")
 
     def scheduler(self, diffusion):
         """The scheduler over the run's exact betas and parameterization."""
         self.check(diffusion)
+        return self._build(diffusion)
+
+    def _build(self, diffusion):
         config = {"num_train_timesteps": diffusion.num_timesteps, "trained_betas": diffusion.betas.numpy(),
                   "prediction_type": PREDICTION_TYPES[diffusion.parameterization.name], **self.options}
         accepted = inspect.signature(self.scheduler_class.__init__).parameters
@@ -103,12 +121,12 @@ class DiffusersSampler:
         return x
 
 
-def _factory(name: str, class_name: str):
+def _factory(name: str, class_name: str, preset: dict[str, Any] | None = None):
     def make(steps: int = 50, options: dict[str, Any] | None = None,
              num_timesteps: int | None = None) -> DiffusersSampler:
         if steps < 1 or (num_timesteps is not None and steps > num_timesteps):
             raise ValueError(f"steps must lie in 1..{num_timesteps or 'T'} (the schedule's T), got {steps}")
-        return DiffusersSampler(name, scheduler_class(class_name), steps, dict(options or {}))
+        return DiffusersSampler(name, scheduler_class(class_name), steps, {**(preset or {}), **(options or {})})
 
     make.__doc__ = (f"diffusers' {class_name} over ``steps`` steps, built from the run's betas; ``options`` go "
                     "to the scheduler (e.g. { solver_order = 3 }).")
@@ -119,3 +137,5 @@ def _factory(name: str, class_name: str):
 def register_samplers(register):
     for class_name, name in NAMES.items():
         register(f"diffusers-{name}", _factory(f"diffusers-{name}", class_name))
+    for name, (class_name, preset) in VARIANTS.items():
+        register(f"diffusers-{name}", _factory(f"diffusers-{name}", class_name, preset))

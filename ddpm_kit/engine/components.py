@@ -44,6 +44,17 @@ class Components:
         except DdpmKitError as exc:
             raise DdpmKitError(f"{self.source}: backbone: {exc}") from None
 
+    def check_dataset(self) -> None:
+        """The dataset plugin's own cheap check (``factory.check(**params)``: a folder that exists,
+        say), if it has one; nothing is loaded."""
+        r = self.recipe.data
+        check = getattr(self.registry.resolve("dataset", r.dataset.name).factory, "check", None)
+        if check is not None:
+            try:
+                check(**r.dataset.params)
+            except DdpmKitError as exc:
+                raise DdpmKitError(f"{self.source}: data.dataset: {exc}") from None
+
     def build_dataset(self):
         """The dataset plugin's DatasetDict (built once per Components)."""
         if self._dataset is None:

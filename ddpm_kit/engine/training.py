@@ -76,7 +76,6 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
     loss_sum = torch.zeros((), device=accelerator.device)
     interval_start, interval_steps, skipped = time.perf_counter(), 0, 0
     grad_norm = torch.zeros(())
-    first_bad = torch.full((), -1, device=accelerator.device)  # first step with a non-finite gradient
     done = start
     mine = slice(rank * micro_batch // world, (rank + 1) * micro_batch // world)
     sources = step_rows(pixels, r.run.seed, start, tr.steps, micro_batch, tr.grad_accum, mine, r.data.workers)
@@ -100,14 +99,14 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
                     if accelerator.sync_gradients:
                         # the norm of the all-reduced gradient: the same on every process
                         grad_norm = accelerator.clip_grad_norm_(model.parameters(), tr.grad_clip or math.inf)
-                        if tr.mixed_precision != "fp16":  # fp16: the gradient scaler skips such steps
-                            bad = ~torch.isfinite(grad_norm)
-                            if tr.on_nonfinite == "skip" and bool(bad):  # skipping needs a host sync
-                                optimizer.zero_grad(set_to_none=True)
-                                skipped += 1
-                                continue
-                            # "stop": noted on the device, checked at log and checkpoint steps (no sync)
-                            first_bad = torch.where(bad & (first_bad < 0), step + 1, first_bad)
+                        # one host sync per step: a non-finite step never reaches the weights or the EMA
+                        # (fp16: the gradient scaler skips such steps itself)
+                        if tr.mixed_precision != "fp16" and not bool(torch.isfinite(grad_norm)):
+                            optimizer.zero_grad(set_to_none=True)
+                            if tr.on_nonfinite == "stop":
+                                raise NonFiniteError(step + 1, run)
+                            skipped += 1
+                            continue
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 loss_sum += loss.detach() / tr.grad_accum
@@ -118,8 +117,6 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
             interval_steps += 1
             done = step + 1
             checkpoint_due = tr.checkpoint_every and (done % tr.checkpoint_every == 0 or done == tr.steps)
-            if (checkpoint_due or done % tr.log_every == 0 or done == tr.steps) and int(first_bad) >= 0:
-                raise NonFiniteError(int(first_bad), run)
             if done % tr.log_every == 0 or done == tr.steps:
                 mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / interval_steps
                 rate = interval_steps / (time.perf_counter() - interval_start)
@@ -183,7 +180,8 @@ class NonFiniteError(DdpmKitError):
     def __init__(self, step: int, run: RunFolder) -> None:
         last = run.latest_checkpoint(report=lambda _: None)
         kept = f"the last good checkpoint is {last.path} (step {last.step})" if last else "no checkpoint was written yet"
-        super().__init__(f"non-finite loss or gradient at step {step}; stopped, {kept}. Lower train.lr, or set "
+        super().__init__(f"non-finite loss or gradient at step {step}; stopped before applying it, {kept}. "
+                         "Lower train.lr, or set "
                          "train.on_nonfinite = \"skip\" to skip such steps; resume with --resume latest")
 
 
