@@ -38,7 +38,8 @@ def discretized_gaussian_log_likelihood(
 ) -> torch.Tensor:
     """log p(x) of data on a grid in [-1, 1] under a Gaussian integrated over each bin (eq. 13).
 
-    Bins are x +- bin_width/2; the edge bins extend to -inf / +inf (|x| > 0.999).
+    Bins are x +- bin_width/2; the edge bins (x = -1 and x = 1) extend to -inf / +inf. They are
+    told apart by |x| > 1 - bin_width/2 (the reference code's fixed 0.999 holds only up to 10 bits).
     """
     cdf = torch.special.ndtr if exact_cdf else approx_standard_normal_cdf
     centered = x - means
@@ -48,4 +49,5 @@ def discretized_gaussian_log_likelihood(
     log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
     log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
     log_cdf_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
-    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
+    edge = 1.0 - bin_width / 2
+    return torch.where(x < -edge, log_cdf_plus, torch.where(x > edge, log_one_minus_cdf_min, log_cdf_delta))

@@ -103,6 +103,8 @@ def test_compiled_training_equals_the_plain_run(tmp_path):
                           "--set", "backbone.add_attention=false", "--no-sample", "--no-eval")  # a shorter graph
         assert result.returncode == 0, result.stderr
     plain, compiled = (json.loads((r / "metrics.jsonl").read_text()) for r in runs.values())  # the one logged step
+    paths = {k: json.loads((r / "summary.json").read_text())["train_paths"] for k, r in runs.items()}
+    assert paths["false"]["compiled_graphs"] == 0 and paths["true"]["compiled_graphs"] >= 1  # dynamo compiled it
     assert compiled["loss"] == pytest.approx(plain["loss"], rel=1e-5)  # the same forward ...
     assert compiled["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-4)  # ... and backward
     a, b = weights(runs["false"]), weights(runs["true"])
@@ -110,3 +112,23 @@ def test_compiled_training_equals_the_plain_run(tmp_path):
     # Adam's first step moves every weight by lr * sign(g); only gradients within float noise of 0 may flip
     changed = sum(int(((a[k] - b[k]).abs() > 1e-5).sum()) for k in a)
     assert changed <= 1e-3 * sum(v.numel() for v in a.values())
+
+
+def test_bf16_channels_last_training_takes_those_paths_and_matches_the_plain_loss(tmp_path):
+    """train.mixed_precision = "bf16" and train.channels_last: summary.json records that the first
+    convolution computed in bfloat16 and channels-last (a hook saw it); the first step's loss is the float32 one to bf16's
+    precision (8 bits of mantissa: 2^-8 relative per operation, 2% allowed for the whole UNet)."""
+    runs = {}
+    for name, extra in (("plain", []), ("fast", ["--set", 'train.mixed_precision="bf16"',
+                                                 "--set", "train.channels_last=true"])):
+        runs[name] = tmp_path / name
+        result = ddpm_kit("run", str(TINY), "--run-dir", str(runs[name]), "--set", "train.steps=1", "--set",
+                          "train.log_every=1", *extra, "--no-sample", "--no-eval")
+        assert result.returncode == 0, result.stderr
+    paths = {k: json.loads((r / "summary.json").read_text())["train_paths"] for k, r in runs.items()}
+    assert paths["plain"] == {"compiled_graphs": 0, "mixed_precision": "no", "parameter_dtype": "float32",
+                              "forward_dtype": "float32", "channels_last": False}
+    assert paths["fast"] == {"compiled_graphs": 0, "mixed_precision": "bf16", "parameter_dtype": "float32",
+                             "forward_dtype": "bfloat16", "channels_last": True}  # float32 master weights
+    plain, fast = (json.loads((r / "metrics.jsonl").read_text()) for r in runs.values())
+    assert fast["loss"] == pytest.approx(plain["loss"], rel=0.02)

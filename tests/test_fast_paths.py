@@ -30,12 +30,25 @@ def raw_samples(c, model):
     return out[0]
 
 
+def first_conv_outputs(model):
+    """What the UNet's first convolution produced in each forward (memory format and dtype): the
+    proof that a fast path ran, not only that its results agree."""
+    seen = []
+    model.unet.conv_in.register_forward_hook(lambda module, args, out: seen.append(
+        (out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous(), out.dtype)))
+    return seen
+
+
 def test_channels_last_sampling_equals_the_plain_path(registry):
     plain = components_with(registry)
     fast = components_with(registry, "sample.channels_last=true")
     model = trained_tiny_unet(plain)
+    seen = first_conv_outputs(model)
     a = raw_samples(plain, model)
+    assert seen and not any(channels_last for channels_last, _ in seen)
+    seen.clear()
     b = raw_samples(fast, model)
+    assert len(seen) == 40 and all(channels_last for channels_last, _ in seen)  # every step ran channels-last
     torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
 
 
@@ -43,7 +56,12 @@ def test_bf16_sampling_is_statistically_equivalent(registry):
     plain = components_with(registry)
     fast = components_with(registry, 'sample.mixed_precision="bf16"')
     model = trained_tiny_unet(plain)
-    a, b = raw_samples(plain, model), raw_samples(fast, model)
+    seen = first_conv_outputs(model)
+    a = raw_samples(plain, model)
+    assert {dtype for _, dtype in seen} == {torch.float32}
+    seen.clear()
+    b = raw_samples(fast, model)
+    assert len(seen) == 40 and {dtype for _, dtype in seen} == {torch.bfloat16}  # autocast reached the network
     # same noise: bf16 changes each network output by ~1e-2 relative; the samples stay close
     assert (a - b).abs().mean().item() < 0.05
     assert b.mean().item() == pytest.approx(a.mean().item(), abs=0.03)
@@ -69,6 +87,9 @@ def test_compiled_sampling_equals_the_plain_path(registry):
     fast = components_with(registry, "sample.compile=true", "backbone.add_attention=false")
     model = trained_tiny_unet(plain)
     a = raw_samples(plain, model)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     b = raw_samples(fast, model)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # dynamo compiled the network
     # fused kernels reorder float32 sums; 40 steps of that stay well under 1e-4
     torch.testing.assert_close(b, a, rtol=0, atol=1e-4)

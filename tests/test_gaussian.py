@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
+from ddpm_kit.builtins.decoders import DiscretizedGaussian
 from ddpm_kit.gaussian import discretized_gaussian_log_likelihood, normal_kl
 
 t = torch.tensor
@@ -57,3 +58,21 @@ def test_discretized_probabilities_sum_to_one_over_all_bins():
         logp = discretized_gaussian_log_likelihood(grid, torch.full_like(grid, mean), torch.full_like(grid, log_scale),
                                                    exact_cdf=True)
         assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("bits", [1, 4, 8, 11, 12, 16])
+def test_every_bit_depth_the_recipe_accepts_has_its_edge_bins_at_plus_minus_one_only(bits):
+    """For 2^bits grid values on [-1, 1] the bin probabilities are Phi(x + w/2) - Phi(x - w/2), with
+    only x = -1 and x = 1 extended to -inf / +inf (scipy), and they sum to 1. A fixed 0.999 edge
+    test makes the second bin an edge bin from 11 bits on (-1 + 2/2047 = -0.99902)."""
+    decoder = DiscretizedGaussian(bits=bits)
+    n = 2**bits - 1
+    grid = torch.arange(n + 1, dtype=torch.float64) / n * 2 - 1
+    mean, scale = torch.full_like(grid, -0.9999), torch.full_like(grid, math.log(2.0 / n))  # mass near -1
+    logp = decoder.log_likelihood(grid, mean, scale)
+    xs, w = grid.numpy(), 2.0 / n
+    hi = np.append(xs[:-1] + w / 2, np.inf)
+    lo = np.append(-np.inf, xs[1:] - w / 2)
+    want = stats.norm.cdf(hi, -0.9999, 2.0 / n) - stats.norm.cdf(lo, -0.9999, 2.0 / n)
+    np.testing.assert_allclose(logp.exp().numpy()[:4], want[:4], rtol=1e-9, atol=1e-15)
+    assert logp.exp().sum().item() == pytest.approx(1.0, abs=(n + 2) * 1e-12)  # empty bins are floored at 1e-12

@@ -50,6 +50,7 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
     masks = use_global_batch_dropout(model)  # dropout masks of the global batch: P processes equal one
     if tr.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    first_conv = FirstConvolution(model)
     ema = make_ema(model, tr.ema_decay, warmup=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=tr.lr, betas=tr.adam_betas, weight_decay=tr.weight_decay)
     lr_schedule = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=tr.warmup_steps)
@@ -148,9 +149,36 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
     bar.close()
     if accelerator.is_main_process:
         save_final_weights(run, accelerator.unwrap_model(model, keep_torch_compile=False), ema)
+        run.set_in_summary(train_paths=paths_taken(accelerator, model, first_conv))
     accelerator.wait_for_everyone()
     for tracker in accelerator.trackers:  # not end_training(): it would end the process group that
         tracker.finish()                 # sampling and evaluation still use
+
+
+class FirstConvolution:
+    """Watches the backbone's first 2-d convolution in the first training forward: the dtype and
+    memory format it really computed in (autocast and channels-last are settings until seen)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.seen: dict[str, object] = {}
+        conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        self.handle = conv.register_forward_hook(self._record) if conv is not None else None
+
+    def _record(self, module, args, output) -> None:
+        self.seen = {"forward_dtype": str(output.dtype).removeprefix("torch."),
+                     "channels_last": bool(output.is_contiguous(memory_format=torch.channels_last)
+                                           and not output.is_contiguous())}
+        self.handle.remove()
+
+
+def paths_taken(accelerator, model: torch.nn.Module, first_conv: FirstConvolution) -> dict[str, object]:
+    """What the training steps ran through (summary.json's train_paths): graphs dynamo compiled,
+    the precision setting, and the dtype and memory format the first convolution computed in."""
+    from torch._dynamo.utils import counters
+
+    parameter = next(accelerator.unwrap_model(model, keep_torch_compile=False).parameters())
+    return {"compiled_graphs": int(counters["stats"]["unique_graphs"]), "mixed_precision": accelerator.mixed_precision,
+            "parameter_dtype": str(parameter.dtype).removeprefix("torch."), **first_conv.seen}
 
 
 class GracefulStop:
