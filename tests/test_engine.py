@@ -132,3 +132,37 @@ def test_bf16_channels_last_training_takes_those_paths_and_matches_the_plain_los
                              "forward_dtype": "bfloat16", "channels_last": True}  # float32 master weights
     plain, fast = (json.loads((r / "metrics.jsonl").read_text()) for r in runs.values())
     assert fast["loss"] == pytest.approx(plain["loss"], rel=0.02)
+
+
+def test_overwrite_replaces_a_run_and_resume_refuses_a_changed_recipe(tmp_path):
+    run = tmp_path / "run"
+    args = ["--set", "train.steps=2", "--set", "train.log_every=1", "--no-sample", "--no-eval"]
+    assert ddpm_kit("run", str(TINY), "--run-dir", str(run), *args).returncode == 0
+    (run / "stale.txt").write_text("from the first run")
+    changed = ddpm_kit("run", str(TINY), "--run-dir", str(run), *args, "--set", "train.lr=2e-3", "--resume", "latest")
+    assert changed.returncode == 2 and "key 'train.lr' differs from the run's" in changed.stderr
+    assert "Traceback" not in changed.stderr and (run / "stale.txt").is_file()  # nothing touched
+    longer = ddpm_kit("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=3", "--set", "train.log_every=1",
+                      "--no-sample", "--no-eval", "--resume", "latest")  # train.steps may change on resume
+    assert longer.returncode == 0, longer.stderr
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    replaced = ddpm_kit("run", str(TINY), "--run-dir", str(run), *args, "--set", "train.lr=2e-3", "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert not (run / "stale.txt").exists()
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert "lr = 0.002" in (run / "recipe.toml").read_text()
+
+
+def test_export_raw_writes_the_raw_weights_and_the_default_the_ema(finished_run, tmp_path):
+    from safetensors.torch import load_file
+
+    run, _ = finished_run
+    for flag, name in (([], "ema"), (["--raw"], "model")):
+        out = tmp_path / name
+        result = ddpm_kit("export", str(run), str(out), *flag)
+        assert result.returncode == 0, result.stderr
+        exported = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+        ours = {k.removeprefix("unet."): v for k, v in weights(run, name).items()}
+        assert exported.keys() == ours.keys()
+        assert all(torch.equal(exported[k], ours[k]) for k in ours), name
+    assert not all(torch.equal(a, b) for a, b in zip(weights(run, "ema").values(), weights(run).values()))

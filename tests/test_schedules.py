@@ -66,3 +66,20 @@ def test_bad_schedule_values_are_rejected(registry):
         registry.build("schedule", "const", {"T": 5, "beta_end": 1.5})
     with pytest.raises(DdpmKitError, match="parameter 'T'"):
         registry.build("schedule", "linear", {"T": "many"})
+
+
+def test_schedule_defaults_are_the_papers(registry):
+    """Ho et al. sec. 4: T = 1000, beta_1 = 1e-4 to beta_T = 0.02 (linear); the reference code's
+    quad / const / jsd / warmup10 / warmup50 use the same end points by default."""
+    paper = np.linspace(1e-4, 0.02, 1000)
+    defaults = {name: registry.build("schedule", name).betas.numpy() for name in
+                ("linear", "quad", "const", "jsd", "warmup10", "warmup50")}
+    assert all(len(b) == 1000 for b in defaults.values())
+    np.testing.assert_allclose(defaults["linear"], paper, rtol=1e-12)
+    np.testing.assert_allclose(defaults["quad"], np.linspace(1e-4 ** 0.5, 0.02 ** 0.5, 1000) ** 2, rtol=1e-12)
+    np.testing.assert_allclose(defaults["const"], np.full(1000, 0.02), rtol=1e-12)
+    np.testing.assert_allclose(defaults["jsd"], 1.0 / np.linspace(1000, 1, 1000), rtol=1e-12)
+    for name, fraction in (("warmup10", 0.1), ("warmup50", 0.5)):
+        n = int(1000 * fraction)
+        np.testing.assert_allclose(defaults[name][:n], np.linspace(1e-4, 0.02, n), rtol=1e-12)
+        np.testing.assert_allclose(defaults[name][n:], 0.02, rtol=1e-12)
