@@ -87,7 +87,8 @@ def test_the_estimators_mean_is_the_closed_form_bound(variance):
     """The estimator above, averaged over 400 images of 500 pixels, against the closed-form
     expectation (the brief's 7.457 / 6.844 bits/dim); tolerance 4.5 standard errors of the image
     mean (about 0.02 bits/dim; a correct estimator fails with probability 7e-6 per figure). With
-    sigma^2 = beta the bound stays above the data's entropy (6.720) by the brief's 0.124."""
+    sigma^2 = beta the bound stays above the data's entropy (6.720) by the brief's 0.124; the
+    estimate exceeds entropy + 0.1 unless it is 5 standard errors low (probability 3e-7)."""
     rng = np.random.default_rng(test_seed(31))
     x0 = oracle.quantize(torch.from_numpy(oracle.M + oracle.S * rng.standard_normal((400, 500)))).numpy()
     terms = oracle.sampled_bound_terms(oracle.linear_betas(), variance, x0, lambda t: rng.standard_normal(x0.shape))
@@ -96,6 +97,5 @@ def test_the_estimators_mean_is_the_closed_form_bound(variance):
                       (terms[:, 1:-1].sum(1), expected["kl"]), (terms[:, -1], expected["prior"])):
         stderr = got.std(ddof=1) / math.sqrt(len(got))
         assert got.mean() == pytest.approx(want, abs=4.5 * stderr)
-    if variance == "fixed_beta":
-        stderr = terms.sum(1).std(ddof=1) / math.sqrt(len(terms))
-        assert terms.sum(1).mean() - 4.5 * stderr > oracle.entropy_bpd() + 0.1
+    if variance == "fixed_beta":  # 0.124 above the entropy: 0.1 leaves 5 standard errors (~0.0048)
+        assert terms.sum(1).mean() > oracle.entropy_bpd() + 0.1

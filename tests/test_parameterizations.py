@@ -1,5 +1,6 @@
 """eps / x0 / mu parameterizations: round trips and agreement with each other."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,19 +18,32 @@ def batch():
     return x0, noise, t
 
 
+def paper_quantities(x0, noise, t):
+    """x_t (eq. 4) and the true posterior mean (eq. 7) for the linear schedule, in float64 numpy."""
+    betas = np.linspace(1e-4, 0.02, 1000)
+    ab = np.cumprod(1 - betas)
+    ab_prev = np.append(1.0, ab[:-1])
+    b, a_t, a_p = (v[t.numpy()].reshape(-1, 1, 1, 1) for v in (betas, ab, ab_prev))
+    x_t = np.sqrt(a_t) * x0.numpy() + np.sqrt(1 - a_t) * noise.numpy()
+    mean = np.sqrt(a_p) * b / (1 - a_t) * x0.numpy() + np.sqrt(1 - b) * (1 - a_p) / (1 - a_t) * x_t
+    return torch.from_numpy(x_t), torch.from_numpy(mean)
+
+
 @pytest.mark.parametrize("name", PARAMS)
 def test_perfect_prediction_recovers_x0_eps_and_true_posterior(registry, batch, name):
+    """The output a perfect network gives (the L_simple target: eps, x0 or the posterior mean,
+    from eqs. 4 and 7 written out in numpy) recovers x0, eps and the true posterior mean."""
     d = make_diffusion(registry, parameterization=name)
     x0, noise, t = batch
-    x_t = d.q_sample(x0, t, noise)
+    x_t, true_mean = paper_quantities(x0, noise, t)
+    torch.testing.assert_close(d.q_sample(x0, t, noise), x_t, rtol=1e-12, atol=1e-12)
     p = d.parameterization
-    out = p.from_x0(d, x0, x_t, t)
-    torch.testing.assert_close(p.predict_x0(d, out, x_t, t), x0, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(p.predict_eps(d, out, x_t, t)[t > 0], noise[t > 0], rtol=1e-6, atol=1e-6)
-    true_mean, _, _ = d.q_posterior_mean_variance(x0, x_t, t)
-    torch.testing.assert_close(p.predict_mean(d, out, x_t, t, x0), true_mean, rtol=1e-9, atol=1e-9)
-    # the L_simple target is what a perfect network outputs
-    torch.testing.assert_close(p.target(d, x0, x_t, t, noise), out, rtol=1e-6, atol=1e-6)
+    perfect = {"eps": noise, "x0": x0, "mu": true_mean}[name]
+    torch.testing.assert_close(p.target(d, x0, x_t, t, noise), perfect, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(p.from_x0(d, x0, x_t, t), perfect, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(p.predict_x0(d, perfect, x_t, t), x0, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(p.predict_eps(d, perfect, x_t, t)[t > 0], noise[t > 0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(p.predict_mean(d, perfect, x_t, t, x0), true_mean, rtol=1e-9, atol=1e-9)
 
 
 def test_eps_target_is_the_noise_and_posterior_mean_is_eq_11(registry, batch):
