@@ -1,0 +1,40 @@
+"""How far a run's samples are from real digits: FID against its real-vs-real floor at the same
+sample count, and the classifier's confident fraction against real digits' (issue 15's measure).
+
+    python benchmarks/sample_quality.py runs/quickstart                  # 1,000 samples, the recipe's sampler
+    python benchmarks/sample_quality.py runs/quickstart -n 256 --sampler diffusers-sde-dpm-solver++ --steps 20
+
+It is `ddpm-kit evaluate RUN --metric fid --num-samples N` (samples kept in samples/eval_<N>*.npz,
+figures in eval/fid*.json, real statistics cached) plus the two ratios on one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    from ddpm_kit.plugins import get_registry
+    from ddpm_kit.workflow import evaluate_run
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("-n", "--num-samples", type=int, default=1000)
+    parser.add_argument("--sampler")
+    parser.add_argument("--steps", type=int)
+    args = parser.parse_args()
+    m = evaluate_run(get_registry(), args.run, limit=None, use_ema=None, device=None, metric="fid",
+                     num_samples=args.num_samples, sampler=args.sampler, steps=args.steps)
+    print(f"{args.run}: FID@{int(m['fid_samples'])} {m['fid']:.2f} / floor@{int(m['fid_floor_images'])} "
+          f"{m['fid_real_floor']:.2f} = {m['fid'] / m['fid_real_floor']:.2f}x (goal <= 2x); confident "
+          f"{m['confident']:.3f} vs real {m['confident_real']:.3f} (gap {m['confident_real'] - m['confident']:+.3f}, "
+          f"goal <= 0.10); {m['fid_extractor']}")
+
+
+if __name__ == "__main__":
+    main()
