@@ -36,7 +36,7 @@ def test_all_table_2_rows_are_here():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", PAPER, ids=[r.stem for r in PAPER])
-def test_paper_recipe_trains_two_steps_on_stand_in_data(recipe, cifar_stand_in, tmp_path):
+def test_paper_recipe_trains_two_steps_on_stand_in_data(recipe, cifar_stand_in, tmp_path, fresh_accelerate_state):
     run = tmp_path / "run"
     main(["run", str(recipe), "--run-dir", str(run), "--no-sample", "--no-eval",
           "--set", f'data.dataset={{name="imagefolder", path="{cifar_stand_in}"}}',
@@ -87,7 +87,7 @@ def stand_in_256(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES_256, ids=[r.stem for r in RECIPES_256])
-def test_256_recipe_trains_two_steps_on_stand_in_images(recipe, stand_in_256, tmp_path):
+def test_256_recipe_trains_two_steps_on_stand_in_images(recipe, stand_in_256, tmp_path, fresh_accelerate_state):
     """celebahq at the full 256x256 with its 114M UNet (batch 1); the rest at 32x32, the same nets."""
     run = tmp_path / "run"
     size = 256 if recipe.stem == "celebahq" else 32
