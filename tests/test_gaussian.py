@@ -76,3 +76,12 @@ def test_every_bit_depth_the_recipe_accepts_has_its_edge_bins_at_plus_minus_one_
     want = stats.norm.cdf(hi, -0.9999, 2.0 / n) - stats.norm.cdf(lo, -0.9999, 2.0 / n)
     np.testing.assert_allclose(logp.exp().numpy()[:4], want[:4], rtol=1e-9, atol=1e-15)
     assert logp.exp().sum().item() == pytest.approx(1.0, abs=(n + 2) * 1e-12)  # empty bins are floored at 1e-12
+
+
+def test_the_decoders_defaults_are_8_bit_bins_and_the_exact_cdf():
+    """DiscretizedGaussian(): bins of width 2/255 on [-1, 1] and the exact normal CDF (scipy)."""
+    decoder = DiscretizedGaussian()
+    x, mean, log_scale = (torch.tensor([v], dtype=torch.float64) for v in (-0.6 + 2 / 255, -0.59, math.log(0.01)))
+    got = decoder.log_likelihood(x, mean, log_scale).item()
+    want = math.log(stats.norm.cdf(x.item() + 1 / 255, -0.59, 0.01) - stats.norm.cdf(x.item() - 1 / 255, -0.59, 0.01))
+    assert got == pytest.approx(want, rel=1e-9)

@@ -82,3 +82,66 @@ def test_vlb_trains_a_learned_variance_towards_beta_tilde(registry):
     var_x0 = oracle.S**2 * (1 - ab) / (ab * oracle.S**2 + 1 - ab)
     optimal = np.log(tilde + c1**2 * var_x0)
     np.testing.assert_allclose(log_var.detach().numpy()[5:], optimal[5:], atol=0.1)
+
+
+class Recording:
+    """An objective that records what training_losses hands it (t, noise, update calls)."""
+
+    def __init__(self, inner, T):
+        self.inner, self.T, self.updates, self.seen = inner, T, [], {}
+
+    def sample_t(self, d, batch_size, device, generator=None):
+        t = torch.randint(0, self.T, (batch_size,), generator=generator)
+        return t, torch.full((batch_size,), 2.0)
+
+    def losses(self, d, model, x0, t, noise):
+        self.seen = {"t": t, "noise": noise}
+        return self.inner.losses(d, model, x0, t, noise)
+
+    def update(self, t, losses):
+        self.updates.append((t, losses))
+
+
+@pytest.mark.statistical
+def test_training_losses_weights_the_loss_and_draws_what_it_is_not_given(registry):
+    """Given t, noise and weights, ``loss`` is the objective's loss times the weights and
+    ``unweighted_loss`` the loss itself; without them t comes from the objective's sample_t and the
+    noise is N(0, I): with a zero network L_simple is mean(eps^2), chi-square with mean 1 and
+    variance 2/16 per image, so its batch mean is 1 within 4.5 x sqrt(2/16/4096) = 0.025."""
+    from helpers import test_seed
+
+    d = make_diffusion(registry, T=10)
+    simple = registry.build("objective", "simple")
+    zero = (lambda x, t: torch.zeros_like(x))
+    x0, g = gaussian_batch(4096, seed=test_seed(5))
+    t, noise, weights = torch.full((4096,), 3), torch.full(x0.shape, 2.0, dtype=x0.dtype), torch.full((4096,), 0.5)
+    recording = Recording(simple, 10)
+    out = d.training_losses(zero, x0, recording, t=t, noise=noise, weights=weights)
+    torch.testing.assert_close(out["unweighted_loss"], torch.full((4096,), 4.0, dtype=x0.dtype))  # (2 - 0)^2
+    torch.testing.assert_close(out["loss"], torch.full((4096,), 2.0, dtype=x0.dtype))
+    assert torch.equal(out["t"], t) and len(recording.updates) == 1 and torch.equal(recording.updates[0][0], t)
+    torch.testing.assert_close(recording.updates[0][1], out["unweighted_loss"])
+    out = d.training_losses(zero, x0, recording, generator=g, update=False)
+    assert len(recording.updates) == 1  # update=False leaves it to the caller
+    assert torch.equal(out["t"], recording.seen["t"]) and set(out["t"].tolist()) == set(range(10))
+    torch.testing.assert_close(out["loss"], 2.0 * out["unweighted_loss"])  # sample_t's weights applied
+    assert out["unweighted_loss"].mean().item() == pytest.approx(1.0, abs=4.5 * math.sqrt(2 / 16 / 4096))
+    assert recording.seen["noise"].dtype == x0.dtype and recording.seen["noise"].shape == x0.shape
+    seed = test_seed(6)  # t and noise come from the generator it is given: the same seed, the same draw
+    first, again = (d.training_losses(zero, x0, simple, generator=torch.Generator().manual_seed(seed))
+                    for _ in range(2))
+    assert torch.equal(first["t"], again["t"]) and torch.equal(first["loss"], again["loss"])
+
+
+def test_p_mean_variance_does_not_clip_x0_hat_unless_asked(registry):
+    """x0-hat = (x_t - sqrt(1 - ab) eps) / sqrt(ab) (eq. 15 solved for x0), left outside [-1, 1] by
+    default (the bound is computed unclipped); clip_denoised=True clamps it."""
+    d = make_diffusion(registry)
+    x_t, t = torch.full((2, 1, 2, 2), 3.0, dtype=torch.float64), torch.tensor([10, 500])
+    eps = torch.full_like(x_t, -1.0)
+    ab = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[t.numpy()].reshape(-1, 1, 1, 1)
+    want = torch.from_numpy((3.0 + np.sqrt(1 - ab)) / np.sqrt(ab)).expand_as(x_t)
+    assert (want > 1).all()
+    torch.testing.assert_close(d.p_mean_variance(lambda x, tt: eps, x_t, t).pred_x0, want, rtol=1e-12, atol=0)
+    clipped = d.p_mean_variance(lambda x, tt: eps, x_t, t, clip_denoised=True).pred_x0
+    assert torch.equal(clipped, torch.ones_like(x_t))

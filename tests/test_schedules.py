@@ -71,9 +71,13 @@ def test_bad_schedule_values_are_rejected(registry):
 def test_schedule_defaults_are_the_papers(registry):
     """Ho et al. sec. 4: T = 1000, beta_1 = 1e-4 to beta_T = 0.02 (linear); the reference code's
     quad / const / jsd / warmup10 / warmup50 use the same end points by default."""
+    from ddpm_kit.builtins import schedules
+
     paper = np.linspace(1e-4, 0.02, 1000)
-    defaults = {name: registry.build("schedule", name).betas.numpy() for name in
+    defaults = {name: getattr(schedules, name)().betas.numpy() for name in
                 ("linear", "quad", "const", "jsd", "warmup10", "warmup50")}
+    for name, betas in defaults.items():  # the registry fills in the same defaults
+        np.testing.assert_array_equal(registry.build("schedule", name).betas.numpy(), betas)
     assert all(len(b) == 1000 for b in defaults.values())
     np.testing.assert_allclose(defaults["linear"], paper, rtol=1e-12)
     np.testing.assert_allclose(defaults["quad"], np.linspace(1e-4 ** 0.5, 0.02 ** 0.5, 1000) ** 2, rtol=1e-12)
@@ -83,3 +87,37 @@ def test_schedule_defaults_are_the_papers(registry):
         n = int(1000 * fraction)
         np.testing.assert_allclose(defaults[name][:n], np.linspace(1e-4, 0.02, n), rtol=1e-12)
         np.testing.assert_allclose(defaults[name][n:], 0.02, rtol=1e-12)
+
+
+def test_forward_and_posterior_gaussians_are_eqs_4_6_7(registry):
+    """q(x_t | x_0) = N(sqrt(ab) x0, 1 - ab) and q(x_{t-1} | x_t, x0) = N(mu-tilde, beta-tilde), with
+    log beta-tilde clipped at t = 0 to its value at t = 1 (Ho's code): all written out in numpy."""
+    d = make_diffusion(registry)
+    betas = np.linspace(1e-4, 0.02, 1000)
+    ab = np.cumprod(1 - betas)
+    ab_prev = np.append(1.0, ab[:-1])
+    tilde = betas * (1 - ab_prev) / (1 - ab)
+    g = torch.Generator().manual_seed(0)
+    x0, x_t = (torch.randn(4, 1, 2, 2, generator=g, dtype=torch.float64) for _ in range(2))
+    t = torch.tensor([0, 1, 500, 999])
+    col = (lambda v: torch.from_numpy(v[t.numpy()]).view(-1, 1, 1, 1).expand_as(x0))
+    mean, var, log_var = d.q_mean_variance(x0, t)
+    torch.testing.assert_close(mean, col(np.sqrt(ab)) * x0, rtol=1e-12, atol=0)
+    torch.testing.assert_close(var, col(1 - ab), rtol=1e-12, atol=0)
+    torch.testing.assert_close(log_var, col(np.log(1 - ab)), rtol=1e-12, atol=0)
+    mean, var, log_var = d.q_posterior_mean_variance(x0, x_t, t)
+    coef1, coef2 = betas * np.sqrt(ab_prev) / (1 - ab), (1 - ab_prev) * np.sqrt(1 - betas) / (1 - ab)
+    torch.testing.assert_close(mean, col(coef1) * x0 + col(coef2) * x_t, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(var, col(tilde), rtol=1e-12, atol=0)
+    torch.testing.assert_close(log_var, col(np.log(np.append(tilde[1], tilde[1:]))), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 4, 4), (2, 2, 4, 4), (3, 2, 4, 2), (3, 2, 4)])
+def test_a_backbone_output_of_the_wrong_shape_is_named(registry, shape):
+    from ddpm_kit.errors import DdpmKitError
+
+    d = make_diffusion(registry, variance="learned")  # needs 2 output channels for 1-channel data
+    x_t = torch.zeros(3, 1, 4, 4)
+    with pytest.raises(DdpmKitError, match=rf"backbone returned shape \({', '.join(map(str, shape))},?\) for input "
+                                           r"\(3, 1, 4, 4\); variance 'learned' needs 2 output channels"):
+        d.model_output(lambda x, t: torch.zeros(shape), x_t, torch.zeros(3, dtype=torch.long))
