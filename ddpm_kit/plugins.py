@@ -303,7 +303,7 @@ def validate_params(provider: Provider, params: dict[str, Any], context_names: I
         valid = set(signature) | set(forwarded())
         for key in extra:
             if key not in valid:
-                raise ParamError(f"{label} has no parameter '{key}'{did_you_mean(key, valid)}", key)
+                raise ParamError.unknown(label, key, valid)
     values.update(extra)
     return values
 
@@ -316,11 +316,15 @@ class ParamError(DdpmKitError):
         self.key = key
 
     @classmethod
+    def unknown(cls, label: str, key: str, valid: Iterable[str]) -> ParamError:
+        return cls(f"{label} has no parameter '{key}'{did_you_mean(key, valid)}", key)
+
+    @classmethod
     def from_pydantic(cls, label: str, exc: pydantic.ValidationError, valid: list[str]) -> ParamError:
         err = exc.errors()[0]
         key = ".".join(str(x) for x in err["loc"])
         if err["type"] == "extra_forbidden":
-            return cls(f"{label} has no parameter '{key}'{did_you_mean(key, valid)}", key)
+            return cls.unknown(label, key, valid)
         if err["type"] == "missing":
             return cls(f"{label} needs parameter '{key}'", key)
         return cls(f"{label} parameter '{key}': {err['msg']} (got {err.get('input')!r})", key)

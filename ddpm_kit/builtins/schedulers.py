@@ -59,6 +59,10 @@ class DiffusersSampler:
 
     def check(self, diffusion) -> None:
         """Refuse runs the scheduler cannot express (before any training)."""
+        self.scheduler(diffusion)
+
+    def scheduler(self, diffusion, device: torch.device | str | None = None):
+        """The scheduler over the run's exact betas and parameterization, its ``steps`` timesteps set."""
         param = diffusion.parameterization.name
         if param not in PREDICTION_TYPES:
             raise DdpmKitError(f"sampler '{self.name}' needs eps or x0 prediction, this run predicts '{param}'; "
@@ -66,25 +70,8 @@ class DiffusersSampler:
         if diffusion.variance.learned:
             raise DdpmKitError(f"sampler '{self.name}' cannot use the learned variance "
                                f"'{diffusion.variance.name}'; samplers that can: {CAN_SAMPLE_ANY_RUN}")
-        scheduler = self._build(diffusion)
-        if "solver_order" not in scheduler.config:  # Heun, PNDM, KDPM2 repeat timesteps by design
-            return
-        scheduler.set_timesteps(self.steps)
-        timesteps = scheduler.timesteps.tolist()
-        if len(set(timesteps)) < len(timesteps):  # the multistep solver would divide by a zero step: NaN
-            raise DdpmKitError(
-                f"sampler '{self.name}': {self.steps} steps with timestep_spacing "
-                f"'{scheduler.config.get('timestep_spacing')}' repeat timesteps in {self.scheduler_class.__name__}; "
-                "use fewer steps or options = { timestep_spacing = \"trailing\" }")
-
-    def scheduler(self, diffusion):
-        """The scheduler over the run's exact betas and parameterization."""
-        self.check(diffusion)
-        return self._build(diffusion)
-
-    def _build(self, diffusion):
         config = {"num_train_timesteps": diffusion.num_timesteps, "trained_betas": diffusion.betas.numpy(),
-                  "prediction_type": PREDICTION_TYPES[diffusion.parameterization.name], **self.options}
+                  "prediction_type": PREDICTION_TYPES[param], **self.options}
         accepted = inspect.signature(self.scheduler_class.__init__).parameters
         if "variance_type" in accepted and diffusion.variance.name in VARIANCE_TYPES:  # DDPMScheduler
             config.setdefault("variance_type", VARIANCE_TYPES[diffusion.variance.name])
@@ -94,13 +81,22 @@ class DiffusersSampler:
         if unknown:
             raise DdpmKitError(f"sampler '{self.name}': {self.scheduler_class.__name__} takes no option "
                                f"{', '.join(unknown)}")
-        return self.scheduler_class(**config)
+        scheduler = self.scheduler_class(**config)
+        scheduler.set_timesteps(self.steps, device=device)
+        timesteps = scheduler.timesteps.tolist()
+        # a multistep solver (it has a solver_order; Heun, PNDM, KDPM2 repeat timesteps by design)
+        # would divide by a zero step: NaN
+        if "solver_order" in scheduler.config and len(set(timesteps)) < len(timesteps):
+            raise DdpmKitError(
+                f"sampler '{self.name}': {self.steps} steps with timestep_spacing "
+                f"'{scheduler.config.get('timestep_spacing')}' repeat timesteps in {self.scheduler_class.__name__}; "
+                "use fewer steps or options = { timestep_spacing = \"trailing\" }")
+        return scheduler
 
     @torch.no_grad()
     def __call__(self, diffusion, model, x_T: torch.Tensor, *, generator: torch.Generator | None = None,
                  callback: Callable[[dict[str, Any]], None] | None = None, noise=None) -> torch.Tensor:
-        scheduler = self.scheduler(diffusion)
-        scheduler.set_timesteps(self.steps, device=x_T.device)
+        scheduler = self.scheduler(diffusion, device=x_T.device)
         # stochastic schedulers draw with diffusers' randn_tensor, which takes one generator per image
         generators = getattr(noise, "generators", None) or generator
         x = x_T * scheduler.init_noise_sigma
