@@ -75,6 +75,7 @@ def recipe_check(ctx: click.Context, files: tuple[Path, ...], overrides: tuple[s
     import torch
 
     from .engine import build_components
+    from .engine.data import load_labels
     from .recipe import load_recipe
 
     registry = get_registry_from(ctx)
@@ -82,10 +83,12 @@ def recipe_check(ctx: click.Context, files: tuple[Path, ...], overrides: tuple[s
         r, _ = load_recipe(file, registry, overrides)
         components = build_components(r, registry, str(file))
         components.check_dataset()
+        load_labels(components, "train")  # conditional recipes: loads the data to check the label column
         with torch.device("meta"):
             parameters = sum(p.numel() for p in components.build_backbone().parameters())
-        d = r.diffusion
-        click.echo(f"ok: {file} ({r.data.dataset.name} {r.data.image_size}px, {r.backbone.name} "
+        d, c = r.diffusion, r.conditioning
+        classes = "" if c is None else f"{c.num_classes} classes ('{c.label}', dropout {c.label_dropout}), "
+        click.echo(f"ok: {file} ({r.data.dataset.name} {r.data.image_size}px, {classes}{r.backbone.name} "
                    f"{parameters / 1e6:.1f}M parameters, {d.parameterization.name}/{d.variance.name}/{r.objective.name}, "
                    f"T={d.schedule.params.get('T', 1000)}, {r.train.steps} steps)")
 
@@ -108,6 +111,22 @@ def run(ctx: click.Context, recipe_file: Path, overrides: tuple[str, ...], resum
                overwrite=overwrite, run_dir=run_dir, do_sample=not no_sample, do_evaluate=not no_eval)
 
 
+class ClassLabel(click.ParamType):
+    """A class index, or 'none' for no label (-1)."""
+
+    name = "class"
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int):
+            return value
+        if str(value).lower() == "none":
+            return -1
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a class index (0, 1, ...) or 'none'", param, ctx)
+
+
 @cli.command()
 @click.argument("run_dir", type=RUN_DIR)
 @click.option("-n", "--num-images", type=int, help="How many images (default: the recipe's sample.num_images).")
@@ -115,16 +134,22 @@ def run(ctx: click.Context, recipe_file: Path, overrides: tuple[str, ...], resum
 @click.option("--sampler", help="Sampler plugin name (default: the recipe's); `ddpm-kit plugins` lists them.")
 @click.option("--steps", type=int, help="Sampling steps, for samplers that skip steps (respaced, ddim, diffusers-*).")
 @click.option("--name", default="final", show_default=True, help="File name for the grid and array.")
+@click.option("--class", "classes", type=ClassLabel(), multiple=True,
+              help="Conditional runs: the class to draw (repeat for several, one grid row each; 'none': no "
+                   "label). Default: the recipe's sample.classes, else every class.")
+@click.option("--guidance-scale", type=click.FloatRange(min=0), help="Conditional runs: classifier-free guidance "
+              "w in (1 + w) eps(x, y) - w eps(x); 0 is the conditional model (default: sample.guidance_scale).")
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
 @click.option("--device", help="torch device for one process (default: accelerate's: the GPU if there is one).")
 @click.pass_context
 def sample(ctx: click.Context, run_dir: Path, num_images: int | None, seed: int | None, sampler: str | None,
-           steps: int | None, name: str, raw: bool, device: str | None) -> None:
+           steps: int | None, name: str, classes: tuple[int, ...], guidance_scale: float | None, raw: bool,
+           device: str | None) -> None:
     """Draw samples from a trained run: samples/<name>.png and samples/<name>.npz."""
     from .workflow import sample_run
 
     sample_run(get_registry_from(ctx), run_dir, num_images=num_images, seed=seed, sampler=sampler, steps=steps,
-               name=name, use_ema=not raw, device=device)
+               name=name, use_ema=not raw, device=device, classes=list(classes), guidance_scale=guidance_scale)
 
 
 @cli.command()

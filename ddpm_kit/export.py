@@ -10,7 +10,6 @@ from .engine import Components, load_run_model
 from .errors import DdpmKitError
 from .runs import RunFolder
 
-PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample"}
 # ddpm-kit variance -> DDPMScheduler variance_type with the same sigma_t^2. diffusers' "learned_range"
 # is improved-diffusion's interpolation exp(v log beta_t + (1 - v) log beta-tilde_t), v = (out + 1) / 2,
 # as ddpm-kit-improved's learned_range; its "learned" takes the output as the variance itself.
@@ -25,14 +24,18 @@ REFUSED_VARIANCES = {
 def diffusers_scheduler_config(components: Components) -> tuple[dict, list[str]]:
     """DDPMScheduler settings equal to the run's diffusion, and notes on what differs."""
     d = components.diffusion
-    param, variance = d.parameterization.name, d.variance.name
-    if param not in PREDICTION_TYPES:
-        raise DdpmKitError(f"diffusers' DDPMScheduler cannot express parameterization '{param}' (it predicts "
-                           f"{' or '.join(PREDICTION_TYPES.values())}); retrain with eps or x0 to export")
+    param, variance = d.parameterization, d.variance.name
+    prediction_type = param.diffusers_prediction_type
+    if prediction_type is None:
+        raise DdpmKitError(f"diffusers' DDPMScheduler cannot express parameterization '{param.name}' (it predicts "
+                           "epsilon, sample or v_prediction); retrain with eps or x0 to export")
     if variance not in VARIANCE_TYPES:
         why = REFUSED_VARIANCES.get(variance, "it has no variance_type for it")
         raise DdpmKitError(f"cannot export variance '{variance}' to diffusers' DDPMScheduler: {why}; "
                            f"exportable variances: {', '.join(VARIANCE_TYPES)}")
+    if components.num_classes is not None:
+        raise DdpmKitError("cannot export a class-conditional run: diffusers' DDPMPipeline calls the UNet without "
+                           "class labels; load model/ema.safetensors with ddpm-kit (ddpm-kit sample --class K)")
     sampler = components.recipe.sample.sampler
     clip = bool(sampler.params.get("clip_denoised", True))
     notes = [
@@ -46,7 +49,7 @@ def diffusers_scheduler_config(components: Components) -> tuple[dict, list[str]]
     if sampler.name != "ancestral":
         notes.append(f"the run samples with '{sampler.name}'; the exported DDPMScheduler is ancestral sampling.")
     config = dict(num_train_timesteps=d.num_timesteps, trained_betas=d.betas.tolist(),
-                  prediction_type=PREDICTION_TYPES[param], variance_type=VARIANCE_TYPES[variance],
+                  prediction_type=prediction_type, variance_type=VARIANCE_TYPES[variance],
                   clip_sample=clip, clip_sample_range=1.0)
     return config, notes
 

@@ -15,8 +15,10 @@ import torch
 if TYPE_CHECKING:
     from .diffusion import GaussianDiffusion
 
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""A backbone: ``model(x [B,C,H,W], t [B] long) -> [B, C_out, H, W]``."""
+Model = Callable[..., torch.Tensor]
+"""A backbone: ``model(x [B,C,H,W], t [B] long) -> [B, C_out, H, W]``; a class-conditional one also
+takes ``class_labels`` [B] long (-1: no label). Samplers, objectives and metrics call ``model(x, t)``:
+the engine binds the conditioning first (``ddpm_kit.conditioning``)."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class Parameterization(ABC):
     """
 
     name: str = ""
+    diffusers_prediction_type: str | None = None
+    """diffusers' name for this output (a scheduler's ``prediction_type``), if it has one."""
 
     @abstractmethod
     def from_x0(self, d: GaussianDiffusion, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

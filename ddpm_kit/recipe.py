@@ -51,6 +51,15 @@ class DataSection(Strict):
     workers: int | None = Field(default=None, ge=1)  # processes that decode (the store, or batches when encoded)
 
 
+class ConditioningSection(Strict):
+    """A class-conditional run: which dataset column holds the class, how many classes, and how
+    often a training example's label is dropped (classifier-free guidance training)."""
+
+    label: str = "label"
+    num_classes: int = Field(gt=1)
+    label_dropout: float = Field(default=0.1, ge=0, lt=1)
+
+
 class DiffusionSection(Strict):
     schedule: Component = Component(name="linear")
     parameterization: Component = Component(name="eps")
@@ -102,6 +111,10 @@ class SampleSection(Strict):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     channels_last: bool = False
     compile: bool = False
+    # conditional runs: the classes to draw (default: every class, one grid row each; -1 is "no
+    # label") and the guidance scale w of eps~ = (1 + w) eps(x, y) - w eps(x) (Ho & Salimans 2022)
+    classes: list[int] | None = None
+    guidance_scale: float = Field(default=0.0, ge=0)
 
 
 class EvalSection(Strict):
@@ -114,11 +127,28 @@ class Recipe(Strict):
     run: RunSection = RunSection()
     data: DataSection
     backbone: Component
+    conditioning: ConditioningSection | None = None
     diffusion: DiffusionSection = DiffusionSection()
     objective: Component = Component(name="simple")
     train: TrainSection
     sample: SampleSection = SampleSection()
     eval: EvalSection = EvalSection()
+
+    @pydantic.model_validator(mode="after")
+    def _conditioning_fits_sampling(self) -> Recipe:
+        c, s = self.conditioning, self.sample
+        if c is None and (s.classes is not None or s.guidance_scale):
+            raise ValueError("sample.classes and sample.guidance_scale need a [conditioning] section "
+                             "(a class-conditional run)")
+        if c is not None:
+            bad = [k for k in s.classes or [] if not -1 <= k < c.num_classes]
+            if bad:
+                raise ValueError(f"sample.classes {bad} out of range: classes are 0..{c.num_classes - 1}, "
+                                 "-1 for no label")
+            if (s.guidance_scale or -1 in (s.classes or [])) and c.label_dropout == 0:
+                raise ValueError("sample.guidance_scale > 0 and class -1 need the unconditional branch: set "
+                                 "conditioning.label_dropout > 0 (e.g. 0.1) when training")
+        return self
 
     def components(self) -> list[tuple[str, str, Component]]:
         """(key path, kind, component) for every plugin the recipe names."""
@@ -133,7 +163,7 @@ class Recipe(Strict):
         return found
 
 
-BACKBONE_CONTEXT = ("in_channels", "out_channels", "image_size")
+BACKBONE_CONTEXT = ("in_channels", "out_channels", "image_size", "num_classes")
 CONTEXT = {"backbone": BACKBONE_CONTEXT, "sampler": ("num_timesteps",)}  # supplied by the engine
 
 
@@ -230,6 +260,8 @@ def format_validation_error(source: str, exc: pydantic.ValidationError) -> str:
         return f"{source}: unknown key '{key}'{did_you_mean(str(loc[-1]), valid)}"
     if err["type"] == "missing":
         return f"{source}: missing key '{key}'"
+    if isinstance(err.get("input"), dict):  # a check across keys (a model validator): its message says it all
+        return f"{source}: {key or 'recipe'}: {err['msg'].removeprefix('Value error, ')}"
     return f"{source}: {key}: {err['msg']} (got {err.get('input')!r})"
 
 

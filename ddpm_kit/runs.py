@@ -68,6 +68,14 @@ class Checkpoint:
     step: int
 
 
+def block_width(labels: torch.Tensor | None) -> int | None:
+    """The length of the equal blocks of consecutive equal labels (one grid row per class), if any."""
+    if labels is None or len(labels) == 0:
+        return None
+    _, counts = torch.unique_consecutive(labels, return_counts=True)
+    return int(counts[0]) if bool((counts == counts[0]).all()) and len(counts) > 1 else None
+
+
 class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -164,8 +172,12 @@ class RunFolder:
         grid.save(path)
         return path
 
-    def save_samples(self, images: torch.Tensor, name: str = "final") -> tuple[Path, Path]:
+    def save_samples(self, images: torch.Tensor, name: str = "final",
+                     labels: torch.Tensor | None = None) -> tuple[Path, Path]:
+        """samples/<name>.npz (``images``, and ``labels``: the class each was drawn for) and its grid:
+        one row per class when the labels come in equal blocks."""
         array_path = self.samples / f"{name}.npz"
         array_path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(array_path, images=images.numpy())
-        return self.save_grid(images, self.samples / f"{name}.png"), array_path
+        arrays = {"images": images.numpy()} | ({} if labels is None else {"labels": labels.numpy()})
+        np.savez_compressed(array_path, **arrays)
+        return self.save_grid(images, self.samples / f"{name}.png", cols=block_width(labels)), array_path

@@ -17,6 +17,8 @@ import torch
 from .data import to_uint8
 from .engine.monitoring import trackers
 from .engine import Components, build_components, describe, evaluate, load_run_model, process_state, sample_images, train
+from .engine.data import load_labels
+from .engine.sampling import sample_labels
 from .errors import DdpmKitError
 from .plugins import Registry
 from .recipe import Component, load_recipe, read_toml, validate_recipe
@@ -48,6 +50,7 @@ def run_recipe(registry: Registry, recipe_file: Path, overrides: list[str], *, r
     components = build_components(recipe, registry, str(recipe_file))
     components.build_backbone()  # fail on a bad backbone, missing data or a missing tracker before
     components.build_dataset()   # touching the run folder
+    load_labels(components, "train")  # a conditional run's label column: present, integer, in range
     trackers(recipe.train.log_with)
     state = process_state()
     exists = run.recipe_file.is_file()
@@ -115,7 +118,7 @@ def _sample(components: Components, run: RunFolder, n: int, seed: int | None, na
     images = sample_images(components, model, n, device, seed=seed, callback=record, state=state)
     if not state.is_main_process:
         return
-    grid, array = run.save_samples(images, name)
+    grid, array = run.save_samples(images, name, sample_labels(components, n))
     chain = torch.stack([snapshots[i] for i in sorted(snapshots, reverse=True)], dim=1)  # [k, steps, C, H, W]
     progressive_grid = run.save_grid(chain.flatten(0, 1), run.samples / f"{name}_progressive.png", cols=chain.shape[1])
     click.echo(f"sampled {n} images in {time.time() - started:.0f} s -> {grid}, {array}, {progressive_grid}")
@@ -123,9 +126,10 @@ def _sample(components: Components, run: RunFolder, n: int, seed: int | None, na
     run.set_in_summary(sample_processes=describe(state))
 
 
-def load_run(registry: Registry, run_dir: Path, sampler: str | None = None,
-             steps: int | None = None) -> tuple[Components, RunFolder]:
-    """A finished run's components; ``sampler`` / ``steps`` replace the recipe's sampler for this call."""
+def load_run(registry: Registry, run_dir: Path, sampler: str | None = None, steps: int | None = None,
+             classes: list[int] | None = None, guidance_scale: float | None = None) -> tuple[Components, RunFolder]:
+    """A finished run's components; ``sampler`` / ``steps`` replace the recipe's sampler for this
+    call, ``classes`` / ``guidance_scale`` what a conditional run draws."""
     run = RunFolder.existing(run_dir)
     data = read_toml(run.recipe_file)
     table = data.setdefault("sample", {})
@@ -133,13 +137,18 @@ def load_run(registry: Registry, run_dir: Path, sampler: str | None = None,
         table["sampler"] = {"name": sampler}
     if steps is not None:
         table.setdefault("sampler", {"name": "ancestral"})["steps"] = steps
+    if classes:
+        table["classes"] = classes
+    if guidance_scale is not None:
+        table["guidance_scale"] = guidance_scale
     recipe = validate_recipe(data, registry, str(run.recipe_file))
     return build_components(recipe, registry, str(run.recipe_file)), run
 
 
 def sample_run(registry: Registry, run_dir: Path, *, num_images: int | None, seed: int | None, sampler: str | None,
-               name: str, use_ema: bool, device: str | None, steps: int | None = None) -> None:
-    components, run = load_run(registry, run_dir, sampler, steps)
+               name: str, use_ema: bool, device: str | None, steps: int | None = None,
+               classes: list[int] | None = None, guidance_scale: float | None = None) -> None:
+    components, run = load_run(registry, run_dir, sampler, steps, classes, guidance_scale)
     state = process_state()
     _sample(components, run, num_images or components.recipe.sample.num_images, seed, name, use_ema, state,
             device_for(state, device))

@@ -27,6 +27,29 @@ def ddpm_kit(*args, **kw):
     return subprocess.run([sys.executable, "-m", "ddpm_kit", *args], capture_output=True, text=True, env=ENV, **kw)
 
 
+def cli(*args):
+    """Run the CLI in this process, as ``ddpm_kit`` does in a subprocess but without starting an
+    interpreter and importing torch and diffusers again (about 4 s a call); exit status, stdout and
+    stderr come back alike. Accelerate's shared state is reset afterwards. Tests of processes,
+    signals and the installed entry point keep ``ddpm_kit``."""
+    import contextlib
+    import io
+
+    from accelerate.state import AcceleratorState
+
+    from ddpm_kit.cli import main
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 def weights(run, name="model"):
     """A run's final weights (model/<name>.safetensors) as a state dict."""
     from safetensors.torch import load_file

@@ -44,6 +44,53 @@ class EpsOracle(torch.nn.Module):
         return out
 
 
+class ClassOracle(torch.nn.Module):
+    """A class-conditional 'backbone': class k's data is N(means[k], stds[k]^2) per pixel, and the
+    label-dropped branch (label -1) answers as if the data were N(null[0], null[1]^2): each row
+    gets the exact optimal prediction of its own Gaussian."""
+
+    def __init__(self, betas: np.ndarray, means, stds, null: tuple[float, float], param: str = "eps") -> None:
+        super().__init__()
+        self.classes = torch.nn.ModuleList(EpsOracle(betas, param, m, s) for m, s in zip(means, stds))
+        self.null = EpsOracle(betas, param, *null)
+        self.calls: list[torch.Tensor] = []
+
+    def forward(self, x, t, class_labels):
+        self.calls.append(class_labels.clone())
+        out = torch.empty_like(x)
+        for k in class_labels.unique().tolist():
+            rows = class_labels == k
+            out[rows] = (self.null if k == -1 else self.classes[k])(x[rows], t[rows])
+        return out
+
+
+def guided_moments(betas: np.ndarray, variance: str, cond: tuple[float, float], null: tuple[float, float],
+                   w: float) -> tuple[float, float]:
+    """Mean and std of ancestral samples with the guided eps~ = (1 + w) eps*_c - w eps*_u (Ho &
+    Salimans 2022), both branches Gaussian oracles. Each eps* is affine in x_t, eps* = a x_t + b with
+    a = sqrt(1-ab) / (ab s^2 + 1 - ab), b = -a sqrt(ab) m; so is eps~, and so the step
+    x_{t-1} = c1 (x_t - sqrt(1-ab) eps~) / sqrt(ab) + c2 x_t + sigma z (eqs. 4, 7, 11):
+    M <- A M + B, V <- A^2 V + sigma^2, from N(0, 1)."""
+    ab = np.cumprod(1 - betas)
+    ab_prev = np.append(1.0, ab[:-1])
+    c1 = betas * np.sqrt(ab_prev) / (1 - ab)
+    c2 = (1 - ab_prev) * np.sqrt(1 - betas) / (1 - ab)
+
+    def affine(m, s):
+        a = np.sqrt(1 - ab) / (ab * s**2 + 1 - ab)
+        return a, -a * np.sqrt(ab) * m
+
+    (a_c, b_c), (a_u, b_u) = affine(*cond), affine(*null)
+    a, b = (1 + w) * a_c - w * a_u, (1 + w) * b_c - w * b_u
+    A = c1 * (1 - np.sqrt(1 - ab) * a) / np.sqrt(ab) + c2
+    B = -c1 * np.sqrt(1 - ab) * b / np.sqrt(ab)
+    var = sigma2(betas, variance)
+    mean, v = 0.0, 1.0
+    for t in reversed(range(len(betas))):
+        mean, v = A[t] * mean + B[t], A[t] ** 2 * v + (var[t] if t > 0 else 0.0)
+    return mean, math.sqrt(v)
+
+
 def _coefficients(betas: np.ndarray, m: float, s2: float):
     """Per-step affine map of the oracle's reverse step: mu = A x_t + B (data variance s2)."""
     ab = np.cumprod(1 - betas)

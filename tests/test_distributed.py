@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import oracle
-from helpers import ENV, TINY, assert_same_weights, ddpm_kit, make_diffusion, weights
+from helpers import ENV, TINY, assert_same_weights, cli, ddpm_kit, make_diffusion, weights
 from ddpm_kit.engine import build_components, sample_images
 from ddpm_kit.engine.dropout import GlobalBatchDropout, use_global_batch_dropout
 from ddpm_kit.noise import ImageNoise
@@ -104,7 +104,7 @@ def test_two_processes_with_half_batches_train_like_one_process_with_dropout(tmp
     assert_same_weights(weights(one), weights(two), atol=1e-5)
     # the dropout really acted: without it the same steps give other weights
     plain = tmp_path / "plain"
-    assert ddpm_kit("run", str(TINY), "--run-dir", str(plain), *args, "--set", "backbone.dropout=0.0").returncode == 0
+    assert cli("run", str(TINY), "--run-dir", str(plain), *args, "--set", "backbone.dropout=0.0").returncode == 0
     assert max((weights(one)[k] - weights(plain)[k]).abs().max().item() for k in weights(one)) > 1e-3
 
 
@@ -112,8 +112,8 @@ def test_two_processes_with_half_batches_train_like_one_process_with_dropout(tmp
 def test_sample_and_evaluate_on_two_processes_write_what_one_process_writes(tmp_path):
     run = tmp_path / "run"
     metrics = '[{name = "bpd", limit = 12, batch_size = 4, timesteps_per_batch = 5}, {name = "fid", num_samples = 20}]'
-    result = ddpm_kit("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=4", "--set",
-                      f"eval.metrics={metrics}", "--set", "sample.batch_size=8", "--no-sample", "--no-eval")
+    result = cli("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=4", "--set",
+                 f"eval.metrics={metrics}", "--set", "sample.batch_size=8", "--no-sample", "--no-eval")
     assert result.returncode == 0, result.stderr
 
     assert ddpm_kit("sample", str(run), "-n", "24", "--name", "one").returncode == 0
@@ -143,8 +143,8 @@ def test_encoded_data_decoded_in_loader_workers_trains_like_the_store(tmp_path):
     args = ["--set", "train.steps=4", "--set", "train.batch_size=8", "--set", "train.grad_accum=2",
             "--set", "data.random_flip=true", "--no-sample", "--no-eval"]
     stored, encoded = tmp_path / "stored", tmp_path / "encoded"
-    assert ddpm_kit("run", str(TINY), "--run-dir", str(stored), *args).returncode == 0
-    result = ddpm_kit("run", str(TINY), "--run-dir", str(encoded), *args, "--set", "data.store=\"encoded\"",
+    assert cli("run", str(TINY), "--run-dir", str(stored), *args).returncode == 0
+    result = cli("run", str(TINY), "--run-dir", str(encoded), *args, "--set", "data.store=\"encoded\"",
                       "--set", "data.workers=2", "--set", f"data.store_dir=\"{tmp_path / 'store'}\"")
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "store").exists()  # nothing was decoded to disk: the batches came from the workers

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ENV, TINY, assert_same_weights, ddpm_kit, weights
+from helpers import ENV, TINY, assert_same_weights, cli, ddpm_kit, weights
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def test_run_writes_the_documented_run_folder(finished_run):
 
 def test_report_tabulates_runs_and_links_their_pictures(finished_run, tmp_path):
     run, _ = finished_run
-    result = ddpm_kit("report", str(run), "--out", str(tmp_path / "report"))
+    result = cli("report", str(run), "--out", str(tmp_path / "report"))
     assert result.returncode == 0, result.stderr
     table = (tmp_path / "report" / "report.md").read_text().splitlines()
     assert table[0].startswith("| run | parameterization | variance | objective | steps |")
@@ -58,10 +58,10 @@ def test_existing_run_folder_is_never_overwritten_silently(finished_run):
 
 def test_sample_and_evaluate_commands_on_a_finished_run(finished_run):
     run, _ = finished_run
-    result = ddpm_kit("sample", str(run), "-n", "4", "--seed", "3", "--name", "again")
+    result = cli("sample", str(run), "-n", "4", "--seed", "3", "--name", "again")
     assert result.returncode == 0, result.stderr
     assert np.load(run / "samples" / "again.npz")["images"].shape == (4, 1, 8, 8)
-    result = ddpm_kit("evaluate", str(run), "--limit", "8", "--raw")
+    result = cli("evaluate", str(run), "--limit", "8", "--raw")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["bpd_images"] == 8 and metrics["weights"] == "raw"
@@ -122,7 +122,7 @@ def test_bf16_channels_last_training_takes_those_paths_and_matches_the_plain_los
     for name, extra in (("plain", []), ("fast", ["--set", 'train.mixed_precision="bf16"',
                                                  "--set", "train.channels_last=true"])):
         runs[name] = tmp_path / name
-        result = ddpm_kit("run", str(TINY), "--run-dir", str(runs[name]), "--set", "train.steps=1", "--set",
+        result = cli("run", str(TINY), "--run-dir", str(runs[name]), "--set", "train.steps=1", "--set",
                           "train.log_every=1", *extra, "--no-sample", "--no-eval")
         assert result.returncode == 0, result.stderr
     paths = {k: json.loads((r / "summary.json").read_text())["train_paths"] for k, r in runs.items()}
@@ -137,16 +137,16 @@ def test_bf16_channels_last_training_takes_those_paths_and_matches_the_plain_los
 def test_overwrite_replaces_a_run_and_resume_refuses_a_changed_recipe(tmp_path):
     run = tmp_path / "run"
     args = ["--set", "train.steps=2", "--set", "train.log_every=1", "--no-sample", "--no-eval"]
-    assert ddpm_kit("run", str(TINY), "--run-dir", str(run), *args).returncode == 0
+    assert cli("run", str(TINY), "--run-dir", str(run), *args).returncode == 0
     (run / "stale.txt").write_text("from the first run")
-    changed = ddpm_kit("run", str(TINY), "--run-dir", str(run), *args, "--set", "train.lr=2e-3", "--resume", "latest")
+    changed = cli("run", str(TINY), "--run-dir", str(run), *args, "--set", "train.lr=2e-3", "--resume", "latest")
     assert changed.returncode == 2 and "key 'train.lr' differs from the run's" in changed.stderr
     assert "Traceback" not in changed.stderr and (run / "stale.txt").is_file()  # nothing touched
-    longer = ddpm_kit("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=3", "--set", "train.log_every=1",
+    longer = cli("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=3", "--set", "train.log_every=1",
                       "--no-sample", "--no-eval", "--resume", "latest")  # train.steps may change on resume
     assert longer.returncode == 0, longer.stderr
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
-    replaced = ddpm_kit("run", str(TINY), "--run-dir", str(run), *args, "--set", "train.lr=2e-3", "--overwrite")
+    replaced = cli("run", str(TINY), "--run-dir", str(run), *args, "--set", "train.lr=2e-3", "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
     assert not (run / "stale.txt").exists()
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
@@ -159,7 +159,7 @@ def test_export_raw_writes_the_raw_weights_and_the_default_the_ema(finished_run,
     run, _ = finished_run
     for flag, name in (([], "ema"), (["--raw"], "model")):
         out = tmp_path / name
-        result = ddpm_kit("export", str(run), str(out), *flag)
+        result = cli("export", str(run), str(out), *flag)
         assert result.returncode == 0, result.stderr
         exported = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
         ours = {k.removeprefix("unet."): v for k, v in weights(run, name).items()}
@@ -182,7 +182,7 @@ def test_gradient_accumulation_steps_on_the_mean_gradient_of_its_micro_batches(t
     overrides = ["train.steps=1", "train.batch_size=8", "train.grad_accum=2", "train.log_every=1",
                  f'data.store_dir="{tmp_path / "store"}"']
     run = tmp_path / "run"
-    result = ddpm_kit("run", str(TINY), "--run-dir", str(run), *[a for o in overrides for a in ("--set", o)],
+    result = cli("run", str(TINY), "--run-dir", str(run), *[a for o in overrides for a in ("--set", o)],
                       "--no-sample", "--no-eval")
     assert result.returncode == 0, result.stderr
     recipe, _ = load_recipe(TINY, registry, overrides)
@@ -193,7 +193,7 @@ def test_gradient_accumulation_steps_on_the_mean_gradient_of_its_micro_batches(t
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.train.lr)
     for micro in range(2):
         g = step_generator(recipe.run.seed, 0, micro)
-        x0 = global_batch(pixels, 4, g, recipe.data.random_flip)
+        x0, _ = global_batch(pixels, 4, g, recipe.data.random_flip)
         t, w = c.objective.sample_t(c.diffusion, 4, torch.device("cpu"), g)
         noise = torch.randn(x0.shape, generator=g)
         loss = c.diffusion.training_losses(model, x0, c.objective, t=t, noise=noise, weights=w)["loss"].mean()

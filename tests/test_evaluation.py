@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import oracle
-from helpers import ddpm_kit, make_diffusion, test_seed
+from helpers import cli, make_diffusion, test_seed
 from ddpm_kit.features import (FeatureStats, classifier_score, confident_fraction, features_and_probs,
                                frechet_distance, train_classifier)
 from ddpm_kit.engine.distributed import LocalState, map_batches, my_batches
@@ -30,7 +30,8 @@ def fake_context(diffusion, model, x, tmp_path):
     def save_array(name, array):
         np.save(run.eval / f"{name}.npy", array)
 
-    return SimpleNamespace(diffusion=diffusion, model=model, device=torch.device("cpu"), seed=0, run=run,
+    return SimpleNamespace(diffusion=diffusion, model=model, model_for=lambda split, rows: model,
+                           device=torch.device("cpu"), seed=0, run=run,
                            images=lambda split, limit: x[:limit], save_array=save_array, is_main_process=True, eval_dir=run.eval,
                            map_batches=lambda total, size, work, desc=None: map_batches(LocalState(), total, size, work),
                            my_share=lambda total, size: my_batches(LocalState(), total, size))
@@ -109,7 +110,7 @@ def test_fid_caches_the_real_statistics_and_measures_the_floor_at_the_sample_cou
     run, _ = finished_run
     cache = Path(os.environ["DDPM_KIT_CACHE"]) / "feature-nets"
     before = {p.name: p.stat().st_mtime_ns for p in cache.glob("stats-*.npz")}
-    result = ddpm_kit("evaluate", str(run), "--metric", "fid", "--num-samples", "12")
+    result = cli("evaluate", str(run), "--metric", "fid", "--num-samples", "12")
     assert result.returncode == 0, result.stderr
     after = {p.name: p.stat().st_mtime_ns for p in cache.glob("stats-*.npz")}
     assert len(set(after) - set(before)) == 1  # the floor at 12 training images; the test split's was cached

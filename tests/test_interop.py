@@ -6,7 +6,7 @@ import torch
 
 from ddpm_kit.builtins.samplers import sample_ancestral
 from ddpm_kit.errors import DdpmKitError
-from helpers import TINY, ddpm_kit
+from helpers import TINY, cli
 
 
 def test_diffusers_unet_folder_round_trips_with_identical_outputs(registry, tmp_path):
@@ -22,7 +22,7 @@ def test_diffusers_unet_folder_round_trips_with_identical_outputs(registry, tmp_
     x, t = torch.randn(3, 1, 8, 8), torch.tensor([0, 10, 999])
     with torch.no_grad():
         torch.testing.assert_close(net(x, t), original(x, t).sample, rtol=0, atol=1e-6)
-    with pytest.raises(DdpmKitError, match=r"has in/out channels and size \(1, 2, 8\), the recipe needs \(1, 1, 8\)"):
+    with pytest.raises(DdpmKitError, match=r"has in/out channels, size and class embeddings \(1, 2, 8, None\), the recipe needs \(1, 1, 8, None\)"):
         registry.build("backbone", "unet2d", {"pretrained": str(tmp_path / "pipe")}, in_channels=1, out_channels=1,
                        image_size=8)
     with pytest.raises(DdpmKitError, match="is not a diffusers UNet folder"):
@@ -33,7 +33,7 @@ def test_diffusers_unet_folder_round_trips_with_identical_outputs(registry, tmp_
 def test_exported_run_samples_in_diffusers_like_in_ddpm_kit(finished_run, tmp_path, registry):
     run, _ = finished_run
     out = run.parent / "exported"
-    result = ddpm_kit("export", str(run), str(out))
+    result = cli("export", str(run), str(out))
     assert result.returncode == 0, result.stderr
     assert "note: Ho's fixedlarge" in result.stdout
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file() and (out / "README.md").is_file()
@@ -66,10 +66,10 @@ def test_exported_learned_range_run_samples_in_diffusers_like_in_ddpm_kit(tmp_pa
 
     registry = get_registry()  # with ddpm-kit-improved, which provides learned_range and hybrid
     run = tmp_path / "run"
-    result = ddpm_kit("run", str(TINY), "--run-dir", str(run), "--set", "diffusion.variance.name=learned_range",
+    result = cli("run", str(TINY), "--run-dir", str(run), "--set", "diffusion.variance.name=learned_range",
                       "--set", "objective.name=hybrid", "--set", "train.steps=4", "--no-sample", "--no-eval")
     assert result.returncode == 0, result.stderr
-    result = ddpm_kit("export", str(run), str(tmp_path / "exported"))
+    result = cli("export", str(run), str(tmp_path / "exported"))
     assert result.returncode == 0, result.stderr
     theirs, ours = diffusers_and_ddpm_kit_samples(registry, run)
     assert np.isfinite(theirs).all() and theirs.std() > 0.05
@@ -79,10 +79,10 @@ def test_exported_learned_range_run_samples_in_diffusers_like_in_ddpm_kit(tmp_pa
 @pytest.mark.slow
 def test_exporting_a_raw_learned_variance_is_refused_with_the_reason(tmp_path):
     run = tmp_path / "run"
-    result = ddpm_kit("run", str(TINY), "--run-dir", str(run), "--set", "diffusion.variance.name=learned",
+    result = cli("run", str(TINY), "--run-dir", str(run), "--set", "diffusion.variance.name=learned",
                       "--set", "objective.name=vlb", "--set", "train.steps=2", "--no-sample", "--no-eval")
     assert result.returncode == 0, result.stderr
-    result = ddpm_kit("export", str(run), str(tmp_path / "exported"))
+    result = cli("export", str(run), str(tmp_path / "exported"))
     assert result.returncode == 2 and not (tmp_path / "exported").exists()
     assert result.stderr.strip().splitlines()[-1].endswith(
         "cannot export variance 'learned' to diffusers' DDPMScheduler: its extra channels are a log-variance, and "

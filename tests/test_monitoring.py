@@ -5,14 +5,14 @@ import json
 
 import pytest
 
-from helpers import TINY, ddpm_kit
+from helpers import TINY, cli
 from ddpm_kit.runs import verify_manifest
 
 METRICS = 'train.eval_metrics=[{name="bpd", limit=8, batch_size=4, timesteps_per_batch=10}, {name="fid", num_samples=8}]'
 
 
 def run_with_evaluation(run, steps, *extra):
-    return ddpm_kit("run", str(TINY), "--run-dir", str(run), "--set", f"train.steps={steps}", "--set",
+    return cli("run", str(TINY), "--run-dir", str(run), "--set", f"train.steps={steps}", "--set",
                     "train.eval_every=2", "--set", METRICS, "--set", "train.ema_decay=0.5", "--set",
                     "train.checkpoint_every=2", "--no-sample", "--no-eval", *extra)
 
@@ -51,6 +51,6 @@ def test_training_evaluates_at_its_steps_and_keeps_the_best_across_a_resume(tmp_
 ])
 def test_bad_monitoring_settings_are_one_line_errors(tmp_path, override, message):
     args = [a for o in override for a in ("--set", o)]
-    result = ddpm_kit("run", str(TINY), "--run-dir", str(tmp_path / "r"), *args, "--set", "train.steps=1")
+    result = cli("run", str(TINY), "--run-dir", str(tmp_path / "r"), *args, "--set", "train.steps=1")
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -80,6 +80,24 @@ BROKEN = [
     ("sampler that cannot sample the run", ("[sample]", 'name = "simple"', 'name = "fixed_beta"'),
      ('[sample]\nsampler = { name = "diffusers-unipc", steps = 10 }', 'name = "vlb"', 'name = "learned"'),
      "sample.sampler: sampler 'diffusers-unipc' cannot use the learned variance 'learned'"),
+    # class-conditional runs (docs/conditioning.md)
+    ("guidance in an unconditional run", "num_images = 8", "num_images = 8\nguidance_scale = 2.0",
+     "recipe: sample.classes and sample.guidance_scale need a [conditioning] section"),
+    ("a class beyond num_classes", "[sample]", "[conditioning]\nnum_classes = 10\n[sample]\nclasses = [3, 10]",
+     "recipe: sample.classes [10] out of range: classes are 0..9, -1 for no label"),
+    ("guidance without label dropout", "[sample]",
+     "[conditioning]\nnum_classes = 10\nlabel_dropout = 0.0\n[sample]\nguidance_scale = 1.0",
+     "need the unconditional branch: set conditioning.label_dropout > 0"),
+    ("one class", "[sample]", "[conditioning]\nnum_classes = 1\n[sample]",
+     "conditioning.num_classes: Input should be greater than 1"),
+    ("label dropout of 1", "[sample]", "[conditioning]\nnum_classes = 10\nlabel_dropout = 1.0\n[sample]",
+     "conditioning.label_dropout: Input should be less than 1"),
+    ("a label column the dataset lacks", "[sample]", '[conditioning]\nnum_classes = 10\nlabel = "digit"\n[sample]',
+     "conditioning.label: dataset 'digits' has no column 'digit'; columns: image, label"),
+    ("labels beyond num_classes", "[sample]", "[conditioning]\nnum_classes = 5\n[sample]",
+     "conditioning.num_classes: the 'train' split's labels run 0..9, outside 0..4"),
+    ("an image column as the label", "[sample]", '[conditioning]\nnum_classes = 10\nlabel = "image"\n[sample]',
+     "conditioning.label: column 'image' of dataset 'digits' does not hold integer class labels"),
 ]
 
 

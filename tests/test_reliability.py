@@ -14,7 +14,7 @@ from PIL import Image
 
 from ddpm_kit.errors import DdpmKitError
 from ddpm_kit.runs import write_manifest
-from helpers import ENV, TINY, assert_same_weights, ddpm_kit, weights
+from helpers import ENV, TINY, assert_same_weights, cli, ddpm_kit, weights
 
 pytestmark = pytest.mark.slow
 QUIET = ["--no-sample", "--no-eval"]
@@ -22,16 +22,16 @@ QUIET = ["--no-sample", "--no-eval"]
 
 def test_damaged_latest_checkpoint_is_skipped_and_resume_is_exact(tmp_path):
     reference = tmp_path / "reference"
-    assert ddpm_kit("run", str(TINY), "--run-dir", str(reference), "--set", "train.steps=8", *QUIET).returncode == 0
+    assert cli("run", str(TINY), "--run-dir", str(reference), "--set", "train.steps=8", *QUIET).returncode == 0
     run = tmp_path / "run"
     args = ["--set", "train.keep_checkpoints=3", *QUIET]
-    assert ddpm_kit("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=6", *args).returncode == 0
+    assert cli("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=6", *args).returncode == 0
     damaged = run / "checkpoints" / "step_0000006" / "model.safetensors"
     damaged.write_bytes(damaged.read_bytes()[:100])  # truncated
     partial = run / "checkpoints" / ".tmp-step_0000008"
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"half a file")
-    result = ddpm_kit("run", str(TINY), "--run-dir", str(run), "--resume", "latest", "--set", "train.steps=8", *args)
+    result = cli("run", str(TINY), "--run-dir", str(run), "--resume", "latest", "--set", "train.steps=8", *args)
     assert result.returncode == 0, result.stderr
     out = result.stdout + result.stderr
     assert "step_0000006: skipped, file model.safetensors does not match its checksum" in out
@@ -41,7 +41,7 @@ def test_damaged_latest_checkpoint_is_skipped_and_resume_is_exact(tmp_path):
 
 def test_checkpoint_with_a_code_running_pickle_is_refused(tmp_path):
     run = tmp_path / "run"
-    assert ddpm_kit("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=2", *QUIET).returncode == 0
+    assert cli("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=2", *QUIET).returncode == 0
     marker = tmp_path / "pwned"
 
     class Payload:
@@ -52,7 +52,7 @@ def test_checkpoint_with_a_code_running_pickle_is_refused(tmp_path):
     (checkpoint / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(Payload()))
     (checkpoint / "manifest.json").unlink()
     write_manifest(checkpoint, 2)  # the attacker also fixed the manifest
-    result = ddpm_kit("run", str(TINY), "--run-dir", str(run), "--resume", "latest", "--set", "train.steps=4", *QUIET)
+    result = cli("run", str(TINY), "--run-dir", str(run), "--resume", "latest", "--set", "train.steps=4", *QUIET)
     assert result.returncode == 2
     assert "custom_checkpoint_0.pkl: refusing to load" in result.stderr and "Traceback" not in result.stderr
     assert not marker.exists()
@@ -61,7 +61,7 @@ def test_checkpoint_with_a_code_running_pickle_is_refused(tmp_path):
 def test_non_finite_gradient_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     run = tmp_path / "run"
     args = ["--set", "train.steps=6", "--set", "train.lr=1e30", "--set", "train.checkpoint_every=1", *QUIET]
-    result = ddpm_kit("run", str(TINY), "--run-dir", str(run), *args)
+    result = cli("run", str(TINY), "--run-dir", str(run), *args)
     assert result.returncode == 2
     line = result.stderr.strip().splitlines()[-1]
     assert "non-finite loss or gradient at step" in line and "the last good checkpoint is" in line
@@ -69,7 +69,7 @@ def test_non_finite_gradient_stops_with_the_step_and_keeps_the_last_good_checkpo
     kept = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert kept[-1] == f"step_{step - 1:07d}"
     skip = tmp_path / "skip"
-    result = ddpm_kit("run", str(TINY), "--run-dir", str(skip), *args, "--set", 'train.on_nonfinite="skip"')
+    result = cli("run", str(TINY), "--run-dir", str(skip), *args, "--set", 'train.on_nonfinite="skip"')
     assert result.returncode == 0, result.stderr
     metrics = [json.loads(line) for line in (skip / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["skipped_steps"] >= 1

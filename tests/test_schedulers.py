@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import oracle
-from helpers import TINY, ddpm_kit, make_diffusion, test_seed
+from helpers import TINY, cli, make_diffusion, test_seed
 from ddpm_kit.builtins.schedulers import NAMES, VARIANTS
 from ddpm_kit.errors import DdpmKitError
 
@@ -161,11 +161,11 @@ def test_runs_a_scheduler_cannot_express_are_refused_naming_the_samplers_that_ca
 @pytest.mark.slow
 def test_sample_command_takes_a_sampler_and_steps(finished_run):
     run, _ = finished_run
-    result = ddpm_kit("sample", str(run), "-n", "4", "--sampler", "diffusers-dpm-solver++", "--steps", "10",
+    result = cli("sample", str(run), "-n", "4", "--sampler", "diffusers-dpm-solver++", "--steps", "10",
                       "--name", "dpm10")
     assert result.returncode == 0, result.stderr
     assert np.load(run / "samples" / "dpm10.npz")["images"].shape == (4, 1, 8, 8)
-    result = ddpm_kit("sample", str(run), "-n", "4", "--steps", "10")
+    result = cli("sample", str(run), "-n", "4", "--steps", "10")
     assert result.returncode == 2 and "sampler 'ancestral' has no parameter 'steps'" in result.stderr
 
 
@@ -175,7 +175,7 @@ def test_evaluate_one_metric_with_another_sampler_keeps_the_runs_metrics(finishe
 
     run, _ = finished_run
     before = (run / "eval" / "metrics.json").read_text()
-    result = ddpm_kit("evaluate", str(run), "--metric", "fid", "--num-samples", "6", "--sampler", "diffusers-ddim",
+    result = cli("evaluate", str(run), "--metric", "fid", "--num-samples", "6", "--sampler", "diffusers-ddim",
                       "--steps", "5")
     assert result.returncode == 0, result.stderr
     figures = json.loads((run / "eval" / "fid_diffusers-ddim-5.json").read_text())
@@ -184,5 +184,5 @@ def test_evaluate_one_metric_with_another_sampler_keeps_the_runs_metrics(finishe
     assert samples.shape == (6, 1, 8, 8)
     assert not np.array_equal(samples, np.load(run / "samples" / "final.npz")["images"][:6])  # drawn anew
     assert (run / "eval" / "metrics.json").read_text() == before
-    result = ddpm_kit("evaluate", str(run), "--num-samples", "6")
+    result = cli("evaluate", str(run), "--num-samples", "6")
     assert result.returncode == 2 and "--num-samples needs --metric" in result.stderr

@@ -98,8 +98,8 @@ def test_step_rows_decode_exactly_the_batch_that_training_draws(folder_dataset):
     assert len(steps) == 3
     for k in range(3):
         for micro, rows in enumerate(steps[k]):
-            expected = global_batch(encoded, 6, step_generator(3, 5 + k, micro), flip=True)
-            got = global_batch(rows, 6, step_generator(3, 5 + k, micro), flip=True)
+            expected, _ = global_batch(encoded, 6, step_generator(3, 5 + k, micro), flip=True)
+            got, _ = global_batch(rows, 6, step_generator(3, 5 + k, micro), flip=True)
             assert torch.equal(got[3:], expected[3:])  # this process's rows
             assert (got[:3] == -1).all()  # another process's rows are not decoded here
     with pytest.raises(RuntimeError, match="another batch"):

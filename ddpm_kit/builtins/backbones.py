@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..conditioning import NULL_LABEL
 from ..errors import DdpmKitError, did_you_mean
 from ..hookspecs import hookimpl
 
@@ -45,25 +46,36 @@ PRESETS["ddpm-256-large"] = {**PRESETS["ddpm-256"], "block_out_channels": (192, 
 
 
 class UNetBackbone(torch.nn.Module):
-    """``forward(x, t) -> tensor``: UNet2DModel with the backbone contract of ddpm-kit."""
+    """``forward(x, t, class_labels=None) -> tensor``: UNet2DModel with the backbone contract of
+    ddpm-kit. A class-conditional net has ``num_classes + 1`` class embeddings (UNet2DModel's
+    ``num_class_embeds``, added to the timestep embedding); the last is "no label" (NULL_LABEL)."""
 
-    def __init__(self, unet: torch.nn.Module) -> None:
+    def __init__(self, unet: torch.nn.Module, num_classes: int | None = None) -> None:
         super().__init__()
-        self.unet = unet
+        self.unet, self.num_classes = unet, num_classes
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, t).sample
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.num_classes is None:
+            if class_labels is not None:
+                raise DdpmKitError("this unet2d was built without classes (no [conditioning] in the recipe)")
+            return self.unet(x, t).sample
+        if class_labels is None:
+            class_labels = torch.full((x.shape[0],), NULL_LABEL, device=x.device, dtype=torch.long)
+        return self.unet(x, t, class_labels=torch.where(class_labels < 0, self.num_classes, class_labels)).sample
 
 
 def unet2d(in_channels: int, out_channels: int, image_size: int, preset: str = "cpu-small",
-           pretrained: str | None = None, **unet_kwargs: Any) -> UNetBackbone:
+           pretrained: str | None = None, num_classes: int | None = None, **unet_kwargs: Any) -> UNetBackbone:
     """Build a UNet2DModel from a preset plus any UNet2DModel keyword arguments, or load one from a
-    local diffusers folder (``pretrained``: a UNet folder or a pipeline folder with ``unet/``)."""
+    local diffusers folder (``pretrained``: a UNet folder or a pipeline folder with ``unet/``).
+    ``num_classes`` (a conditional recipe's) adds the class embedding."""
+    classes = {} if num_classes is None else {"num_class_embeds": num_classes + 1}
     if pretrained is not None:
-        return UNetBackbone(load_pretrained_unet(pretrained, in_channels, out_channels, image_size))
+        return UNetBackbone(load_pretrained_unet(pretrained, in_channels, out_channels, image_size, classes),
+                            num_classes)
     if preset not in PRESETS:
         raise DdpmKitError(f"unknown unet2d preset '{preset}'{did_you_mean(preset, PRESETS)}")
-    config = {**PRESETS[preset], **unet_kwargs}
+    config = {**PRESETS[preset], **unet_kwargs, **classes}
     levels = len(config["block_out_channels"])
     if image_size % (2 ** (levels - 1)):
         raise DdpmKitError(f"image_size {image_size} cannot be halved {levels - 1} times by preset '{preset}' "
@@ -74,7 +86,7 @@ def unet2d(in_channels: int, out_channels: int, image_size: int, preset: str = "
         unet = UNet2DModel(sample_size=image_size, in_channels=in_channels, out_channels=out_channels, **config)
     except (TypeError, ValueError) as exc:
         raise DdpmKitError(f"UNet2DModel rejected the configuration: {exc}") from None
-    return UNetBackbone(unet)
+    return UNetBackbone(unet, num_classes)
 
 
 def unet_keyword_arguments() -> list[str]:
@@ -84,13 +96,14 @@ def unet_keyword_arguments() -> list[str]:
     from diffusers import UNet2DModel
 
     return sorted(set(inspect.signature(UNet2DModel.__init__).parameters)
-                  - {"self", "sample_size", "in_channels", "out_channels"})
+                  - {"self", "sample_size", "in_channels", "out_channels", "num_class_embeds"})
 
 
 unet2d.extra_params = unet_keyword_arguments  # recipe validation checks [backbone] keys against these
 
 
-def load_pretrained_unet(path: str, in_channels: int, out_channels: int, image_size: int):
+def load_pretrained_unet(path: str, in_channels: int, out_channels: int, image_size: int,
+                         classes: dict[str, int] | None = None):
     """A UNet2DModel from a local folder (safetensors only, never a download), checked against the recipe."""
     from diffusers import UNet2DModel
 
@@ -104,11 +117,13 @@ def load_pretrained_unet(path: str, in_channels: int, out_channels: int, image_s
         unet = UNet2DModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise DdpmKitError(f"backbone.pretrained: cannot load '{folder}': {' '.join(str(exc).split())[:300]}") from None
-    got = (unet.config.in_channels, unet.config.out_channels, unet.config.sample_size)
-    want = (in_channels, out_channels, image_size)
+    got = (unet.config.in_channels, unet.config.out_channels, unet.config.sample_size,
+           unet.config.num_class_embeds)
+    want = (in_channels, out_channels, image_size, (classes or {}).get("num_class_embeds"))
     if got != want:
-        raise DdpmKitError(f"backbone.pretrained: '{folder}' has in/out channels and size {got}, the recipe needs "
-                           f"{want} (data.channels, the variance's output channels, data.image_size)")
+        raise DdpmKitError(f"backbone.pretrained: '{folder}' has in/out channels, size and class embeddings "
+                           f"{got}, the recipe needs {want} (data.channels, the variance's output channels, "
+                           "data.image_size, conditioning.num_classes + 1)")
     return unet
 
 

@@ -42,7 +42,7 @@ class BitsPerDim(Metric):
 
         def terms_and_mse(rows: range) -> np.ndarray:  # [b, T + 1 + T]: L_0..L_{T-1}, L_T, x0-hat errors
             out = context.diffusion.calc_bpd_loop(
-                context.model, x[rows.start:rows.stop].to(context.device), clip_denoised=self.clip_denoised,
+                context.model_for(self.split, rows), x[rows.start:rows.stop].to(context.device), clip_denoised=self.clip_denoised,
                 noise=ImageNoise(context.seed, rows, context.device), timesteps_per_batch=self.timesteps_per_batch,
                 progress=bar.update)
             return torch.cat([out["vb"], out["prior_bpd"][:, None], out["xstart_mse"]], dim=1).double().cpu().numpy()
@@ -85,7 +85,7 @@ class ClassifierFID(Metric):
         with context.state.main_process_first():  # the main process trains and caches it, the others load it
             net, digest = cached_classifier(context.data_key(), train_x, train_y)
         real, real_y = context.labelled(self.split, self.label_column)
-        fake = context.samples(self.num_samples)
+        fake, fake_y = context.labelled_samples(self.num_samples)
         floor_n = min(len(fake), len(train_x))
         key = {"extractor": f"classifier-{digest}", "data": context.data_key()}
         summary = _FeatureSummary(context, net, int(train_y.max()) + 1)
@@ -93,9 +93,9 @@ class ClassifierFID(Metric):
                               lambda: summary(real, f"features: {self.split} split", real_y))
         train = context.cached({**key, "split": "train", "rows": floor_n},
                                lambda: summary(train_x[:floor_n], "features: train (floor)"))
-        samples = summary(fake, "features: samples")
+        samples = summary(fake, "features: samples", fake_y)
         test_stats, train_stats, sample_stats = (FeatureStats.from_arrays(a) for a in (test, train, samples))
-        return {"fid": frechet_distance(test_stats, sample_stats),
+        return {**class_accuracy(samples, fake_y), "fid": frechet_distance(test_stats, sample_stats),
                 "fid_real_floor": frechet_distance(test_stats, train_stats),
                 "confident": float(samples["confident"]), "confident_real": float(test["confident"]),
                 "classifier_score": float(samples["classifier_score"]),
@@ -120,7 +120,20 @@ class _FeatureSummary:
                "classifier_score": np.asarray(classifier_score(probs))}
         if labels is not None:
             out["accuracy"] = np.asarray((probs.argmax(1) == labels.numpy()).mean())
+            out["predicted"] = probs.argmax(1)
         return out
+
+
+def class_accuracy(samples: dict[str, np.ndarray], labels: torch.Tensor | None) -> dict[str, float]:
+    """For samples drawn for classes: the fraction the classifier labels as the class they were
+    drawn for, overall (``class_accuracy``) and per class (``class_accuracy_<k>``); labels -1 (no
+    label) are left out. Nothing for unconditional samples."""
+    if labels is None:
+        return {}
+    y = labels.numpy()
+    hit = samples["predicted"] == y
+    out = {f"class_accuracy_{k}": float(hit[y == k].mean()) for k in np.unique(y[y >= 0])}
+    return {"class_accuracy": float(hit[y >= 0].mean()), **out} if (y >= 0).any() else {}
 
 
 class InceptionFID(Metric):

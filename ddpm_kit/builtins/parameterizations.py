@@ -12,6 +12,7 @@ class EpsPrediction(Parameterization):
     """The network predicts the noise eps; mu_theta follows from eq. 11."""
 
     name = "eps"
+    diffusers_prediction_type = "epsilon"
 
     def from_x0(self, d, x0, x_t, t):
         return d.eps_from_x0(x_t, t, x0)
@@ -30,6 +31,7 @@ class X0Prediction(Parameterization):
     """The network predicts x0 directly."""
 
     name = "x0"
+    diffusers_prediction_type = "sample"
 
     def from_x0(self, d, x0, x_t, t):
         return x0

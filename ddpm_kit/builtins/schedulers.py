@@ -4,8 +4,8 @@ LMS, KDPM2, ... whatever the installed diffusers ships.
 The schedulers' code stays in diffusers; this module adapts. Every scheduler of diffusers'
 ``KarrasDiffusionSchedulers`` family that takes ``trained_betas`` and ``prediction_type`` is
 registered as ``diffusers-<name>`` (NAMES; a test fails when a diffusers release adds one that is
-missing here), built from the run's exact betas (float64) and its parameterization (eps ->
-"epsilon", x0 -> "sample") with ``steps`` inference steps. A run that predicts mu, or learns its
+missing here), built from the run's exact betas (float64) and its parameterization's
+``diffusers_prediction_type`` (eps -> "epsilon", x0 -> "sample", v -> "v_prediction") with ``steps`` inference steps. A run that predicts mu, or learns its
 variance, is refused with the samplers that can sample it. diffusers is imported only when a
 sampler is built, so listing plugins stays fast.
 """
@@ -21,7 +21,6 @@ import torch
 from ..errors import DdpmKitError
 from ..hookspecs import hookimpl
 
-PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample"}
 VARIANCE_TYPES = {"fixed_beta": "fixed_large", "fixed_beta_tilde": "fixed_small"}  # DDPMScheduler's names
 NAMES = {  # diffusers class -> sampler name (classes not listed get their lowercased name)
     "DDIMScheduler": "ddim", "DDPMScheduler": "ddpm", "PNDMScheduler": "pndm", "LMSDiscreteScheduler": "lms",
@@ -63,15 +62,15 @@ class DiffusersSampler:
 
     def scheduler(self, diffusion, device: torch.device | str | None = None):
         """The scheduler over the run's exact betas and parameterization, its ``steps`` timesteps set."""
-        param = diffusion.parameterization.name
-        if param not in PREDICTION_TYPES:
-            raise DdpmKitError(f"sampler '{self.name}' needs eps or x0 prediction, this run predicts '{param}'; "
-                               f"samplers that can: {CAN_SAMPLE_ANY_RUN}")
+        param = diffusion.parameterization
+        if param.diffusers_prediction_type is None:
+            raise DdpmKitError(f"sampler '{self.name}' needs a prediction diffusers knows (eps, x0, v), this run "
+                               f"predicts '{param.name}'; samplers that can: {CAN_SAMPLE_ANY_RUN}")
         if diffusion.variance.learned:
             raise DdpmKitError(f"sampler '{self.name}' cannot use the learned variance "
                                f"'{diffusion.variance.name}'; samplers that can: {CAN_SAMPLE_ANY_RUN}")
         config = {"num_train_timesteps": diffusion.num_timesteps, "trained_betas": diffusion.betas.numpy(),
-                  "prediction_type": PREDICTION_TYPES[param], **self.options}
+                  "prediction_type": param.diffusers_prediction_type, **self.options}
         accepted = inspect.signature(self.scheduler_class.__init__).parameters
         if "variance_type" in accepted and diffusion.variance.name in VARIANCE_TYPES:  # DDPMScheduler
             config.setdefault("variance_type", VARIANCE_TYPES[diffusion.variance.name])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,17 +33,31 @@ class Components:
         r = self.recipe
         context = {"in_channels": r.data.channels, "out_channels": self.diffusion.output_channels(r.data.channels),
                    "image_size": r.data.image_size}
+        if self.num_classes is not None:  # passed only to conditional runs: older factories never see it
+            context["num_classes"] = self.num_classes
+            factory = self.registry.resolve("backbone", r.backbone.name).factory
+            if "num_classes" not in inspect.signature(factory).parameters:
+                raise DdpmKitError(f"{self.source}: conditioning: backbone '{r.backbone.name}' takes no class "
+                                   "labels (its factory has no num_classes parameter); use unet2d, or drop "
+                                   "[conditioning]")
         params = dict(r.backbone.params)
         for key in BACKBONE_CONTEXT:
-            if key in params and params.pop(key) != context[key]:
+            if key in params and params.pop(key) != context.get(key):
                 raise DdpmKitError(
-                    f"{self.source}: backbone.{key} = {r.backbone.params[key]!r} but the recipe needs {context[key]} "
-                    f"(data.channels={r.data.channels}, variance '{self.diffusion.variance.name}'); "
+                    f"{self.source}: backbone.{key} = {r.backbone.params[key]!r} but the recipe needs "
+                    f"{context.get(key)} (data.channels={r.data.channels}, variance '{self.diffusion.variance.name}', "
+                    "conditioning.num_classes); "
                     "remove the key to size the backbone automatically")
         try:
             return self.registry.build("backbone", r.backbone.name, params, **context)
         except DdpmKitError as exc:
             raise DdpmKitError(f"{self.source}: backbone: {exc}") from None
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes of a class-conditional run (None: unconditional)."""
+        c = self.recipe.conditioning
+        return None if c is None else c.num_classes
 
     def check_dataset(self) -> None:
         """The dataset plugin's own cheap check (``factory.check(**params)``: a folder that exists,

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
+from ..conditioning import drop_labels
 from ..data import to_model_range
 from ..errors import DdpmKitError
 from ..store import EncodedSplit, PixelStore, prepared_split, store_root
@@ -41,6 +42,31 @@ def load_split(components: Components, split: str) -> Rows:
     return components._pixels[split]
 
 
+def load_labels(components: Components, split: str) -> torch.Tensor | None:
+    """A conditional run's class labels of a split (int64 [N], held in memory), checked against
+    ``conditioning.num_classes``; None for an unconditional run."""
+    c = components.recipe.conditioning
+    if c is None:
+        return None
+    key = f"labels:{split}"
+    if key not in components._pixels:
+        dataset = components.build_dataset()[split]
+        name = components.recipe.data.dataset.name
+        if c.label not in dataset.column_names:
+            raise DdpmKitError(f"{components.source}: conditioning.label: dataset '{name}' has no column '{c.label}'; "
+                               f"columns: {', '.join(dataset.column_names)}")
+        try:
+            labels = torch.tensor(dataset[c.label], dtype=torch.long)
+        except (TypeError, ValueError, RuntimeError):
+            raise DdpmKitError(f"{components.source}: conditioning.label: column '{c.label}' of dataset '{name}' "
+                               "does not hold integer class labels") from None
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= c.num_classes):
+            raise DdpmKitError(f"{components.source}: conditioning.num_classes: the '{split}' split's labels run "
+                               f"{int(labels.min())}..{int(labels.max())}, outside 0..{c.num_classes - 1}")
+        components._pixels[key] = labels
+    return components._pixels[key]
+
+
 def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
     """The generator of one (micro-)step's global batch: indices, flips, timesteps and noise."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + micro)
@@ -51,14 +77,18 @@ def draw_indices(total: int, batch_size: int, generator: torch.Generator) -> tor
     return torch.randint(0, total, (batch_size,), generator=generator)
 
 
-def global_batch(pixels, batch_size: int, generator: torch.Generator, flip: bool) -> torch.Tensor:
-    """x0 in [-1, 1] for one global batch (sampled with replacement across epochs)."""
+def global_batch(pixels, batch_size: int, generator: torch.Generator, flip: bool, labels: torch.Tensor | None = None,
+                 label_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x0 in [-1, 1] for one global batch (sampled with replacement across epochs), and its class
+    labels (None without ``labels``), each dropped to NULL_LABEL with ``label_dropout``."""
     index = draw_indices(len(pixels), batch_size, generator)
     x0 = to_model_range(pixels[index])
     if flip:
         mask = torch.rand(batch_size, generator=generator) < 0.5
         x0 = torch.where(mask.view(-1, 1, 1, 1), x0.flip(-1), x0)
-    return x0
+    if labels is None:
+        return x0, None
+    return x0, drop_labels(labels[index], label_dropout, generator)
 
 
 # -- batches decoded ahead, in DataLoader workers (data.store = "encoded") -------------------------

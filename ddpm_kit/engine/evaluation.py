@@ -12,16 +12,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..conditioning import bind
 from ..data import to_model_range
 from ..diffusion import GaussianDiffusion
 from ..errors import DdpmKitError
+from ..interfaces import Model
 from ..runs import RunFolder
 from ..progress import progress_bar
 from .checkpoints import load_run_model
 from .components import Components
-from .data import load_split
+from .data import load_labels, load_split
 from .distributed import LocalState, gather_in_order, map_batches, my_batches
-from .sampling import sample_images
+from .sampling import sample_images, sample_labels
 
 
 @dataclass
@@ -70,25 +72,38 @@ class EvalContext:
         return self.components.recipe.model_dump(mode="json", include={"data"})
 
     def samples(self, n: int) -> torch.Tensor:
-        """``n`` samples in [-1, 1] on every process: the run's final samples if there are enough,
-        else drawn now by all processes together (and kept as samples/eval_<n>.npz)."""
+        """``n`` samples in [-1, 1] on every process (see ``labelled_samples``)."""
+        return self.labelled_samples(n)[0]
+
+    def labelled_samples(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``n`` samples in [-1, 1] on every process and the class each was drawn for (None for an
+        unconditional run): the run's final samples if there are enough, else drawn now by all
+        processes together (and kept as samples/eval_<n>.npz)."""
         if not self.keep_samples:
-            return to_model_range(sample_images(self.components, self.model, n, self.device, seed=self.seed + 1,
-                                                state=self.state))
+            images = sample_images(self.components, self.model, n, self.device, seed=self.seed + 1, state=self.state)
+            return to_model_range(images), sample_labels(self.components, n)
         final = self.run.samples / "final.npz"
         if final.is_file() and self.sample_tag is None:
-            images = torch.from_numpy(np.load(final)["images"])
-            if len(images) >= n:
-                return to_model_range(images[:n])
+            stored = _read_samples(final)
+            if len(stored[0]) >= n:
+                return to_model_range(stored[0][:n]), None if stored[1] is None else stored[1][:n]
         name = f"eval_{n}" if self.sample_tag is None else f"eval_{n}_{self.sample_tag}"
         cached = self.run.samples / f"{name}.npz"
         if cached.is_file():
-            return to_model_range(torch.from_numpy(np.load(cached)["images"]))
+            images, labels = _read_samples(cached)
+            return to_model_range(images), labels
         images = sample_images(self.components, self.model, n, self.device, seed=self.seed + 1, state=self.state)
+        labels = sample_labels(self.components, n)
         if self.is_main_process:
-            self.run.save_samples(images, name)
+            self.run.save_samples(images, name, labels)
         self.state.wait_for_everyone()
-        return to_model_range(images)
+        return to_model_range(images), labels
+
+    def model_for(self, split: str, rows: range) -> Model:
+        """The model as a metric calls it on ``rows`` of ``split``: with their class labels bound in a
+        conditional run (the conditional likelihood), else the model itself."""
+        labels = load_labels(self.components, split)
+        return bind(self.model, None if labels is None else labels[rows.start:rows.stop])
 
     def map_batches(self, total: int, batch_size: int, work: Callable[[range], np.ndarray],
                     desc: str | None = None) -> np.ndarray:
@@ -134,6 +149,12 @@ class EvalContext:
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, array)
         return path
+
+
+def _read_samples(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    with np.load(path) as stored:
+        labels = torch.from_numpy(stored["labels"]) if "labels" in stored else None
+        return torch.from_numpy(stored["images"]), labels
 
 
 def evaluate(components: Components, run: RunFolder, device: torch.device, *, use_ema: bool | None = None,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..conditioning import class_rows, guided
 from ..data import to_uint8
 from ..noise import ImageNoise, image_seed
 from ..progress import progress_bar
@@ -77,6 +78,14 @@ class StepBar:
         self.bar.close()
 
 
+def sample_labels(components: Components, num_images: int) -> torch.Tensor | None:
+    """The class of each sample of a conditional run: ``sample.classes`` (default: every class) in
+    equal consecutive blocks, one grid row each; None for an unconditional run."""
+    if components.num_classes is None:
+        return None
+    return class_rows(num_images, components.recipe.sample.classes or list(range(components.num_classes)))
+
+
 @torch.inference_mode()
 def sample_images(components: Components, model: torch.nn.Module, num_images: int, device: torch.device, *,
                   seed: int | None = None, callback: Callable[[dict[str, Any]], None] | None = None,
@@ -84,9 +93,11 @@ def sample_images(components: Components, model: torch.nn.Module, num_images: in
     """``num_images`` samples as uint8 [N, C, H, W], on every process of ``state``.
 
     ``state`` (an accelerate ``PartialState``) splits the batches over its processes; None samples
-    in this process alone. ``callback`` sees the steps of the batch that holds image 0.
+    in this process alone. ``callback`` sees the steps of the batch that holds image 0. A
+    conditional run draws image i of class ``sample_labels(...)[i]`` with ``sample.guidance_scale``.
     """
     s, d = components.recipe.sample, components.recipe.data
+    labels = sample_labels(components, num_images)
     seed = s.seed if seed is None else seed
     state = state or LocalState()
     model = prepare_for_sampling(model, components)
@@ -107,7 +118,8 @@ def sample_images(components: Components, model: torch.nn.Module, num_images: in
                 callback(step)
 
         with autocast_for(device, s.mixed_precision):
-            x = components.sampler(components.diffusion, model, x_T, callback=steps, **kwargs)
+            net = guided(model, None if labels is None else labels[rows.start:rows.stop], s.guidance_scale)
+            x = components.sampler(components.diffusion, net, x_T, callback=steps, **kwargs)
         return to_uint8(x).cpu().numpy()
 
     try:

@@ -11,13 +11,14 @@ from contextlib import nullcontext
 
 import torch
 
+from ..conditioning import bind
 from ..errors import DdpmKitError
 from ..interfaces import Objective
 from ..progress import progress_bar
 from ..runs import RunFolder
 from .checkpoints import ema_weights, make_ema, refuse_unsafe_pickles, save_checkpoint, save_final_weights
 from .components import Components
-from .data import global_batch, load_split, step_generator, step_rows
+from .data import global_batch, load_labels, load_split, step_generator, step_rows
 from .dropout import use_global_batch_dropout
 from .monitoring import TrainingEvaluation, log_grid, trackers
 from .sampling import quiet_known_dynamo_warnings, sample_images
@@ -46,11 +47,14 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
                            f"({tr.grad_accum} x {world})")
     set_seed(r.run.seed)
     pixels = load_split(components, "train")
+    labels = load_labels(components, "train")
+    label_dropout = r.conditioning.label_dropout if r.conditioning else 0.0
     model = components.build_backbone()
     masks = use_global_batch_dropout(model)  # dropout masks of the global batch: P processes equal one
     if tr.channels_last:
         model = model.to(memory_format=torch.channels_last)
     first_conv = FirstConvolution(model)
+    graphs_before = compiled_graphs()
     ema = make_ema(model, tr.ema_decay, warmup=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=tr.lr, betas=tr.adam_betas, weight_decay=tr.weight_decay)
     lr_schedule = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=tr.warmup_steps)
@@ -86,15 +90,16 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
             rows = next(sources)
             for micro in range(tr.grad_accum):
                 g = step_generator(r.run.seed, step, micro)
-                x0 = global_batch(rows[micro], micro_batch, g, r.data.random_flip)
+                x0, y = global_batch(rows[micro], micro_batch, g, r.data.random_flip, labels, label_dropout)
                 t, weights = objective.sample_t(diffusion, micro_batch, torch.device("cpu"), g)
                 noise = torch.randn(x0.shape, generator=g)
                 if masks is not None:
                     masks.start((r.run.seed * 1_000_003 + step) * 64 + micro, micro_batch, mine)
                 x0, t, weights, noise = (v[mine].to(accelerator.device) for v in (x0, t, weights, noise))
+                y = None if y is None else y[mine].to(accelerator.device)
                 with accelerator.accumulate(model):
-                    losses = diffusion.training_losses(model, x0, objective, t=t, noise=noise, weights=weights,
-                                                       update=False)
+                    losses = diffusion.training_losses(bind(model, y), x0, objective, t=t, noise=noise,
+                                                       weights=weights, update=False)
                     loss = losses["loss"].mean()
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
@@ -149,7 +154,7 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
     bar.close()
     if accelerator.is_main_process:
         save_final_weights(run, accelerator.unwrap_model(model, keep_torch_compile=False), ema)
-        run.set_in_summary(train_paths=paths_taken(accelerator, model, first_conv))
+        run.set_in_summary(train_paths=paths_taken(accelerator, model, first_conv, graphs_before))
     accelerator.wait_for_everyone()
     for tracker in accelerator.trackers:  # not end_training(): it would end the process group that
         tracker.finish()                 # sampling and evaluation still use
@@ -171,13 +176,19 @@ class FirstConvolution:
         self.handle.remove()
 
 
-def paths_taken(accelerator, model: torch.nn.Module, first_conv: FirstConvolution) -> dict[str, object]:
-    """What the training steps ran through (summary.json's train_paths): graphs dynamo compiled,
-    the precision setting, and the dtype and memory format the first convolution computed in."""
+def compiled_graphs() -> int:
+    """How many graphs dynamo has compiled in this process so far."""
     from torch._dynamo.utils import counters
 
+    return int(counters["stats"]["unique_graphs"])
+
+
+def paths_taken(accelerator, model: torch.nn.Module, first_conv: FirstConvolution, graphs_before: int) -> dict[str, object]:
+    """What the training steps ran through (summary.json's train_paths): graphs dynamo compiled
+    while training, the precision setting, and the dtype and memory format the first convolution
+    computed in."""
     parameter = next(accelerator.unwrap_model(model, keep_torch_compile=False).parameters())
-    return {"compiled_graphs": int(counters["stats"]["unique_graphs"]), "mixed_precision": accelerator.mixed_precision,
+    return {"compiled_graphs": compiled_graphs() - graphs_before, "mixed_precision": accelerator.mixed_precision,
             "parameter_dtype": str(parameter.dtype).removeprefix("torch."), **first_conv.seen}
 
 
