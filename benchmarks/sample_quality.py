@@ -33,7 +33,8 @@ def main() -> None:
     print(f"{args.run}: FID@{int(m['fid_samples'])} {m['fid']:.2f} / floor@{int(m['fid_floor_images'])} "
           f"{m['fid_real_floor']:.2f} = {m['fid'] / m['fid_real_floor']:.2f}x (goal <= 2x); confident "
           f"{m['confident']:.3f} vs real {m['confident_real']:.3f} (gap {m['confident_real'] - m['confident']:+.3f}, "
-          f"goal <= 0.10); {m['fid_extractor']}")
+          f"goal <= 0.10); {m['fid_extractor']}"
+          + (f"; class accuracy {m['class_accuracy']:.3f}" if "class_accuracy" in m else ""))
 
 
 if __name__ == "__main__":

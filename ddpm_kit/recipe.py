@@ -74,9 +74,11 @@ class TrainSection(Strict):
     adam_betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(default=0.0, ge=0)
     warmup_steps: int = Field(default=0, ge=0)
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"  # after the warm-up (diffusers' get_scheduler)
     grad_clip: float | None = Field(default=1.0, gt=0)
     grad_accum: int = Field(default=1, ge=1)
     ema_decay: float = Field(default=0.9999, ge=0, lt=1)
+    ema_warmup: bool = False  # decay min(ema_decay, (1 + n) / (10 + n)) at update n + 1 (diffusers' EMAModel)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     log_every: int = Field(default=50, gt=0)
     checkpoint_every: int = Field(default=1000, ge=0)

@@ -211,3 +211,45 @@ def test_gradient_accumulation_steps_on_the_mean_gradient_of_its_micro_batches(t
         torch.testing.assert_close(saved[name][~noise], value[~noise], rtol=0, atol=1e-6, msg=name)
         assert all(abs(d) <= 2.01 * recipe.train.lr for d in (saved[name][noise] - value[noise]).tolist())
     assert sum(int((g.abs() < 1e-7).sum()) for g in grads.values()) < 100  # the exemption stays small
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_the_learning_rate_decays_to_zero_after_its_warmup_as_the_formula_says(tmp_path, schedule):
+    """train.lr_schedule (diffusers' get_scheduler): the lr logged after step k is the one step k + 1
+    uses, lr k / W during the W warm-up steps, then lr 0.5 (1 + cos(pi p)) (cosine) or lr (1 - p)
+    (linear), p = (k - W) / (N - W); written out here."""
+    import math
+
+    run = tmp_path / "run"
+    lr, warmup, steps = 1e-3, 2, 8
+    result = cli("run", str(TINY), "--run-dir", str(run), "--set", f"train.steps={steps}", "--set", "train.log_every=1",
+                 "--set", f"train.warmup_steps={warmup}", "--set", f'train.lr_schedule="{schedule}"', "--no-sample",
+                 "--no-eval")
+    assert result.returncode == 0, result.stderr
+    logged = [m["lr"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    decay = {"cosine": lambda p: 0.5 * (1 + math.cos(math.pi * p)), "linear": lambda p: 1 - p}[schedule]
+    expected = [lr * (k / warmup if k < warmup else decay((k - warmup) / (steps - warmup))) for k in range(1, steps + 1)]
+    assert logged == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    assert logged[-1] == pytest.approx(0.0, abs=1e-15)
+
+
+@pytest.mark.parametrize("warmup,decay", [(False, 0.995), (True, 2 / 11)])
+def test_ema_warmup_starts_from_a_low_decay(tmp_path, warmup, decay):
+    """diffusers' EMAModel copies the weights at the first update; train.ema_warmup then uses decay
+    min(ema_decay, (1 + n) / (10 + n)) at update n + 1, so the second update has 2 / 11 instead of
+    ema_decay = 0.995: EMA_2 = d W_1 + (1 - d) W_2, with W_1 from the step-1 checkpoint."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    overrides = ["train.steps=2", "train.checkpoint_every=1", "train.ema_decay=0.995",
+                 f"train.ema_warmup={str(warmup).lower()}"]
+    result = cli("run", str(TINY), "--run-dir", str(run), *[a for o in overrides for a in ("--set", o)],
+                 "--no-sample", "--no-eval")
+    assert result.returncode == 0, result.stderr
+    first = load_file(str(run / "checkpoints" / "step_0000001" / "model.safetensors"))
+    trained, ema = weights(run), weights(run, "ema")
+    moved = 0
+    for name, value in trained.items():
+        torch.testing.assert_close(ema[name], decay * first[name] + (1 - decay) * value, rtol=0, atol=1e-6, msg=name)
+        moved += int((first[name] - value).abs().max() > 1e-5)
+    assert moved > 10  # the second step changed the weights, so the two decays give different EMAs

@@ -17,7 +17,8 @@ def make_ema(model: torch.nn.Module, decay: float, warmup: bool):
     """diffusers' EMAModel over the model's parameters."""
     from diffusers.training_utils import EMAModel
 
-    # min_decay=decay: the paper's constant decay; otherwise diffusers' (1+n)/(10+n) warm-up.
+    # min_decay=decay: the paper's constant decay (after diffusers' first update, which copies the
+    # weights); otherwise diffusers' (1+n)/(10+n) warm-up.
     return EMAModel(model.parameters(), decay=decay, min_decay=0.0 if warmup else decay)
 
 

@@ -28,7 +28,7 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
     """Train as the recipe says, checkpointing into ``run``; ``resume`` continues the latest checkpoint."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from diffusers.optimization import get_constant_schedule_with_warmup
+    from diffusers.optimization import get_scheduler
 
     r, tr = components.recipe, components.recipe.train
     accelerator = Accelerator(mixed_precision=tr.mixed_precision, step_scheduler_with_optimizer=False,
@@ -55,9 +55,10 @@ def train(components: Components, run: RunFolder, *, resume: bool = False) -> No
         model = model.to(memory_format=torch.channels_last)
     first_conv = FirstConvolution(model)
     graphs_before = compiled_graphs()
-    ema = make_ema(model, tr.ema_decay, warmup=False)
+    ema = make_ema(model, tr.ema_decay, warmup=tr.ema_warmup)
     optimizer = torch.optim.Adam(model.parameters(), lr=tr.lr, betas=tr.adam_betas, weight_decay=tr.weight_decay)
-    lr_schedule = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=tr.warmup_steps)
+    lr_schedule = get_scheduler("constant_with_warmup" if tr.lr_schedule == "constant" else tr.lr_schedule, optimizer,
+                                num_warmup_steps=tr.warmup_steps, num_training_steps=tr.steps)
     model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
     ema.to(accelerator.device)
     accelerator.register_for_checkpointing(ema)
