@@ -5,6 +5,7 @@ correct implementation fails less than once in a thousand seeds, so all 20 runs 
 
     python scripts/seed_sweep.py              # seeds 1..20
     python scripts/seed_sweep.py --seeds 5    # seeds 1..5
+    python scripts/seed_sweep.py tests/test_conditioning.py   # only these files' statistical tests
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("paths", nargs="*", help="test files or folders (default: the whole suite)")
     args = parser.parse_args()
     failed = []
     for seed in range(1, args.seeds + 1):
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "statistical", "-p", "no:cacheprovider"],
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "statistical", "-p", "no:cacheprovider", *args.paths],
                                 cwd=ROOT, env={**os.environ, "DDPM_KIT_TEST_SEED": str(seed)},
                                 capture_output=True, text=True)
         summary = (result.stdout.strip().splitlines() or ["(no output)"])[-1]
