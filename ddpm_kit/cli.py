@@ -159,17 +159,19 @@ def sample(ctx: click.Context, run_dir: Path, num_images: int | None, seed: int 
 @click.option("--num-samples", type=int, help="With --metric: how many samples it draws (fid, fid_inception).")
 @click.option("--sampler", help="Draw the metric's samples with this sampler instead of the recipe's.")
 @click.option("--steps", type=int, help="Sampling steps, for samplers that skip steps (respaced, ddim, diffusers-*).")
+@click.option("--guidance-scale", type=click.FloatRange(min=0), help="Conditional runs: draw the metric's samples "
+              "with this classifier-free guidance w (eval/<metric>_w<w>.json).")
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
 @click.option("--device", help="torch device for one process (default: accelerate's: the GPU if there is one).")
 @click.pass_context
 def evaluate(ctx: click.Context, run_dir: Path, limit: int | None, metric: str | None, num_samples: int | None,
-             sampler: str | None, steps: int | None, raw: bool, device: str | None) -> None:
+             sampler: str | None, steps: int | None, guidance_scale: float | None, raw: bool, device: str | None) -> None:
     """Compute the recipe's metrics (bits/dim at least) for a trained run: eval/metrics.json; or one
     metric, e.g. `--metric fid --num-samples 1000 --sampler diffusers-unipc --steps 20`."""
     from .workflow import evaluate_run
 
     evaluate_run(get_registry_from(ctx), run_dir, limit=limit, use_ema=False if raw else None, device=device,
-                 metric=metric, num_samples=num_samples, sampler=sampler, steps=steps)
+                 metric=metric, num_samples=num_samples, sampler=sampler, steps=steps, guidance_scale=guidance_scale)
 
 
 @cli.command()

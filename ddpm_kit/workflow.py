@@ -156,12 +156,12 @@ def sample_run(registry: Registry, run_dir: Path, *, num_images: int | None, see
 
 def evaluate_run(registry: Registry, run_dir: Path, *, limit: int | None, use_ema: bool | None, device: str | None,
                  metric: str | None = None, num_samples: int | None = None, sampler: str | None = None,
-                 steps: int | None = None) -> dict:
-    """All the recipe's metrics (eval/metrics.json), or one ``metric`` (eval/<metric>[_<sampler>].json)
-    with its samples drawn by ``sampler`` / ``steps`` when given."""
+                 steps: int | None = None, guidance_scale: float | None = None) -> dict:
+    """All the recipe's metrics (eval/metrics.json), or one ``metric`` (eval/<metric>[_<tag>].json)
+    with its samples drawn by ``sampler`` / ``steps`` / ``guidance_scale`` when given."""
     if num_samples is not None and metric is None:
         raise DdpmKitError("--num-samples needs --metric (the metric that draws the samples, e.g. --metric fid)")
-    components, run = load_run(registry, run_dir, sampler, steps)
+    components, run = load_run(registry, run_dir, sampler, steps, guidance_scale=guidance_scale)
     overrides = {"bpd": {"limit": limit}} if limit else {}
     if metric is not None:
         specs = components.recipe.eval.metrics
@@ -173,6 +173,8 @@ def evaluate_run(registry: Registry, run_dir: Path, *, limit: int | None, use_em
     if sampler or steps:
         s = components.recipe.sample.sampler
         tag = f"{s.name}-{s.params['steps']}" if "steps" in s.params else s.name
+    if guidance_scale is not None:
+        tag = "_".join(filter(None, [tag, f"w{guidance_scale:g}"]))
     state = process_state()
     return _evaluate(components, run, state, device_for(state, device), use_ema=use_ema, overrides=overrides,
                      sample_tag=tag, only=metric)

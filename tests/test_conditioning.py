@@ -233,6 +233,15 @@ def test_a_conditional_run_trains_on_its_labels_and_samples_and_scores_each_clas
     from PIL import Image
 
     assert Image.open(run / "samples" / "final.png").size[0] < Image.open(run / "samples" / "final.png").size[1]
+    # one metric at another guidance scale: w = 0 runs no label-dropped branch, and is filed apart
+    calls.clear()
+    from helpers import cli
+
+    result = cli("evaluate", run, "--metric", "fid", "--num-samples", "10", "--guidance-scale", "0")
+    assert result.returncode == 0, result.stderr
+    assert calls and all(torch.equal(c, class_rows(10, list(range(10)))) for c in calls)
+    assert "class_accuracy" in json.loads((run / "eval" / "fid_w0.json").read_text())
+    assert (run / "samples" / "eval_10_w0.npz").is_file()
 
 
 def test_class_accuracy_counts_each_class_and_skips_unlabelled_samples():
