@@ -71,7 +71,8 @@ def recipe() -> None:
 def recipe_check(ctx: click.Context, files: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
     """Validate recipe FILES without training: keys, plugin names and parameters, and everything
     `run` builds before its first step (diffusion, objective, sampler, the backbone on the meta
-    device, which allocates no memory, and the dataset plugin's own check, without loading data)."""
+    device, which allocates no memory, and the dataset plugin's own check; data are loaded only for
+    a conditional recipe, to check its label column)."""
     import torch
 
     from .engine import build_components

@@ -62,7 +62,8 @@ class Guided:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         y = repeat_to(self.labels.to(x.device), x.shape[0])
-        both = self.model(torch.cat([x, x]), torch.cat([t, t]), class_labels=torch.cat([y, torch.full_like(y, NULL_LABEL)]))
+        no_label = torch.full_like(y, NULL_LABEL)
+        both = self.model(torch.cat([x, x]), torch.cat([t, t]), class_labels=torch.cat([y, no_label]))
         cond, uncond = both.chunk(2)
         c, w = x.shape[1], self.scale
         mean = (1 + w) * cond[:, :c] - w * uncond[:, :c]

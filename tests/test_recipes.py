@@ -7,7 +7,7 @@ import pytest
 from ddpm_kit.cli import main
 from ddpm_kit.recipe import load_recipe
 
-from helpers import TINY, tiny_with
+from helpers import TINY, cli, tiny_with
 
 
 def write(tmp_path, text, name="r.toml"):
@@ -16,11 +16,10 @@ def write(tmp_path, text, name="r.toml"):
     return path
 
 
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.err
+def run_cli(*args):
+    """The CLI in this process (helpers.cli): its exit status and stderr."""
+    result = cli(*args)
+    return result.returncode, result.stderr
 
 
 BROKEN = [
@@ -102,9 +101,9 @@ BROKEN = [
 
 
 @pytest.mark.parametrize("desc,old,new,fragment", BROKEN, ids=[b[0] for b in BROKEN])
-def test_broken_recipe_gives_one_line_and_exit_2(tmp_path, capsys, desc, old, new, fragment):
+def test_broken_recipe_gives_one_line_and_exit_2(tmp_path, desc, old, new, fragment):
     recipe = tiny_with(tmp_path, old, new)
-    code, err = run_cli(capsys, "run", str(recipe), "--run-dir", str(tmp_path / "run"))
+    code, err = run_cli("run", str(recipe), "--run-dir", str(tmp_path / "run"))
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -114,22 +113,22 @@ def test_broken_recipe_gives_one_line_and_exit_2(tmp_path, capsys, desc, old, ne
 
 
 @pytest.mark.parametrize("desc,old,new,fragment", BROKEN, ids=[b[0] for b in BROKEN])
-def test_recipe_check_rejects_whatever_run_rejects_before_training(tmp_path, capsys, desc, old, new, fragment):
-    code, err = run_cli(capsys, "recipe", "check", str(tiny_with(tmp_path, old, new)))
+def test_recipe_check_rejects_whatever_run_rejects_before_training(tmp_path, desc, old, new, fragment):
+    code, err = run_cli("recipe", "check", str(tiny_with(tmp_path, old, new)))
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert fragment in err and "Traceback" not in err
 
 
-def test_errors_name_the_file(tmp_path, capsys):
+def test_errors_name_the_file(tmp_path):
     recipe = tiny_with(tmp_path, "steps = 6", "stpes = 6", name="named.toml")
-    code, err = run_cli(capsys, "recipe", "check", str(recipe))
+    code, err = run_cli("recipe", "check", str(recipe))
     assert code == 2 and err.startswith(f"error: {recipe}: unknown key 'train.stpes'")
 
 
-def test_missing_recipe_file_and_bad_set(tmp_path, capsys):
-    code, err = run_cli(capsys, "recipe", "check", str(tmp_path / "nope.toml"))
+def test_missing_recipe_file_and_bad_set(tmp_path):
+    code, err = run_cli("recipe", "check", str(tmp_path / "nope.toml"))
     assert code == 2 and "recipe file not found" in err
-    code, err = run_cli(capsys, "recipe", "check", str(TINY), "--set", "train.steps")
+    code, err = run_cli("recipe", "check", str(TINY), "--set", "train.steps")
     assert code == 2 and "expected KEY.PATH=VALUE" in err
 
 
@@ -145,7 +144,7 @@ def test_recipe_check_accepts_the_shipped_recipes(capsys, tmp_path):
     assert out.count("ok: ") == 1 + len(recipes)
     assert "quickstart.toml (mnist-5k 16px, unet2d 1.1M parameters, eps/fixed_beta/simple, T=1000" in out
     assert "lsun_bedroom_large.toml (imagefolder 256px, unet2d 255.7M parameters" in out  # built on the meta device
-    code, err = run_cli(capsys, "recipe", "check", own_data[0])
+    code, err = run_cli("recipe", "check", own_data[0])
     assert code == 2 and "data.dataset: data folder '" in err and "' does not exist" in err
 
 
@@ -158,7 +157,7 @@ def test_overrides_are_typed_and_nested(registry):
     assert resolved["train"]["ema_decay"] == 0.9999  # defaults are filled in
 
 
-def test_extends_merges_tables_and_detects_cycles(tmp_path, registry, capsys):
+def test_extends_merges_tables_and_detects_cycles(tmp_path, registry):
     base = write(tmp_path, TINY.read_text(), "base.toml")
     child = write(tmp_path, 'extends = "base.toml"\n[diffusion]\nparameterization = { name = "x0" }\n', "child.toml")
     recipe, _ = load_recipe(child, registry)
@@ -166,6 +165,6 @@ def test_extends_merges_tables_and_detects_cycles(tmp_path, registry, capsys):
     assert recipe.diffusion.schedule.params == {"T": 50}  # kept from the base
     write(tmp_path, 'extends = "b.toml"\n', "a.toml")
     write(tmp_path, 'extends = "a.toml"\n', "b.toml")
-    code, err = run_cli(capsys, "recipe", "check", str(tmp_path / "a.toml"))
+    code, err = run_cli("recipe", "check", str(tmp_path / "a.toml"))
     assert code == 2 and "forms a cycle" in err
     assert base.exists()

@@ -27,6 +27,7 @@ class Components:
     source: str = "recipe"
     _dataset: Any = None
     _pixels: dict[str, Any] = field(default_factory=dict)
+    _labels: dict[str, torch.Tensor] = field(default_factory=dict)  # a conditional run's, per split
 
     def build_backbone(self) -> torch.nn.Module:
         """The backbone, sized for the data and for the variance's output channels."""

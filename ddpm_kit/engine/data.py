@@ -42,29 +42,35 @@ def load_split(components: Components, split: str) -> Rows:
     return components._pixels[split]
 
 
+def read_label_column(components: Components, split: str, column: str) -> torch.Tensor:
+    """A split's integer column (class labels) as int64 [N]; a missing or non-integer column is a
+    one-line error naming the dataset (callers prefix the recipe key)."""
+    dataset = components.build_dataset()[split]
+    name = components.recipe.data.dataset.name
+    if column not in dataset.column_names:
+        raise DdpmKitError(f"dataset '{name}' has no column '{column}'; columns: {', '.join(dataset.column_names)}")
+    try:
+        return torch.tensor(dataset[column], dtype=torch.long)
+    except (TypeError, ValueError, RuntimeError):
+        raise DdpmKitError(f"column '{column}' of dataset '{name}' does not hold integer class labels") from None
+
+
 def load_labels(components: Components, split: str) -> torch.Tensor | None:
     """A conditional run's class labels of a split (int64 [N], held in memory), checked against
     ``conditioning.num_classes``; None for an unconditional run."""
     c = components.recipe.conditioning
     if c is None:
         return None
-    key = f"labels:{split}"
-    if key not in components._pixels:
-        dataset = components.build_dataset()[split]
-        name = components.recipe.data.dataset.name
-        if c.label not in dataset.column_names:
-            raise DdpmKitError(f"{components.source}: conditioning.label: dataset '{name}' has no column '{c.label}'; "
-                               f"columns: {', '.join(dataset.column_names)}")
+    if split not in components._labels:
         try:
-            labels = torch.tensor(dataset[c.label], dtype=torch.long)
-        except (TypeError, ValueError, RuntimeError):
-            raise DdpmKitError(f"{components.source}: conditioning.label: column '{c.label}' of dataset '{name}' "
-                               "does not hold integer class labels") from None
+            labels = read_label_column(components, split, c.label)
+        except DdpmKitError as exc:
+            raise DdpmKitError(f"{components.source}: conditioning.label: {exc}") from None
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= c.num_classes):
             raise DdpmKitError(f"{components.source}: conditioning.num_classes: the '{split}' split's labels run "
                                f"{int(labels.min())}..{int(labels.max())}, outside 0..{c.num_classes - 1}")
-        components._pixels[key] = labels
-    return components._pixels[key]
+        components._labels[split] = labels
+    return components._labels[split]
 
 
 def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:

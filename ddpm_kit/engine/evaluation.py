@@ -21,7 +21,7 @@ from ..runs import RunFolder
 from ..progress import progress_bar
 from .checkpoints import load_run_model
 from .components import Components
-from .data import load_labels, load_split
+from .data import load_labels, load_split, read_label_column
 from .distributed import LocalState, gather_in_order, map_batches, my_batches
 from .sampling import sample_images, sample_labels
 
@@ -60,12 +60,11 @@ class EvalContext:
 
     def labelled(self, split: str, label_column: str = "label") -> tuple[torch.Tensor, torch.Tensor]:
         """A split's images in [-1, 1] and its integer labels."""
-        dataset = self.components.build_dataset()[split]
-        if label_column not in dataset.column_names:
-            raise DdpmKitError(f"dataset '{self.components.recipe.data.dataset.name}' has no label column "
-                               f"'{label_column}' (columns: {', '.join(dataset.column_names)}); the 'fid' metric "
-                               "trains its feature network on labels")
-        return self.images(split), torch.tensor(dataset[label_column], dtype=torch.long)
+        try:
+            labels = read_label_column(self.components, split, label_column)
+        except DdpmKitError as exc:
+            raise DdpmKitError(f"{exc}; the 'fid' metric trains its feature network on labels") from None
+        return self.images(split), labels
 
     def data_key(self) -> dict[str, Any]:
         """What identifies the data as a feature network sees it (for caching)."""
@@ -84,9 +83,9 @@ class EvalContext:
             return to_model_range(images), sample_labels(self.components, n)
         final = self.run.samples / "final.npz"
         if final.is_file() and self.sample_tag is None:
-            stored = _read_samples(final)
-            if len(stored[0]) >= n:
-                return to_model_range(stored[0][:n]), None if stored[1] is None else stored[1][:n]
+            images, labels = _read_samples(final)
+            if len(images) >= n:
+                return to_model_range(images[:n]), None if labels is None else labels[:n]
         name = f"eval_{n}" if self.sample_tag is None else f"eval_{n}_{self.sample_tag}"
         cached = self.run.samples / f"{name}.npz"
         if cached.is_file():
