@@ -109,6 +109,30 @@ def test_two_processes_with_half_batches_train_like_one_process_with_dropout(tmp
 
 
 @pytest.mark.slow
+def test_a_conditional_run_on_two_processes_trains_and_samples_like_one_process(tmp_path):
+    """Labels are sliced per process like the images and label dropout is drawn on the global batch,
+    so 2 processes with half batches train the same weights as 1 and draw the same guided samples."""
+    recipe = tmp_path / "c.toml"
+    recipe.write_text(TINY.read_text().replace("num_images = 8\nbatch_size = 8",
+                                               "num_images = 10\nbatch_size = 6\nguidance_scale = 1.0")
+                      + "\n[conditioning]\nnum_classes = 10\nlabel_dropout = 0.3\n")
+    args = ["--set", "train.steps=3", "--set", "train.batch_size=8", "--no-eval"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    result = ddpm_kit("run", str(recipe), "--run-dir", str(one), *args)
+    assert result.returncode == 0, result.stderr
+    result = torchrun("run", str(recipe), "--run-dir", str(two), *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_two_processes(two, "train")
+    assert_two_processes(two, "sample")
+    assert processes_seen(one, "train")["num_processes"] == 1
+    assert_same_weights(weights(one), weights(two), atol=1e-5)
+    a, b = (np.load(r / "samples" / "final.npz") for r in (one, two))
+    assert a["labels"].tolist() == b["labels"].tolist() == list(range(10))
+    # the weights agree to 1e-5, so the 8-bit images to the rounding of a pixel at most
+    assert np.abs(a["images"].astype(int) - b["images"].astype(int)).max() <= 1
+
+
+@pytest.mark.slow
 def test_sample_and_evaluate_on_two_processes_write_what_one_process_writes(tmp_path):
     run = tmp_path / "run"
     metrics = '[{name = "bpd", limit = 12, batch_size = 4, timesteps_per_batch = 5}, {name = "fid", num_samples = 20}]'
