@@ -69,8 +69,10 @@ class ClassifierFID(Metric):
     ``fid``: N samples against the test split; ``fid_real_floor``: N training images against the
     same test split (what FID a perfect model would get with N samples); ``confident``: the
     fraction of samples whose top class has probability > 0.9, beside ``confident_real`` for the
-    test split (images the classifier has not seen, like the samples). The test split's and the
-    floor's statistics depend only on the extractor and the data settings and are cached.
+    test split (images the classifier has not seen, like the samples). ``fid_stderr``: the
+    bootstrap standard error of ``fid`` over the draw of the samples; ``confident_stderr``: the
+    binomial one, sqrt(p (1 - p) / N). The test split's and the floor's statistics depend only on
+    the extractor and the data settings and are cached.
     """
 
     name = "fid"
@@ -79,7 +81,7 @@ class ClassifierFID(Metric):
         self.num_samples, self.split, self.label_column = num_samples, split, label_column
 
     def compute(self, context) -> dict[str, float]:
-        from ..features import FeatureStats, cached_classifier, frechet_distance
+        from ..features import FeatureStats, cached_classifier, frechet_distance, frechet_distance_stderr
 
         train_x, train_y = context.labelled("train", self.label_column)
         with context.state.main_process_first():  # the main process trains and caches it, the others load it
@@ -93,11 +95,14 @@ class ClassifierFID(Metric):
                               lambda: summary(real, f"features: {self.split} split", real_y))
         train = context.cached({**key, "split": "train", "rows": floor_n},
                                lambda: summary(train_x[:floor_n], "features: train (floor)"))
-        samples = summary(fake, "features: samples", fake_y)
+        samples = summary(fake, "features: samples", fake_y, keep_features=True)
         test_stats, train_stats, sample_stats = (FeatureStats.from_arrays(a) for a in (test, train, samples))
+        confident = float(samples["confident"])
         return {**class_accuracy(samples, fake_y), "fid": frechet_distance(test_stats, sample_stats),
+                "fid_stderr": frechet_distance_stderr(test_stats, samples["features"]),
                 "fid_real_floor": frechet_distance(test_stats, train_stats),
-                "confident": float(samples["confident"]), "confident_real": float(test["confident"]),
+                "confident": confident, "confident_stderr": math.sqrt(confident * (1 - confident) / len(fake)),
+                "confident_real": float(test["confident"]),
                 "classifier_score": float(samples["classifier_score"]),
                 "classifier_score_real": float(test["classifier_score"]),
                 "fid_samples": float(len(fake)), "fid_floor_images": float(floor_n),
@@ -111,13 +116,16 @@ class _FeatureSummary:
     def __init__(self, context, net, num_classes: int) -> None:
         self.context, self.net, self.num_classes = context, net, num_classes
 
-    def __call__(self, x: torch.Tensor, what: str, labels: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    def __call__(self, x: torch.Tensor, what: str, labels: torch.Tensor | None = None,
+                 keep_features: bool = False) -> dict[str, np.ndarray]:
         from ..features import FeatureStats, classifier_score, confident_fraction, features_and_probs
 
         both = self.context.map_rows(x, lambda b: np.concatenate(features_and_probs(self.net, b), 1), desc=what)
         feats, probs = both[:, :-self.num_classes], both[:, -self.num_classes:]
         out = {**FeatureStats.fit(feats).arrays(), "confident": np.asarray(confident_fraction(probs)),
                "classifier_score": np.asarray(classifier_score(probs))}
+        if keep_features:
+            out["features"] = feats
         if labels is not None:
             out["accuracy"] = np.asarray((probs.argmax(1) == labels.numpy()).mean())
             out["predicted"] = probs.argmax(1)
