@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,22 +122,40 @@ def frechet_distance(a: np.ndarray | FeatureStats, b: np.ndarray | FeatureStats)
     eigh: stable for the singular covariances of features with dead units.
     """
     a, b = (x if isinstance(x, FeatureStats) else FeatureStats.fit(x) for x in (a, b))
+    return _distance_from(a)(b)
+
+
+def _distance_from(a: FeatureStats) -> Callable[[FeatureStats], float]:
+    """``frechet_distance(a, .)`` with S_a^(1/2) computed once (for many b against one reference)."""
     w, v = np.linalg.eigh(a.sigma)
     sa_half = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(sa_half @ b.sigma @ sa_half), 0, None)).sum()
-    return float(((a.mu - b.mu) ** 2).sum() + np.trace(a.sigma) + np.trace(b.sigma) - 2 * tr_covmean)
+
+    def distance(b: FeatureStats) -> float:
+        tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(sa_half @ b.sigma @ sa_half), 0, None)).sum()
+        return float(((a.mu - b.mu) ** 2).sum() + np.trace(a.sigma) + np.trace(b.sigma) - 2 * tr_covmean)
+
+    return distance
 
 
-def frechet_distance_stderr(reference: FeatureStats, features: np.ndarray, rounds: int = 100,
-                            seed: int = 0) -> float:
+def frechet_distance_stderr(reference: FeatureStats, features: np.ndarray, baseline: np.ndarray | None = None,
+                            rounds: int = 100, seed: int = 0) -> float:
     """The bootstrap standard error (Efron & Tibshirani 1993, ch. 6) of ``frechet_distance(reference,
     features)`` over the draw of the sample rows: the spread of the distance over ``rounds`` resamples
     of the rows with replacement, the reference held fixed. FID from a few thousand samples moves by
-    several units from one set of samples to the next; this says by how much."""
+    several units from one set of samples to the next; this says by how much.
+
+    With ``baseline`` (another model's rows, row i drawn from the same noise as ``features``' row i),
+    the standard error of FID(features) - FID(baseline), the pairs resampled together: paired samples
+    share much of their error, so a difference is measured more precisely than either FID."""
+    distance = _distance_from(reference)
     rng = np.random.default_rng(seed)
     rows = len(features)
-    distances = [frechet_distance(reference, features[rng.integers(0, rows, rows)]) for _ in range(rounds)]
-    return float(np.std(distances, ddof=1))
+    draws = []
+    for _ in range(rounds):
+        picked = rng.integers(0, rows, rows)
+        fid = distance(FeatureStats.fit(features[picked]))
+        draws.append(fid if baseline is None else fid - distance(FeatureStats.fit(baseline[picked])))
+    return float(np.std(draws, ddof=1))
 
 
 def confident_fraction(probs: np.ndarray, threshold: float = 0.9) -> float:
