@@ -166,7 +166,8 @@ def sample(ctx: click.Context, run_dir: Path, num_images: int | None, seed: int 
 @click.option("--device", help="torch device for one process (default: accelerate's: the GPU if there is one).")
 @click.pass_context
 def evaluate(ctx: click.Context, run_dir: Path, limit: int | None, metric: str | None, num_samples: int | None,
-             sampler: str | None, steps: int | None, guidance_scale: float | None, raw: bool, device: str | None) -> None:
+             sampler: str | None, steps: int | None, guidance_scale: float | None, raw: bool,
+             device: str | None) -> None:
     """Compute the recipe's metrics (bits/dim at least) for a trained run: eval/metrics.json; or one
     metric, e.g. `--metric fid --num-samples 1000 --sampler diffusers-unipc --steps 20`."""
     from .workflow import evaluate_run

@@ -28,7 +28,8 @@ def main() -> int:
     failed = []
     for seed in range(1, args.seeds + 1):
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "statistical", "-p", "no:cacheprovider", *args.paths],
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "statistical", "-p", "no:cacheprovider",
+                                 *args.paths],
                                 cwd=ROOT, env={**os.environ, "DDPM_KIT_TEST_SEED": str(seed)},
                                 capture_output=True, text=True)
         summary = (result.stdout.strip().splitlines() or ["(no output)"])[-1]

@@ -43,8 +43,8 @@ class BitsPerDim(Metric):
         def terms_and_mse(rows: range) -> np.ndarray:  # [b, T + 1 + T]: L_0..L_{T-1}, L_T, x0-hat errors
             out = context.diffusion.calc_bpd_loop(
                 context.model_for(self.split, rows), x[rows.start:rows.stop].to(context.device),
-                clip_denoised=self.clip_denoised, noise=ImageNoise(context.seed, rows, context.device), timesteps_per_batch=self.timesteps_per_batch,
-                progress=bar.update)
+                clip_denoised=self.clip_denoised, noise=ImageNoise(context.seed, rows, context.device),
+                timesteps_per_batch=self.timesteps_per_batch, progress=bar.update)
             return torch.cat([out["vb"], out["prior_bpd"][:, None], out["xstart_mse"]], dim=1).double().cpu().numpy()
 
         with bar:

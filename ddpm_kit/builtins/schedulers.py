@@ -6,8 +6,8 @@ The schedulers' code stays in diffusers; this module adapts. Every scheduler of 
 registered as ``diffusers-<name>`` (NAMES; a test fails when a diffusers release adds one that is
 missing here), built from the run's exact betas (float64) and its parameterization's
 ``diffusers_prediction_type`` (eps -> "epsilon", x0 -> "sample", v -> "v_prediction") with ``steps``
-inference steps. A run that predicts mu, or learns its variance, is refused with the samplers that can sample it. diffusers is imported only when a
-sampler is built, so listing plugins stays fast.
+inference steps. A run that predicts mu, or learns its variance, is refused with the samplers that
+can sample it. diffusers is imported only when a sampler is built, so listing plugins stays fast.
 """
 
 from __future__ import annotations
