@@ -4,13 +4,15 @@
     python benchmarks/quickstart_ablation.py                 # collect: table + JSON + plot from runs/q15_*
     python benchmarks/quickstart_ablation.py --run base s2000 # train / measure what is missing, then collect
 
-Every setting is ``recipes/quickstart.toml`` plus ``--set`` overrides, in ``runs/q15_<name>``; a setting
-with ``resume_from`` copies that run and trains on (same weights as one longer run: the lr is constant
-after the warm-up). Samples are drawn 250 at a time with bf16 autocast (image i from the generator of
+Every setting is ``recipes/quickstart.toml`` with ``--set`` overrides that first put back the
+quickstart as it was before issue 15 (so the table stands when the recipe changes), in
+``runs/q15_<name>``; a setting that continues another copies that run and trains on (same weights as
+one longer run: the lr is constant after the warm-up). Samples are drawn 250 at a time with bf16 autocast (image i from the generator of
 (seed, i), so the batch size changes nothing but speed). On a 2-core CPU a setting costs its training
 plus ~14-27 minutes of sampling; two settings may run side by side with ``OMP_NUM_THREADS=1`` each
 (~1.25x the throughput of one at a time; their wall times are then not a lone run's).
-Writes benchmarks/quickstart_ablation.json and docs/images/quickstart_fid_vs_steps.png.
+Writes benchmarks/quickstart_ablation.json, docs/images/quickstart_fid_vs_steps.png (the curve against
+training cost) and docs/images/quickstart_ablation.png (each setting minus the old quickstart, paired).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,16 +34,33 @@ SAMPLE_BATCH = ["--set", "sample.batch_size=250"]
 NO_ATTENTION = ["--set", 'backbone.down_block_types=["DownBlock2D","DownBlock2D","DownBlock2D"]',
                 "--set", 'backbone.up_block_types=["UpBlock2D","UpBlock2D","UpBlock2D"]']
 
+# Every setting is the quickstart as it was before issue 15 plus its own overrides (later --set wins),
+# so the table does not move when recipes/quickstart.toml does.
+OLD = ["--set", 'train.lr_schedule="constant"', "--set", "train.ema_decay=0.995", "--set", "train.ema_warmup=false",
+       "--set", "train.steps=1000", "--set", "train.batch_size=64"]
+COSINE = [*OLD, "--set", 'train.lr_schedule="cosine"']
+
 # name: (what changed, overrides of the quickstart, run it continues or None)
 SETTINGS: dict[str, tuple[str, list[str], str | None]] = {
-    "base": ("quickstart as shipped before issue 15 (lr 2e-3 constant after 100 warm-up steps, EMA 0.995, "
-             "batch 64, 1,000 steps)", [], None),
-    "cosine": ('+ lr_schedule = "cosine" (to 0 at the last step)', ["--set", 'train.lr_schedule="cosine"'], None),
-    "ema998": ("+ ema_decay = 0.998", ["--set", "train.ema_decay=0.998"], None),
-    "s2000": ("2,000 steps", ["--set", "train.steps=2000"], None),
-    "s3000": ("3,000 steps", ["--set", "train.steps=3000"], "s2000"),
-    "noattn": ("no attention at 8x8 (15% cheaper steps), 1,160 steps", [*NO_ATTENTION, "--set", "train.steps=1160"],
-               None),
+    "base": ("quickstart before issue 15 (lr 2e-3 constant after 100 warm-up steps, EMA 0.995, batch 64, "
+             "1,000 steps)", OLD, None),
+    "cosine": ('+ lr_schedule = "cosine" (to 0 at the last step)', COSINE, None),
+    "ema998": ("+ ema_decay = 0.998", [*OLD, "--set", "train.ema_decay=0.998"], None),
+    "s2000": ("2,000 steps", [*OLD, "--set", "train.steps=2000"], None),
+    "s3000": ("3,000 steps", [*OLD, "--set", "train.steps=3000"], "s2000"),
+    "noattn": ("no attention at 8x8 (15% cheaper steps), 1,160 steps", [*OLD, *NO_ATTENTION, "--set",
+               "train.steps=1160"], None),
+    "emawarm": ("cosine + EMA warm-up (diffusers' (1+n)/(10+n), capped at 0.995)",
+                [*COSINE, "--set", "train.ema_warmup=true"], None),
+    "b32": ("cosine, batch 32 x 1,770 steps (same training time: 115 vs 203 ms a step)",
+            [*COSINE, "--set", "train.batch_size=32", "--set", "train.steps=1770"], None),
+    "b16": ("cosine, batch 16 x 2,800 steps (same training time: 72 ms a step)",
+            [*COSINE, "--set", "train.batch_size=16", "--set", "train.steps=2800"], None),
+    "ema99": ("cosine + ema_decay = 0.99", [*COSINE, "--set", "train.ema_decay=0.99"], None),
+    "raw": ("cosine, sampled from the raw weights (no EMA; cosine, emawarm and ema99 share them)",
+            [*COSINE, "--set", "sample.use_ema=false", "--set", "eval.use_ema=false"], None),
+    "ema99s1120": ("cosine + ema_decay = 0.99, 1,120 steps (bits/dim on 32 images instead of 64 pays for them): "
+                   "**shipped**", [*COSINE, "--set", "train.ema_decay=0.99", "--set", "train.steps=1120"], None),
 }
 
 
@@ -117,26 +137,69 @@ def paired_differences(rows: dict[str, dict], rounds: int = 200) -> None:
         row["confident_minus_base_stderr"] = float((c - c_base).std(ddof=1) / np.sqrt(len(c)))
 
 
-def plot(rows: dict[str, dict], path: Path) -> None:
+# ms per training step of the quickstart's UNet by batch size on this 2-core CPU (fp32 eager, 3 rounds
+# interleaved): a setting's cost in batch-64 steps is steps * MS_PER_STEP[batch] / MS_PER_STEP[64].
+MS_PER_STEP = {16: 72, 32: 115, 64: 203}
+LONGER = ("base", "s2000", "s3000")  # the constant-lr quickstart trained longer: the curve
+SHIPPED = "ema99s1120"  # the setting recipes/quickstart.toml ships
+
+
+def cost(row: dict) -> float:
+    return row["steps"] * MS_PER_STEP[row["batch_size"]] / MS_PER_STEP[64]
+
+
+def value(row: dict, key: str) -> tuple[float, float]:
+    """A row's FID/floor or confident fraction, with its standard error."""
+    if key == "fid_over_floor":
+        return row[key], row["fid_stderr"] / row["floor"]
+    return row[key], row["confident_stderr"]
+
+
+def plot_curve(rows: dict[str, dict], shipped: str, path: Path) -> None:
+    """FID/floor and the confident fraction against training cost: the constant-lr quickstart
+    trained longer, and the shipped setting."""
     from ddpm_kit.plots import _pyplot
 
     plt = _pyplot()
-    curve = sorted((r["steps"], r["fid_over_floor"], r["confident"], r["fid_stderr"] / r["floor"],
-                    r["confident_stderr"]) for n, r in rows.items() if n in ("base", "s2000", "s3000"))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
-    steps = [c[0] for c in curve]
-    a.errorbar(steps, [c[1] for c in curve], yerr=[c[3] for c in curve], fmt="o-", capsize=3,
-               label="quickstart, longer training (± 1 bootstrap SE)")
-    a.axhline(2.0, color="gray", ls="--", label="goal: 2x the floor")
-    a.set(xlabel="training steps (batch 64; ~0.26 s each on this 2-core CPU)", ylabel="FID@1000 / floor@1000")
-    b.errorbar(steps, [c[2] for c in curve], yerr=[c[4] for c in curve], fmt="o-", capsize=3)
-    real = next(iter(rows.values()))["confident_real"]
-    b.axhline(real, color="gray", ls=":", label="real digits")
-    b.axhline(real - 0.10, color="gray", ls="--", label="goal: within 0.10")
-    b.set(xlabel="training steps", ylabel="confident fraction (p > 0.9)")
-    for ax in (a, b):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    curve = [rows[n] for n in LONGER if n in rows]
+    real = curve[0]["confident_real"]
+    for ax, key, goal in zip(axes, ("fid_over_floor", "confident"), (2.0, real - 0.10)):
+        points = [value(r, key) for r in curve]
+        ax.errorbar([cost(r) for r in curve], [v for v, _ in points], yerr=[e for _, e in points], fmt="o-",
+                    capsize=3, label="constant lr, trained longer (± 1 SE)")
+        if shipped in rows:
+            v, e = value(rows[shipped], key)
+            ax.errorbar([cost(rows[shipped])], [v], yerr=[e], fmt="s", capsize=3, color="C3",
+                        label=f"shipped quickstart ({shipped})")
+        if key == "confident":
+            ax.axhline(real, color="gray", ls=":", label="real digits")
+        ax.axhline(goal, color="gray", ls="--", label="goal")
+        ax.set(xlabel="training cost (batch-64 steps; ~0.24 s each on this CPU)",
+               ylabel="FID@1000 / floor@1000" if key == "fid_over_floor" else "confident fraction (p > 0.9)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_differences(rows: dict[str, dict], path: Path) -> None:
+    """Each setting minus the old quickstart, paired (± 1 SE): left is better for FID, right for
+    the confident fraction."""
+    from ddpm_kit.plots import _pyplot
+
+    plt = _pyplot()
+    names = [n for n in rows if n != "base"][::-1]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.4 * len(names) + 1.2), sharey=True)
+    for ax, key, label in zip(axes, ("fid_minus_base", "confident_minus_base"),
+                              ("FID@1000 - old quickstart's (lower is better)",
+                               "confident - old quickstart's (higher is better)")):
+        ax.errorbar([rows[n][key] for n in names], range(len(names)), xerr=[rows[n][f"{key}_stderr"] for n in names],
+                    fmt="o", capsize=3)
+        ax.axvline(0, color="gray", lw=1)
+        ax.set(xlabel=label, yticks=range(len(names)), yticklabels=[f"{n} ({cost(rows[n]):.0f})" for n in names])
+        ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -167,7 +230,9 @@ def main() -> None:
               f"{row['final_loss']:.4f} |")
     (ROOT / "benchmarks" / "quickstart_ablation.json").write_text(json.dumps(rows, indent=2) + "\n")
     if {"base", "s2000"} <= set(rows):
-        plot(rows, ROOT / "docs" / "images" / "quickstart_fid_vs_steps.png")
+        plot_curve(rows, SHIPPED, ROOT / "docs" / "images" / "quickstart_fid_vs_steps.png")
+    if "base" in rows:
+        plot_differences(rows, ROOT / "docs" / "images" / "quickstart_ablation.png")
 
 
 if __name__ == "__main__":
