@@ -104,10 +104,16 @@ def collect(name: str) -> dict | None:
             "confident_real": fid["confident_real"], "final_loss": sum(last) / len(last)}
 
 
-def paired_differences(rows: dict[str, dict], rounds: int = 200) -> None:
-    """Each setting minus ``base`` on the same image indices: image i starts from the same noise in
-    every run (samples of two settings correlate ~0.97 pixel by pixel), so resampling the indices
-    jointly gives a standard error of the difference several times smaller than either FID's."""
+# (setting, setting it is compared with): the pairs docs/evaluation.md quotes beside the table
+PAIRS = [("ema99", "cosine"), ("emawarm", "cosine"), ("raw", "ema99"), ("b32", "cosine"), ("ema99s1120", "ema99"),
+         ("s3000", "s2000"), ("ema99s1120", "s2000")]
+
+
+def paired_differences(rows: dict[str, dict], rounds: int = 200) -> list[tuple[str, str, dict[str, float]]]:
+    """Each setting minus ``base`` on the same image indices (into its row), and each of ``PAIRS``
+    present (returned): image i starts from the same noise in every run (samples of two settings
+    correlate ~0.97 pixel by pixel), so resampling the indices jointly gives a standard error of the
+    difference several times smaller than either FID's."""
     import numpy as np
     import torch
 
@@ -122,19 +128,24 @@ def paired_differences(rows: dict[str, dict], rounds: int = 200) -> None:
     context = EvalContext(components, None, torch.device("cpu"), run)
     net, _ = cached_classifier(context.data_key(), *context.labelled("train"))
     reference = FeatureStats.fit(np.asarray(features_and_probs(net, context.images("test"))[0]))
-
-    def features(name: str) -> tuple[np.ndarray, np.ndarray]:
+    features = {}
+    for name in rows:
         images = np.load(run_dir(name) / "samples" / "eval_1000.npz")["images"]
         f, p = features_and_probs(net, to_model_range(torch.from_numpy(images)))
-        return np.asarray(f), (np.asarray(p).max(1) > 0.9).astype(float)
+        features[name] = np.asarray(f), (np.asarray(p).max(1) > 0.9).astype(float)
 
-    f_base, c_base = features("base")
+    def difference(name: str, other: str) -> dict[str, float]:
+        (f, c), (f_other, c_other) = features[name], features[other]
+        return {"fid": frechet_distance(reference, f) - frechet_distance(reference, f_other),
+                "fid_stderr": frechet_distance_stderr(reference, f, baseline=f_other, rounds=rounds),
+                "confident": float((c - c_other).mean()),
+                "confident_stderr": float((c - c_other).std(ddof=1) / np.sqrt(len(c)))}
+
     for name, row in rows.items():
-        f, c = features(name)
-        row["fid_minus_base"] = frechet_distance(reference, f) - frechet_distance(reference, f_base)
-        row["fid_minus_base_stderr"] = frechet_distance_stderr(reference, f, baseline=f_base, rounds=rounds)
-        row["confident_minus_base"] = float((c - c_base).mean())
-        row["confident_minus_base_stderr"] = float((c - c_base).std(ddof=1) / np.sqrt(len(c)))
+        d = difference(name, "base")
+        row["fid_minus_base"], row["fid_minus_base_stderr"] = d["fid"], d["fid_stderr"]
+        row["confident_minus_base"], row["confident_minus_base_stderr"] = d["confident"], d["confident_stderr"]
+    return [(a, b, difference(a, b)) for a, b in PAIRS if a in rows and b in rows]
 
 
 # ms per training step of the quickstart's UNet by batch size on this 2-core CPU (fp32 eager, 3 rounds
@@ -216,8 +227,7 @@ def main() -> None:
         if collect(name) is None:
             measure(name)
     rows = {name: row for name in SETTINGS if (row := collect(name)) is not None}
-    if "base" in rows:
-        paired_differences(rows)
+    pairs = paired_differences(rows) if "base" in rows else []
     print("| setting | steps x batch | FID@1000 / floor@1000 | confident (real) | FID - base (paired) | "
           "confident - base (paired) | loss, last 300 steps |")
     print("|---|---|---|---|---|---|---|")
@@ -228,6 +238,10 @@ def main() -> None:
               f"{row.get('fid_minus_base', 0):+.2f} ± {row.get('fid_minus_base_stderr', 0):.2f} | "
               f"{row.get('confident_minus_base', 0):+.3f} ± {row.get('confident_minus_base_stderr', 0):.3f} | "
               f"{row['final_loss']:.4f} |")
+    print("\n| comparison (same sample indices) | FID | confident |\n|---|---|---|")
+    for a, b, d in pairs:
+        print(f"| {a} - {b} | {d['fid']:+.2f} ± {d['fid_stderr']:.2f} | {d['confident']:+.3f} ± "
+              f"{d['confident_stderr']:.3f} |")
     (ROOT / "benchmarks" / "quickstart_ablation.json").write_text(json.dumps(rows, indent=2) + "\n")
     if {"base", "s2000"} <= set(rows):
         plot_curve(rows, SHIPPED, ROOT / "docs" / "images" / "quickstart_fid_vs_steps.png")
