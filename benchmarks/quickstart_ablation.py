@@ -7,10 +7,11 @@
 Every setting is ``recipes/quickstart.toml`` with ``--set`` overrides that first put back the
 quickstart as it was before issue 15 (so the table stands when the recipe changes), in
 ``runs/q15_<name>``; a setting that continues another copies that run and trains on (same weights as
-one longer run: the lr is constant after the warm-up). Samples are drawn 250 at a time with bf16 autocast (image i from the generator of
-(seed, i), so the batch size changes nothing but speed). On a 2-core CPU a setting costs its training
-plus ~14-27 minutes of sampling; two settings may run side by side with ``OMP_NUM_THREADS=1`` each
-(~1.25x the throughput of one at a time; their wall times are then not a lone run's).
+one longer run: the lr is constant after the warm-up). Samples are drawn 250 at a time with bf16
+autocast (image i from the generator of (seed, i), so the batch size changes nothing but speed). On
+a 2-core CPU a setting costs its training plus ~14-27 minutes of sampling; two settings may run side
+by side with ``OMP_NUM_THREADS=1`` each (~1.25x the throughput of one at a time; their wall times are
+then not a lone run's).
 Writes benchmarks/quickstart_ablation.json, docs/images/quickstart_fid_vs_steps.png (the curve against
 training cost) and docs/images/quickstart_ablation.png (each setting minus the old quickstart, paired).
 """
@@ -23,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
