@@ -25,10 +25,11 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     import torch
 
-    from ddpm_kit.data import to_model_range
+    from ddpm_kit.images import to_model_range
     from ddpm_kit.engine import EvalContext, load_run_model, sample_images
     from ddpm_kit.features import cached_classifier, features_and_probs, frechet_distance
     from ddpm_kit.plugins import get_registry
+    from ddpm_kit.recipe import SamplingOverride
     from ddpm_kit.workflow import load_run
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,7 +55,7 @@ def main() -> None:
     plan = [] if args.no_ancestral else [("ancestral", None)]
     plan += [(s, k) for s in args.samplers for k in args.steps]
     for name, steps in plan:
-        components, _ = load_run(registry, args.run, name, steps)
+        components, _ = load_run(registry, args.run, SamplingOverride(name, steps))
         started = time.perf_counter()
         images = sample_images(components, model, n, device, seed=components.recipe.sample.seed)
         seconds = time.perf_counter() - started

@@ -117,7 +117,7 @@ def paired_differences(rows: dict[str, dict], rounds: int = 200) -> list[tuple[s
     import numpy as np
     import torch
 
-    from ddpm_kit.data import to_model_range
+    from ddpm_kit.images import to_model_range
     from ddpm_kit.engine import EvalContext
     from ddpm_kit.features import (FeatureStats, cached_classifier, features_and_probs, frechet_distance,
                                    frechet_distance_stderr)

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     from ddpm_kit.plugins import get_registry
+    from ddpm_kit.recipe import SamplingOverride
     from ddpm_kit.workflow import evaluate_run
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,7 +32,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int)
     args = parser.parse_args()
     m = evaluate_run(get_registry(), args.run, limit=None, use_ema=None, device=None, metric="fid",
-                     num_samples=args.num_samples, sampler=args.sampler, steps=args.steps)
+                     num_samples=args.num_samples, override=SamplingOverride(args.sampler, args.steps))
     print(f"{args.run}: FID@{int(m['fid_samples'])} {m['fid']:.2f} ± {m['fid_stderr']:.2f} / floor@"
           f"{int(m['fid_floor_images'])} {m['fid_real_floor']:.2f} = {m['fid'] / m['fid_real_floor']:.2f}x "
           f"± {m['fid_stderr'] / m['fid_real_floor']:.2f} (goal <= 2x); confident {m['confident']:.3f} "

@@ -76,15 +76,14 @@ def recipe_check(ctx: click.Context, files: tuple[Path, ...], overrides: tuple[s
     import torch
 
     from .engine import build_components
-    from .engine.data import load_labels
     from .recipe import load_recipe
 
     registry = get_registry_from(ctx)
     for file in files:
         r, _ = load_recipe(file, registry, overrides)
         components = build_components(r, registry, str(file))
-        components.check_dataset()
-        load_labels(components, "train")  # conditional recipes: loads the data to check the label column
+        components.data.check()
+        components.data.labels("train")  # conditional recipes: loads the data to check the label column
         with torch.device("meta"):
             parameters = sum(p.numel() for p in components.build_backbone().parameters())
         d, c = r.diffusion, r.conditioning
@@ -147,10 +146,11 @@ def sample(ctx: click.Context, run_dir: Path, num_images: int | None, seed: int 
            steps: int | None, name: str, classes: tuple[int, ...], guidance_scale: float | None, raw: bool,
            device: str | None) -> None:
     """Draw samples from a trained run: samples/<name>.png and samples/<name>.npz."""
-    from .workflow import sample_run
+    from .recipe import SamplingOverride
+    from .workflow import sample_from_run
 
-    sample_run(get_registry_from(ctx), run_dir, num_images=num_images, seed=seed, sampler=sampler, steps=steps,
-               name=name, use_ema=not raw, device=device, classes=list(classes), guidance_scale=guidance_scale)
+    sample_from_run(get_registry_from(ctx), run_dir, num_images=num_images, seed=seed, name=name, use_ema=not raw,
+                    device=device, override=SamplingOverride(sampler, steps, classes, guidance_scale))
 
 
 @cli.command()
@@ -170,10 +170,12 @@ def evaluate(ctx: click.Context, run_dir: Path, limit: int | None, metric: str |
              device: str | None) -> None:
     """Compute the recipe's metrics (bits/dim at least) for a trained run: eval/metrics.json; or one
     metric, e.g. `--metric fid --num-samples 1000 --sampler diffusers-unipc --steps 20`."""
+    from .recipe import SamplingOverride
     from .workflow import evaluate_run
 
     evaluate_run(get_registry_from(ctx), run_dir, limit=limit, use_ema=False if raw else None, device=device,
-                 metric=metric, num_samples=num_samples, sampler=sampler, steps=steps, guidance_scale=guidance_scale)
+                 metric=metric, num_samples=num_samples,
+                 override=SamplingOverride(sampler, steps, guidance_scale=guidance_scale))
 
 
 @cli.command()

@@ -31,7 +31,7 @@ def repeat_to(value: torch.Tensor, batch: int) -> torch.Tensor:
     return value.repeat(batch // value.shape[0], *([1] * (value.ndim - 1)))
 
 
-class Bound:
+class ConditionedModel:
     """``model(x, t)`` that calls ``model(x, t, **cond)``."""
 
     def __init__(self, model: Model, cond: Conditioning) -> None:
@@ -43,7 +43,7 @@ class Bound:
 
 def bind(model: Model, labels: torch.Tensor | None) -> Model:
     """The model with class ``labels`` bound (the model itself when there are none)."""
-    return model if labels is None else Bound(model, {"class_labels": labels})
+    return model if labels is None else ConditionedModel(model, {"class_labels": labels})
 
 
 class Guided:

@@ -8,31 +8,27 @@ import torch
 
 from .engine import Components, load_run_model
 from .errors import DdpmKitError
+from .plugins import Registry
 from .runs import RunFolder
 
-# ddpm-kit variance -> DDPMScheduler variance_type with the same sigma_t^2. diffusers' "learned_range"
-# is improved-diffusion's interpolation exp(v log beta_t + (1 - v) log beta-tilde_t), v = (out + 1) / 2,
-# as ddpm-kit-improved's learned_range; its "learned" takes the output as the variance itself.
-VARIANCE_TYPES = {"fixed_beta": "fixed_large", "fixed_beta_tilde": "fixed_small", "learned_range": "learned_range"}
-REFUSED_VARIANCES = {
-    "learned": "its extra channels are a log-variance, and DDPMScheduler reads them as the variance itself "
-               "(variance_type 'learned') or as an interpolation weight ('learned_range'), so the exported "
-               "pipeline would sample NaN",
-}
+def exportable_variances(registry: Registry) -> list[str]:
+    """The registered variances that declare a diffusers ``variance_type``."""
+    return [name for name in registry.names("variance")
+            if registry.build("variance", name).diffusers_variance_type is not None]
 
 
 def diffusers_scheduler_config(components: Components) -> tuple[dict, list[str]]:
     """DDPMScheduler settings equal to the run's diffusion, and notes on what differs."""
     d = components.diffusion
-    param, variance = d.parameterization, d.variance.name
+    param, variance = d.parameterization, d.variance
     prediction_type = param.diffusers_prediction_type
     if prediction_type is None:
         raise DdpmKitError(f"diffusers' DDPMScheduler cannot express parameterization '{param.name}' (it predicts "
                            "epsilon, sample or v_prediction); retrain with eps or x0 to export")
-    if variance not in VARIANCE_TYPES:
-        why = REFUSED_VARIANCES.get(variance, "it has no variance_type for it")
-        raise DdpmKitError(f"cannot export variance '{variance}' to diffusers' DDPMScheduler: {why}; "
-                           f"exportable variances: {', '.join(VARIANCE_TYPES)}")
+    if variance.diffusers_variance_type is None:
+        raise DdpmKitError(f"cannot export variance '{variance.name}' to diffusers' DDPMScheduler: "
+                           f"{variance.not_in_diffusers}; exportable variances: "
+                           f"{', '.join(exportable_variances(components.registry))}")
     if components.num_classes is not None:
         raise DdpmKitError("cannot export a class-conditional run: diffusers' DDPMPipeline calls the UNet without "
                            "class labels; load model/ema.safetensors with ddpm-kit (ddpm-kit sample --class K)")
@@ -42,14 +38,14 @@ def diffusers_scheduler_config(components: Components) -> tuple[dict, list[str]]
         "betas are written exactly (trained_betas), but diffusers keeps them in float32: sampled images "
         "agree with ddpm-kit's to about 1e-4.",
     ]
-    if variance == "fixed_beta":
+    if variance.name == "fixed_beta":
         notes.append("Ho's fixedlarge uses log beta-tilde_1 as the log-variance at t=0; diffusers' fixed_large "
                      "uses beta_0. No noise is added at t=0, so samples are unaffected; only the bound's L_0 "
                      "(bits/dim) would differ, and diffusers computes no bound.")
     if sampler.name != "ancestral":
         notes.append(f"the run samples with '{sampler.name}'; the exported DDPMScheduler is ancestral sampling.")
     config = dict(num_train_timesteps=d.num_timesteps, trained_betas=d.betas.tolist(),
-                  prediction_type=prediction_type, variance_type=VARIANCE_TYPES[variance],
+                  prediction_type=prediction_type, variance_type=variance.diffusers_variance_type,
                   clip_sample=clip, clip_sample_range=1.0)
     return config, notes
 

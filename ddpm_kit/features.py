@@ -9,9 +9,6 @@ extractor.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from .cache import atomic_file, cache_root, content_hash
 
 
 class DigitClassifier(nn.Module):
@@ -40,13 +39,8 @@ class DigitClassifier(nn.Module):
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("DDPM_KIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpm-kit"
-    return Path(root) / "feature-nets"
-
-
-def key_digest(key: dict) -> str:
-    """A short, stable name for a cache entry's key (JSON with sorted keys, SHA-256)."""
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    """Where feature networks and real-data statistics are cached."""
+    return cache_root() / "feature-nets"
 
 
 def train_classifier(x: torch.Tensor, labels: torch.Tensor, *, epochs: int = 4, seed: int = 0) -> DigitClassifier:
@@ -68,7 +62,7 @@ def cached_classifier(key: dict, x: torch.Tensor, labels: torch.Tensor) -> tuple
     """The classifier for ``key`` (dataset and preprocessing), trained once and cached as safetensors."""
     from safetensors.torch import load_file, save_file
 
-    digest = key_digest(key)
+    digest = content_hash(key)
     path = cache_dir() / f"classifier-{digest}.safetensors"
     num_classes = int(labels.max()) + 1
     if path.is_file():
@@ -77,10 +71,8 @@ def cached_classifier(key: dict, x: torch.Tensor, labels: torch.Tensor) -> tuple
         return net.eval(), digest
     with torch.inference_mode(False), torch.enable_grad():  # metrics run under inference_mode
         net = train_classifier(x.clone(), labels.clone())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # processes of a run may race to write it
-    save_file(net.state_dict(), str(tmp))
-    tmp.replace(path)
+    with atomic_file(path) as tmp:  # processes of a run may race to write it
+        save_file(net.state_dict(), str(tmp))
     return net, digest
 
 
@@ -165,15 +157,13 @@ def confident_fraction(probs: np.ndarray, threshold: float = 0.9) -> float:
 
 def stats_path(key: dict) -> Path:
     """Where the arrays for ``key`` (extractor, data settings, split, rows) are cached."""
-    return cache_dir() / f"stats-{key_digest(key)}.npz"
+    return cache_dir() / f"stats-{content_hash(key)}.npz"
 
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write an .npz atomically (processes and runs may race to write the same cache entry)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def classifier_score(probs: np.ndarray) -> float:

@@ -1,6 +1,11 @@
 """The interfaces each plugin kind provides. Timesteps are 0-based: index t is the paper's t+1.
 
-A recipe name becomes one of these objects through the registry (see docs/architecture.md).
+A recipe name becomes one of these objects through the registry (see docs/architecture.md). What
+a plugin may offer beyond the required methods is declared here too, with its default: an
+objective's ``check``, ``sample_t``, ``update`` and ``state_dict``; a variance's and a
+parameterization's diffusers names; a sampler factory's ``CannotSample``. What a factory may declare
+(engine-supplied arguments, a cheap ``check`` of its parameters, the keys its ``**kwargs`` take) is
+in ``ddpm_kit.plugins.KINDS`` and ``register``'s keywords (docs/writing-a-plugin.md).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+from .errors import DdpmKitError
 
 if TYPE_CHECKING:
     from .diffusion import GaussianDiffusion
@@ -81,6 +88,11 @@ class VarianceChoice(ABC):
 
     name: str = ""
     learned: bool = False
+    diffusers_variance_type: str | None = None
+    """diffusers' ``DDPMScheduler`` ``variance_type`` with this sigma_t^2, if it has one (export and
+    the ``diffusers-ddpm`` sampler use it)."""
+    not_in_diffusers: str = "it has no variance_type for it"
+    """Why there is none (the export's refusal names it)."""
 
     def extra_channels(self, channels: int) -> int:
         """Output channels the network needs beyond the mean's ``channels``."""
@@ -124,6 +136,10 @@ class Sampler(Protocol):
     keys ``i`` (timestep index), ``x`` (the new sample) and ``x0_hat`` (the prediction of x0).
     Draw noise with ``ddpm_kit.noise.randn_like(x, generator, noise)``: the engine passes
     ``noise`` (one generator per image) so that an image does not depend on its batch.
+
+    Its factory gets the recipe's parameters and, if it declares them, ``num_timesteps`` and the
+    run's ``diffusion``; a sampler that cannot sample that diffusion raises ``CannotSample`` there,
+    before any training, and the engine names the samplers that can.
     """
 
     def __call__(
@@ -153,13 +169,37 @@ class Objective(ABC):
         return t, torch.ones(batch_size, device=device)
 
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
-        """Observe per-example losses (for importance sampling of t); no-op by default."""
+        """Observe per-example losses (for importance sampling of t); no-op by default. An objective
+        that overrides it gets every process's (t, unweighted loss) after each micro-step."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What checkpoints keep of this objective (a loss history, say); override with
+        ``load_state_dict`` to have it saved and restored on resume."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+    @property
+    def learns_from_losses(self) -> bool:
+        """Whether the engine must call ``update`` (it is overridden)."""
+        return type(self).update is not Objective.update
+
+    @property
+    def has_state(self) -> bool:
+        """Whether checkpoints keep this objective's state (``state_dict`` is overridden)."""
+        return type(self).state_dict is not Objective.state_dict
 
     @abstractmethod
     def losses(
         self, d: GaussianDiffusion, model: Model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """Per-example terms; the key ``loss`` is minimised."""
+
+
+class CannotSample(DdpmKitError):
+    """Raised by a sampler factory given a ``diffusion`` it cannot sample (diffusers' schedulers
+    and a mu-predicting or learned-variance run, say); the engine adds which samplers can."""
 
 
 class Metric(ABC):

@@ -6,7 +6,8 @@ with the number of processes. ``ImageNoise`` gives each image its own generator,
 (seed, image index): image i's noise is the same whichever batch or process computes it.
 
 Samplers take it as ``noise`` (k-diffusion's ``noise_sampler`` idea) and draw through
-``randn_like``, which falls back to a shared ``generator`` when no ``noise`` is given.
+``randn_like``, which falls back to a shared ``generator`` when no ``noise`` is given (a sampler
+called directly, outside the engine).
 """
 
 from __future__ import annotations
@@ -15,13 +16,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .seeds import image_seed
+
 NoiseSource = Callable[[torch.Tensor], torch.Tensor]
 """``noise(like) -> standard normal tensor of like's shape, dtype and device``."""
-
-
-def image_seed(seed: int, index: int) -> int:
-    """The generator seed of image ``index`` under run seed ``seed`` (distinct for every pair)."""
-    return (seed * 1_000_003 + index) % (2**63 - 1)
 
 
 class ImageNoise:

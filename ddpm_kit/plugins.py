@@ -36,17 +36,28 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "ddpm_kit.builtins.metrics",
 )
 
-# kind -> hook name; the order is the order `ddpm-kit plugins` lists them in.
-KINDS: dict[str, str] = {
-    "schedule": "register_schedules",
-    "parameterization": "register_parameterizations",
-    "variance": "register_variances",
-    "decoder": "register_decoders",
-    "sampler": "register_samplers",
-    "objective": "register_objectives",
-    "backbone": "register_backbones",
-    "dataset": "register_datasets",
-    "metric": "register_metrics",
+@dataclass(frozen=True)
+class Kind:
+    """A plugin kind: the hook that registers it, and the factory arguments the engine supplies
+    (passed to the factories that declare them, never settable from a recipe)."""
+
+    hook: str
+    engine_context: tuple[str, ...] = ()
+
+
+# kind -> its hook and engine context; the order is the order `ddpm-kit plugins` lists them in.
+KINDS: dict[str, Kind] = {
+    "schedule": Kind("register_schedules"),
+    "parameterization": Kind("register_parameterizations"),
+    "variance": Kind("register_variances"),
+    "decoder": Kind("register_decoders"),
+    # the run's diffusion lets a sampler factory refuse what it cannot sample (interfaces.CannotSample)
+    "sampler": Kind("register_samplers", ("num_timesteps", "diffusion")),
+    "objective": Kind("register_objectives"),
+    # num_classes reaches only conditional runs' backbones; a backbone that can be conditioned declares it
+    "backbone": Kind("register_backbones", ("in_channels", "out_channels", "image_size", "num_classes")),
+    "dataset": Kind("register_datasets"),
+    "metric": Kind("register_metrics"),
 }
 
 
@@ -78,15 +89,24 @@ class PluginFailure:
 
 @dataclass(frozen=True)
 class Provider:
-    """One component offered by one plugin."""
+    """One component offered by one plugin, with the optional hooks its registration declared:
+    ``check(**params)`` rejects bad parameters cheaply, without building (``recipe check`` and
+    ``run`` call it before anything is built); ``extra_params()`` names the keys a factory's
+    ``**kwargs`` accept (validation rejects the others)."""
 
     kind: str
     name: str
     factory: Callable[..., Any]
     plugin: PluginInfo
+    check: Callable[..., Any] | None = None
+    extra_params: Callable[[], Iterable[str]] | None = None
 
     def matches_prefix(self, prefix: str) -> bool:
         return prefix in (self.plugin.name, self.plugin.distribution)
+
+    def takes(self, argument: str) -> bool:
+        """Whether the factory declares ``argument`` by name."""
+        return argument in inspect.signature(self.factory).parameters
 
 
 @dataclass
@@ -182,19 +202,21 @@ class Registry:
     def __init__(self, plugins: PluginSet, strict: bool = False) -> None:
         self.plugins = plugins
         self.providers: dict[str, dict[str, list[Provider]]] = {kind: {} for kind in KINDS}
-        for kind, hook_name in KINDS.items():
-            self._collect(kind, hook_name, strict)
+        for kind, spec in KINDS.items():
+            self._collect(kind, spec.hook, strict)
 
     def _collect(self, kind: str, hook_name: str, strict: bool) -> None:
         def make_kwargs(info: PluginInfo):
             offered: list[Provider] = []
 
-            def register(name: str, factory: Callable[..., Any]) -> None:
+            def register(name: str, factory: Callable[..., Any], *, check: Callable[..., Any] | None = None,
+                         extra_params: Callable[[], Iterable[str]] | None = None) -> None:
                 if not isinstance(name, str) or not name or ":" in name:
                     raise ValueError(f"component name must be a non-empty string without ':', got {name!r}")
-                if not callable(factory):
-                    raise TypeError(f"factory for {kind} '{name}' is not callable")
-                offered.append(Provider(kind, name, factory, info))
+                for what, value in (("factory", factory), ("check", check), ("extra_params", extra_params)):
+                    if value is not None and not callable(value):
+                        raise TypeError(f"{what} for {kind} '{name}' is not callable")
+                offered.append(Provider(kind, name, factory, info, check, extra_params))
 
             def commit() -> None:
                 for provider in offered:
@@ -232,13 +254,14 @@ class Registry:
 
     def build(self, kind: str, name: str, params: dict[str, Any] | None = None, **context: Any) -> Any:
         """Resolve a component and call its factory with validated ``params`` plus ``context``
-        (engine-supplied arguments such as ``in_channels`` or ``num_timesteps``, passed to factories
-        that declare them and never settable from a recipe)."""
+        (the engine-supplied arguments of ``KINDS[kind]``, passed to factories that declare them)."""
         provider = self.resolve(kind, name)
-        values = validate_params(provider, params or {}, context_names=set(context))
-        accepted = inspect.signature(provider.factory).parameters
+        unknown = set(context) - set(KINDS[kind].engine_context)
+        if unknown:
+            raise TypeError(f"{kind} factories get no engine context {sorted(unknown)}; see plugins.KINDS")
+        values = validate_params(provider, params or {})
         if not _accepts_var_kwargs(provider.factory):  # context a factory does not declare is not passed
-            context = {k: v for k, v in context.items() if k in accepted}
+            context = {k: v for k, v in context.items() if provider.takes(k)}
         try:
             return provider.factory(**context, **values)
         except DdpmKitError:
@@ -247,6 +270,19 @@ class Registry:
             info = provider.plugin
             raise DdpmKitError(f"{kind} '{provider.name}' (plugin '{info.name}', {info.distribution} {info.version}) "
                                f"failed to build: {_one_line(exc)}") from exc
+
+    def buildable(self, kind: str, **context: Any) -> list[str]:
+        """The names of ``kind`` whose factories build with their default parameters and ``context``
+        (which samplers can sample a diffusion, say); ambiguous names and factories that refuse are
+        left out."""
+        names = []
+        for name in self.names(kind):
+            try:
+                self.build(kind, name, **context)
+            except DdpmKitError:
+                continue
+            names.append(name)
+        return names
 
     def rows(self) -> list[dict[str, str]]:
         """One row per (kind, name, provider) plus one per failed plugin, for `ddpm-kit plugins`."""
@@ -264,11 +300,11 @@ class Registry:
         return rows
 
 
-def factory_params(factory: Callable[..., Any], context_names: Iterable[str] = ()) -> dict[str, inspect.Parameter]:
-    """The parameters a recipe may set: the factory's keyword parameters minus the context ones."""
-    skip = set(context_names)
+def factory_params(provider: Provider) -> dict[str, inspect.Parameter]:
+    """The parameters a recipe may set: the factory's keyword parameters minus the engine context."""
+    skip = set(KINDS[provider.kind].engine_context)
     return {
-        n: p for n, p in inspect.signature(factory).parameters.items()
+        n: p for n, p in inspect.signature(provider.factory).parameters.items()
         if n not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     }
 
@@ -277,9 +313,9 @@ def _accepts_var_kwargs(factory: Callable[..., Any]) -> bool:
     return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
 
 
-def validate_params(provider: Provider, params: dict[str, Any], context_names: Iterable[str] = ()) -> dict[str, Any]:
+def validate_params(provider: Provider, params: dict[str, Any]) -> dict[str, Any]:
     """Validate recipe parameters against the factory's signature with pydantic."""
-    signature = factory_params(provider.factory, context_names)
+    signature = factory_params(provider)
     fields: dict[str, Any] = {}
     for n, p in signature.items():
         annotation = Any if p.annotation is inspect.Parameter.empty else p.annotation
@@ -298,9 +334,8 @@ def validate_params(provider: Provider, params: dict[str, Any], context_names: I
         raise ParamError.from_pydantic(label, exc, sorted(signature)) from None
     values = {n: getattr(validated, n) for n in signature}
     extra = validated.model_extra or {}
-    forwarded = getattr(provider.factory, "extra_params", None)  # what its **kwargs take, when it says
-    if forwarded is not None:
-        valid = set(signature) | set(forwarded())
+    if provider.extra_params is not None:  # what its **kwargs take, when its registration says
+        valid = set(signature) | set(provider.extra_params())
         for key in extra:
             if key not in valid:
                 raise ParamError.unknown(label, key, valid)

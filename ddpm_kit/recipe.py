@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +17,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import DdpmKitError, did_you_mean
-from .plugins import ParamError, Registry, validate_params
+from .plugins import KINDS, ParamError, Registry, validate_params
 
 
 class Strict(BaseModel):
@@ -152,21 +153,29 @@ class Recipe(Strict):
                                  "conditioning.label_dropout > 0 (e.g. 0.1) when training")
         return self
 
+    def component(self, key: str) -> Component:
+        """The component at a key of ``COMPONENT_KEYS`` (``"diffusion.schedule"``, say)."""
+        node: Any = self
+        for part in key.split("."):
+            node = getattr(node, part)
+        return node
+
     def components(self) -> list[tuple[str, str, Component]]:
         """(key path, kind, component) for every plugin the recipe names."""
-        d = self.diffusion
-        found = [("data.dataset", "dataset", self.data.dataset), ("backbone", "backbone", self.backbone),
-                 ("diffusion.schedule", "schedule", d.schedule),
-                 ("diffusion.parameterization", "parameterization", d.parameterization),
-                 ("diffusion.variance", "variance", d.variance), ("diffusion.decoder", "decoder", d.decoder),
-                 ("objective", "objective", self.objective), ("sample.sampler", "sampler", self.sample.sampler)]
-        found += [(f"eval.metrics[{i}]", "metric", m) for i, m in enumerate(self.eval.metrics)]
-        found += [(f"train.eval_metrics[{i}]", "metric", m) for i, m in enumerate(self.train.eval_metrics or [])]
+        found = [(key, kind, self.component(key)) for key, kind in COMPONENT_KEYS.items()]
+        for key in METRIC_LIST_KEYS:
+            found += [(f"{key}[{i}]", "metric", m) for i, m in enumerate(self.component(key) or [])]
         return found
 
 
-BACKBONE_CONTEXT = ("in_channels", "out_channels", "image_size", "num_classes")
-CONTEXT = {"backbone": BACKBONE_CONTEXT, "sampler": ("num_timesteps",)}  # supplied by the engine
+# Where a recipe names a plugin, and the plugin kind it names: what validation checks and what the
+# engine builds (engine.components) both walk this table.
+COMPONENT_KEYS: dict[str, str] = {
+    "data.dataset": "dataset", "backbone": "backbone", "diffusion.schedule": "schedule",
+    "diffusion.parameterization": "parameterization", "diffusion.variance": "variance",
+    "diffusion.decoder": "decoder", "objective": "objective", "sample.sampler": "sampler",
+}
+METRIC_LIST_KEYS = ("eval.metrics", "train.eval_metrics")  # lists of metric components
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -276,9 +285,8 @@ def validate_recipe(data: dict[str, Any], registry: Registry, source: str) -> Re
     for key, kind, comp in recipe.components():
         try:
             provider = registry.resolve(kind, comp.name)
-            context = CONTEXT.get(kind, ())
-            params = {k: v for k, v in comp.params.items() if k not in context}
-            validate_params(provider, params, context_names=context)
+            context = KINDS[kind].engine_context  # may be given where they agree (engine.components checks)
+            validate_params(provider, {k: v for k, v in comp.params.items() if k not in context})
         except ParamError as exc:
             raise DdpmKitError(f"{source}: {key}.{exc.key}: {exc}") from None
         except DdpmKitError as exc:
@@ -297,3 +305,38 @@ def load_recipe(path: str | Path, registry: Registry, overrides: list[str] = ())
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     """The resolved recipe (defaults filled in, ``extends`` applied) as TOML-ready data."""
     return recipe.model_dump(mode="json", exclude_none=True, exclude={"extends"})
+
+
+@dataclass(frozen=True)
+class SamplingOverride:
+    """What ``sample`` and ``evaluate`` may change in a finished run's recipe for one call: the
+    sampler (its name, or only its ``steps``), and for a conditional run the classes and guidance."""
+
+    sampler: str | None = None
+    steps: int | None = None
+    classes: tuple[int, ...] = ()
+    guidance_scale: float | None = None
+
+    def apply(self, recipe: Recipe, registry: Registry, source: str) -> Recipe:
+        """The recipe with these changes, validated again (a sampler's parameters, classes in range)."""
+        sampler = recipe.sample.sampler if self.sampler is None else Component(name=self.sampler)
+        if self.steps is not None:
+            sampler = Component(name=sampler.name, **{**sampler.params, "steps": self.steps})
+        update: dict[str, Any] = {"sampler": sampler}
+        if self.classes:
+            update["classes"] = list(self.classes)
+        if self.guidance_scale is not None:
+            update["guidance_scale"] = self.guidance_scale
+        changed = recipe.model_copy(update={"sample": recipe.sample.model_copy(update=update)})
+        return validate_recipe(recipe_to_dict(changed), registry, source)
+
+    def tag(self, recipe: Recipe) -> str | None:
+        """What sets files of this call apart from the recipe's own (eval/<metric>_<tag>.json):
+        ``<sampler>[-<steps>]`` when the sampler changed, ``w<scale>`` when the guidance did."""
+        parts = []
+        if self.sampler is not None or self.steps is not None:
+            s = recipe.sample.sampler
+            parts.append(f"{s.name}-{s.params['steps']}" if "steps" in s.params else s.name)
+        if self.guidance_scale is not None:
+            parts.append(f"w{self.guidance_scale:g}")
+        return "_".join(parts) or None

@@ -1,5 +1,8 @@
 """The run folder: one place for a run's recipe, checkpoints, weights, samples and metrics.
 
+``RunFolder`` is the only writer of a run's files (checkpoint contents come from accelerate into the
+folders it names); commands and the engine call its methods.
+
     runs/<name>/
       recipe.toml             the resolved recipe (defaults filled in, overrides applied)
       metrics.jsonl           one JSON object per logging interval (step, loss, lr, grad_norm, ...)
@@ -8,6 +11,8 @@
       samples/final.png, samples/final.npz             sample grid and uint8 array [N, C, H, W]
       samples/step_NNNNNNN.png                         periodic grids (train.sample_every)
       eval/metrics.json, eval/bpd_terms.npy            evaluation results
+      eval/<metric>[_<sampler>].json                   one metric, samples drawn by another sampler
+      checkpoints/best/ (+ best.json)                  the best evaluation so far (train.best_metric)
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from .errors import DdpmKitError
 
 CHECKPOINT = re.compile(r"^step_(\d{7})$")
 MANIFEST = "manifest.json"
+BEST = "best"
 
 
 def sha256(path: Path) -> str:
@@ -94,6 +100,10 @@ class RunFolder:
             raise DdpmKitError(f"{run.path}: not a run folder (no recipe.toml)")
         return run
 
+    def remove(self) -> None:
+        """Delete the whole run (``--overwrite``)."""
+        shutil.rmtree(self.path)
+
     def write_recipe(self, resolved: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         self.recipe_file.write_text(tomli_w.dumps(resolved))
@@ -152,6 +162,30 @@ class RunFolder:
         summary = self.read_summary()
         summary.update(values)
         self.summary_file.write_text(json.dumps(summary, indent=2))
+
+    def save_eval(self, name: str, results: dict[str, Any]) -> Path:
+        """eval/<name>.json: a stage's figures."""
+        path = self.eval / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2))
+        return path
+
+    def save_array(self, path: Path, array: np.ndarray) -> Path:
+        """An array a metric keeps (eval/bpd_terms.npy, say) at ``path`` inside the run folder."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, array)
+        return path
+
+    best_checkpoint = property(lambda self: self.checkpoints / BEST)
+
+    def read_best(self) -> dict[str, Any] | None:
+        """checkpoints/best/best.json: the step, metric, mode and value of the best evaluation so far."""
+        record = self.best_checkpoint / "best.json"
+        return json.loads(record.read_text()) if record.is_file() else None
+
+    def write_best(self, step: int, metric: str, mode: str, value: float) -> None:
+        (self.best_checkpoint / "best.json").write_text(
+            json.dumps({"step": step, "metric": metric, "mode": mode, "value": value}))
 
     def save_grid(self, images: torch.Tensor, path: Path, cols: int | None = None) -> Path:
         """uint8 [N, C, H, W] -> one PNG grid (diffusers' make_image_grid), upscaled to >= 256 px."""

@@ -8,12 +8,11 @@ batch reads only its rows (``os.pread``), so resident memory does not grow with 
 The fingerprint covers the dataset plugin's name and parameters, the ``datasets`` fingerprint of
 the split (its content for in-memory data, its files for folders and hub data) and the pixel
 settings. Where the store lives: ``data.store_dir`` in the recipe, else ``$DDPM_KIT_DATA_STORE``,
-else ``<cache>/data-store`` (``$DDPM_KIT_CACHE`` or ``~/.cache/ddpm-kit``).
+else ``<cache>/data-store`` (``ddpm_kit.cache``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -26,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import decode_images, image_column
+from .cache import cache_root, content_hash
+from .images import decode_images, image_column
 from .errors import DdpmKitError
 from .progress import progress_bar
 
@@ -41,8 +41,7 @@ def store_root(configured: str | None = None) -> Path:
         return Path(configured).expanduser()
     if os.environ.get("DDPM_KIT_DATA_STORE"):
         return Path(os.environ["DDPM_KIT_DATA_STORE"]).expanduser()
-    cache = os.environ.get("DDPM_KIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpm-kit"
-    return Path(cache) / "data-store"
+    return cache_root() / "data-store"
 
 
 def fingerprint(source: dict[str, Any], split_fingerprint: str, split: str, image_size: int, channels: int,
@@ -50,7 +49,7 @@ def fingerprint(source: dict[str, Any], split_fingerprint: str, split: str, imag
     """What identifies a prepared split; equal fingerprints mean equal pixels."""
     key = {"format": STORE_FORMAT, "source": source, "split": split, "split_fingerprint": split_fingerprint,
            "image_size": image_size, "channels": channels, "resize": resize}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return content_hash(key, length=20)
 
 
 class PixelStore:

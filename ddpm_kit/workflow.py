@@ -6,22 +6,15 @@ splits each batch, sampling and evaluation split their batches, and the main pro
 
 from __future__ import annotations
 
-import shutil
-import time
 from pathlib import Path
 
 import click
-import numpy as np
 import torch
 
-from .data import to_uint8
-from .engine.monitoring import trackers
-from .engine import Components, build_components, describe, evaluate, load_run_model, process_state, sample_images, train
-from .engine.data import load_labels
-from .engine.sampling import sample_labels
+from .engine import Components, Trainer, build_components, evaluate, process_state, sample_run
 from .errors import DdpmKitError
 from .plugins import Registry
-from .recipe import Component, load_recipe, read_toml, validate_recipe
+from .recipe import Component, SamplingOverride, load_recipe, read_toml, validate_recipe
 from .runs import RunFolder
 
 # Keys that may change when a run is resumed (e.g. to train longer); the rest must match.
@@ -44,19 +37,31 @@ def _first_difference(a, b, path=()) -> tuple[str, ...] | None:
 
 def run_recipe(registry: Registry, recipe_file: Path, overrides: list[str], *, resume: bool, overwrite: bool,
                run_dir: Path | None, do_sample: bool, do_evaluate: bool) -> RunFolder:
-    """Validate, prepare the run folder, train, then sample and evaluate (on all processes)."""
+    """Validate, set up training, prepare the run folder, train, then sample and evaluate (on all
+    processes). Everything that can reject the input is built before the run folder is touched,
+    and training uses those very objects."""
     recipe, resolved = load_recipe(recipe_file, registry, overrides)
     run = RunFolder(run_dir or Path(recipe.run.output_dir) / (recipe.run.name or recipe_file.stem))
     components = build_components(recipe, registry, str(recipe_file))
-    components.build_backbone()  # fail on a bad backbone, missing data or a missing tracker before
-    components.build_dataset()   # touching the run folder
-    load_labels(components, "train")  # a conditional run's label column: present, integer, in range
-    trackers(recipe.train.log_with)
     state = process_state()
+    trainer = Trainer(components, run)
+    prepare_run_folder(run, resolved, recipe_file, resume=resume, overwrite=overwrite, state=state)
+    trainer.fit(resume=resume)
+    if do_sample:
+        sample_run(components, run, recipe.sample.num_images, state.device, use_ema=recipe.sample.use_ema, state=state)
+    if do_evaluate:
+        evaluate(components, run, state.device, state=state)
+    state.wait_for_everyone()
+    return run
+
+
+def prepare_run_folder(run: RunFolder, resolved: dict, recipe_file: Path, *, resume: bool, overwrite: bool,
+                       state) -> None:
+    """Refuse to touch an existing run unless asked to (``resume`` needs the same recipe up to
+    ``RESUMABLE_CHANGES``), clear it for ``overwrite``, and write the resolved recipe."""
     exists = run.recipe_file.is_file()
     if exists and resume:
-        saved = read_toml(run.recipe_file)
-        diff = _first_difference(saved, resolved)
+        diff = _first_difference(read_toml(run.recipe_file), resolved)
         if diff:
             raise DdpmKitError(f"{recipe_file}: key '{'.'.join(diff)}' differs from the run's {run.recipe_file}; "
                                "resume with the same recipe, or start a new run with --overwrite / --run-dir")
@@ -66,118 +71,46 @@ def run_recipe(registry: Registry, recipe_file: Path, overrides: list[str], *, r
     state.wait_for_everyone()
     if state.is_main_process:
         if exists and overwrite and not resume:
-            shutil.rmtree(run.path)
+            run.remove()
         run.write_recipe(resolved)
     state.wait_for_everyone()
-    started = time.time()
-    train(components, run, resume=resume)
-    if state.is_main_process:
-        run.add_to_summary(train_seconds=time.time() - started)
-        run.set_in_summary(train_processes=describe(state))
-        click.echo(f"trained {recipe.train.steps} steps in {time.time() - started:.0f} s on "
-                   f"{state.num_processes} process(es) -> {run.path}")
-    if do_sample:
-        _sample(components, run, recipe.sample.num_images, None, "final", recipe.sample.use_ema, state, state.device)
-    if do_evaluate:
-        _evaluate(components, run, state, state.device)
-    state.wait_for_everyone()
-    return run
 
 
-def _evaluate(components: Components, run: RunFolder, state, device: torch.device, **kwargs) -> dict:
-    started = time.time()
-    results = evaluate(components, run, device, state=state, **kwargs)
-    if state.is_main_process:
-        _report(results)
-        run.add_to_summary(eval_seconds=time.time() - started)
-        run.set_in_summary(eval_processes=describe(state))
-    return results
-
-
-
-def _report(results: dict) -> None:
-    for key, value in results.items():
-        click.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
-
-
-def _sample(components: Components, run: RunFolder, n: int, seed: int | None, name: str, use_ema: bool,
-            state, device: torch.device, progressive: int = 8) -> None:
-    """Samples to samples/<name>.png/.npz, plus x0-hat along the chain of the first images (Fig. 6);
-    all processes sample, the main process writes."""
-    model = load_run_model(components, run, use_ema=use_ema, device=device)
-    keep: set[int] = set()
-    snapshots: dict[int, torch.Tensor] = {}
-
-    def record(step: dict) -> None:
-        if not keep:  # the first step's index tells how many steps this sampler takes
-            keep.update(int(round(v)) for v in np.linspace(step["i"], 0, 10))
-        if step["i"] in keep and step["i"] not in snapshots:
-            snapshots[step["i"]] = to_uint8(step["x0_hat"][:progressive]).cpu()
-
-    started = time.time()
-    images = sample_images(components, model, n, device, seed=seed, callback=record, state=state)
-    if not state.is_main_process:
-        return
-    grid, array = run.save_samples(images, name, sample_labels(components, n))
-    chain = torch.stack([snapshots[i] for i in sorted(snapshots, reverse=True)], dim=1)  # [k, steps, C, H, W]
-    progressive_grid = run.save_grid(chain.flatten(0, 1), run.samples / f"{name}_progressive.png", cols=chain.shape[1])
-    click.echo(f"sampled {n} images in {time.time() - started:.0f} s -> {grid}, {array}, {progressive_grid}")
-    run.add_to_summary(sample_seconds=time.time() - started)
-    run.set_in_summary(sample_processes=describe(state))
-
-
-def load_run(registry: Registry, run_dir: Path, sampler: str | None = None, steps: int | None = None,
-             classes: list[int] | None = None, guidance_scale: float | None = None) -> tuple[Components, RunFolder]:
-    """A finished run's components; ``sampler`` / ``steps`` replace the recipe's sampler for this
-    call, ``classes`` / ``guidance_scale`` what a conditional run draws."""
+def load_run(registry: Registry, run_dir: Path,
+             override: SamplingOverride = SamplingOverride()) -> tuple[Components, RunFolder]:
+    """A finished run's components, its recipe changed for this call by ``override``."""
     run = RunFolder.existing(run_dir)
-    data = read_toml(run.recipe_file)
-    table = data.setdefault("sample", {})
-    if sampler:
-        table["sampler"] = {"name": sampler}
-    if steps is not None:
-        table.setdefault("sampler", {"name": "ancestral"})["steps"] = steps
-    if classes:
-        table["classes"] = classes
-    if guidance_scale is not None:
-        table["guidance_scale"] = guidance_scale
-    recipe = validate_recipe(data, registry, str(run.recipe_file))
-    return build_components(recipe, registry, str(run.recipe_file)), run
+    source = str(run.recipe_file)
+    recipe = override.apply(validate_recipe(read_toml(run.recipe_file), registry, source), registry, source)
+    return build_components(recipe, registry, source), run
 
 
-def sample_run(registry: Registry, run_dir: Path, *, num_images: int | None, seed: int | None, sampler: str | None,
-               name: str, use_ema: bool, device: str | None, steps: int | None = None,
-               classes: list[int] | None = None, guidance_scale: float | None = None) -> None:
-    components, run = load_run(registry, run_dir, sampler, steps, classes, guidance_scale)
+def sample_from_run(registry: Registry, run_dir: Path, *, num_images: int | None, seed: int | None, name: str,
+                    use_ema: bool, device: str | None, override: SamplingOverride = SamplingOverride()) -> None:
+    """``ddpm-kit sample``: samples/<name>.png/.npz from a finished run."""
+    components, run = load_run(registry, run_dir, override)
     state = process_state()
-    _sample(components, run, num_images or components.recipe.sample.num_images, seed, name, use_ema, state,
-            device_for(state, device))
+    sample_run(components, run, num_images or components.recipe.sample.num_images, device_for(state, device),
+               name=name, seed=seed, use_ema=use_ema, state=state)
 
 
 def evaluate_run(registry: Registry, run_dir: Path, *, limit: int | None, use_ema: bool | None, device: str | None,
-                 metric: str | None = None, num_samples: int | None = None, sampler: str | None = None,
-                 steps: int | None = None, guidance_scale: float | None = None) -> dict:
+                 metric: str | None = None, num_samples: int | None = None,
+                 override: SamplingOverride = SamplingOverride()) -> dict:
     """All the recipe's metrics (eval/metrics.json), or one ``metric`` (eval/<metric>[_<tag>].json)
-    with its samples drawn by ``sampler`` / ``steps`` / ``guidance_scale`` when given."""
+    with its samples drawn as ``override`` says."""
     if num_samples is not None and metric is None:
         raise DdpmKitError("--num-samples needs --metric (the metric that draws the samples, e.g. --metric fid)")
-    components, run = load_run(registry, run_dir, sampler, steps, guidance_scale=guidance_scale)
+    components, run = load_run(registry, run_dir, override)
     overrides = {"bpd": {"limit": limit}} if limit else {}
+    metrics = None
     if metric is not None:
-        specs = components.recipe.eval.metrics
-        chosen = next((m for m in specs if m.name == metric), None) or Component(name=metric)
-        components.recipe.eval.metrics = [chosen]
+        metrics = [next((m for m in components.recipe.eval.metrics if m.name == metric), None) or Component(name=metric)]
         if num_samples is not None:
             overrides.setdefault(metric, {})["num_samples"] = num_samples
-    tag = None
-    if sampler or steps:
-        s = components.recipe.sample.sampler
-        tag = f"{s.name}-{s.params['steps']}" if "steps" in s.params else s.name
-    if guidance_scale is not None:
-        tag = "_".join(filter(None, [tag, f"w{guidance_scale:g}"]))
     state = process_state()
-    return _evaluate(components, run, state, device_for(state, device), use_ema=use_ema, overrides=overrides,
-                     sample_tag=tag, only=metric)
+    return evaluate(components, run, device_for(state, device), use_ema=use_ema, metrics=metrics, overrides=overrides,
+                    state=state, sample_tag=override.tag(components.recipe), only=metric)
 
 
 def device_for(state, device: str | None) -> torch.device:
@@ -187,7 +120,6 @@ def device_for(state, device: str | None) -> torch.device:
     if state.num_processes > 1:
         raise DdpmKitError(f"--device {device} is for one process; under a launcher each process uses its own device")
     return torch.device(device)
-
 
 
 def sweep(registry: Registry, recipe_files: list[Path], overrides: list[str], report_dir: Path,

@@ -184,7 +184,8 @@ def test_a_conditional_run_trains_on_its_labels_and_samples_and_scores_each_clas
     from ddpm_kit.builtins.backbones import UNetBackbone
     from ddpm_kit.cli import main
     from ddpm_kit.engine import build_components
-    from ddpm_kit.engine.data import draw_indices, load_labels, step_generator
+    from ddpm_kit.engine.batches import draw_indices
+    from ddpm_kit.seeds import step_generator
     from ddpm_kit.plugins import get_registry
     from ddpm_kit.recipe import load_recipe
 
@@ -207,7 +208,7 @@ def test_a_conditional_run_trains_on_its_labels_and_samples_and_scores_each_clas
     train_calls, rest = calls[:40], calls[40:]
     parsed, _ = load_recipe(recipe, get_registry(), ["train.steps=40", "train.batch_size=16"])
     components = build_components(parsed, get_registry())
-    labels = load_labels(components, "train")
+    labels = components.data.labels("train")
     dropped = 0
     for step, seen in enumerate(train_calls):
         drawn = labels[draw_indices(len(labels), 16, step_generator(0, step, 0))]
@@ -219,7 +220,7 @@ def test_a_conditional_run_trains_on_its_labels_and_samples_and_scores_each_clas
     sampling = [c for c in rest if len(c) == 40]  # 20 images, both branches of guidance in one call
     assert len(sampling) == 50 and all(torch.equal(c, torch.cat([class_rows(20, list(range(10))),
                                                                   torch.full((20,), -1)])) for c in sampling)
-    test_labels = load_labels(components, "test")[:16]
+    test_labels = components.data.labels("test")[:16]
     assert any(len(c) == 16 * 50 and torch.equal(c, test_labels.repeat(50)) for c in rest)  # bits/dim
     stored = np.load(run / "samples" / "final.npz")
     assert stored["labels"].tolist() == class_rows(20, list(range(10))).tolist()

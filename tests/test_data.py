@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm_kit.data import prepare_image, to_model_range, to_uint8, to_uint8_tensor
+from ddpm_kit.images import prepare_image, to_model_range, to_uint8, to_uint8_tensor
 from ddpm_kit.errors import DdpmKitError
 
 

@@ -176,7 +176,8 @@ def test_gradient_accumulation_steps_on_the_mean_gradient_of_its_micro_batches(t
     from accelerate.utils import set_seed
 
     from ddpm_kit.engine import build_components
-    from ddpm_kit.engine.data import global_batch, load_split, step_generator
+    from ddpm_kit.engine.batches import global_batch
+    from ddpm_kit.seeds import step_generator
     from ddpm_kit.recipe import load_recipe
 
     overrides = ["train.steps=1", "train.batch_size=8", "train.grad_accum=2", "train.log_every=1",
@@ -188,7 +189,7 @@ def test_gradient_accumulation_steps_on_the_mean_gradient_of_its_micro_batches(t
     recipe, _ = load_recipe(TINY, registry, overrides)
     c = build_components(recipe, registry)
     set_seed(recipe.run.seed)
-    pixels = load_split(c, "train")
+    pixels = c.data.rows("train")
     model = c.build_backbone().train()
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.train.lr)
     for micro in range(2):

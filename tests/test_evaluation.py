@@ -141,7 +141,7 @@ def test_fid_caches_the_real_statistics_and_measures_the_floor_at_the_sample_cou
     equals features computed here from the data, the cached classifier and the saved samples."""
     from safetensors.torch import load_file
 
-    from ddpm_kit.data import to_model_range, to_uint8_tensor
+    from ddpm_kit.images import to_model_range, to_uint8_tensor
     from ddpm_kit.features import DigitClassifier
 
     run, _ = finished_run
@@ -176,7 +176,7 @@ def test_fid_caches_the_real_statistics_and_measures_the_floor_at_the_sample_cou
 
 
 def test_fid_of_training_images_against_themselves_is_near_zero_and_noise_is_far(registry):
-    from ddpm_kit.data import to_model_range, to_uint8_tensor
+    from ddpm_kit.images import to_model_range, to_uint8_tensor
 
     d = registry.build("dataset", "digits")
     x = to_model_range(to_uint8_tensor(d["train"], 8, 1, "resize"))

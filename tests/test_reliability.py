@@ -83,7 +83,7 @@ def test_a_non_finite_step_never_reaches_the_weights_the_ema_or_a_checkpoint(tmp
     the EMA as step 3 left them; 'skip' skips exactly that step and trains on."""
     import torch
 
-    from ddpm_kit.engine import build_components, training
+    from ddpm_kit.engine import NonFiniteError, Trainer, build_components, training
     from ddpm_kit.engine.components import Components
     from ddpm_kit.recipe import load_recipe
     from ddpm_kit.runs import RunFolder
@@ -110,12 +110,12 @@ def test_a_non_finite_step_never_reaches_the_weights_the_ema_or_a_checkpoint(tmp
     run = RunFolder(tmp_path / "run")
     run.write_recipe(resolved)
     if policy == "stop":
-        with pytest.raises(training.NonFiniteError, match="at step 4; stopped before applying it"):
-            training.train(build_components(recipe, registry), run)
+        with pytest.raises(NonFiniteError, match="at step 4; stopped before applying it"):
+            Trainer(build_components(recipe, registry), run).fit()
         assert len(forwards) == bad_step  # stopped at the bad step, not at the next log or checkpoint step
         assert [c.step for c in run.list_checkpoints()] == [3]
     else:
-        training.train(build_components(recipe, registry), run)
+        Trainer(build_components(recipe, registry), run).fit()
         assert len(forwards) == 6 and json.loads(run.metrics_file.read_text().splitlines()[-1])["skipped_steps"] == 1
         assert [c.step for c in run.list_checkpoints()] == [3, 6]
         assert all(torch.isfinite(v).all() for v in weights(run.path, "ema").values())
@@ -148,7 +148,7 @@ def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes_exactly(tmp_path):
 
 @pytest.mark.parametrize("case", ["corrupt image", "empty folder"])
 def test_bad_image_folders_are_named(tmp_path, registry, case):
-    from ddpm_kit.data import to_uint8_tensor
+    from ddpm_kit.images import to_uint8_tensor
 
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -100,10 +100,10 @@ def test_a_multistep_solver_whose_timesteps_repeat_is_refused_before_it_samples_
     d = make_diffusion(registry, T=1000, variance="fixed_beta_tilde")
     with pytest.raises(DdpmKitError, match="1000 steps with timestep_spacing 'linspace' repeat timesteps in "
                                            "DPMSolverMultistepScheduler; use fewer steps or options = "):
-        registry.build("sampler", "diffusers-dpm-solver++", {"steps": 1000}, num_timesteps=1000).check(d)
+        registry.build("sampler", "diffusers-dpm-solver++", {"steps": 1000}, num_timesteps=1000, diffusion=d)
     sampler = registry.build("sampler", "diffusers-dpm-solver++",
-                             {"steps": 1000, "options": {"timestep_spacing": "trailing"}}, num_timesteps=1000)
-    sampler.check(d)
+                             {"steps": 1000, "options": {"timestep_spacing": "trailing"}}, num_timesteps=1000,
+                             diffusion=d)
     x = sampler(d, oracle.EpsOracle(d.betas.numpy()), torch.randn(256, 1, 4, 4, dtype=torch.float64,
                                                                   generator=torch.Generator().manual_seed(0)))
     assert torch.isfinite(x).all() and abs(x.std().item() - oracle.S) < 4 * oracle.S / math.sqrt(2 * 256 * 16)

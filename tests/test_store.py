@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from ddpm_kit import store
-from ddpm_kit.data import to_uint8_tensor
+from ddpm_kit.images import to_uint8_tensor
 from ddpm_kit.errors import DdpmKitError
 
 
@@ -91,7 +91,8 @@ def test_encoded_split_decodes_the_rows_the_store_holds(folder_dataset, tmp_path
 
 
 def test_step_rows_decode_exactly_the_batch_that_training_draws(folder_dataset):
-    from ddpm_kit.engine.data import StepRows, global_batch, step_generator
+    from ddpm_kit.engine.batches import StepRows, global_batch
+    from ddpm_kit.seeds import step_generator
 
     encoded = store.EncodedSplit(folder_dataset["train"], 8, 3, "resize")
     steps = StepRows(encoded, seed=3, first=5, steps=8, micro_batch=6, grad_accum=2, mine=slice(3, 6))

@@ -99,9 +99,6 @@ def unet_keyword_arguments() -> list[str]:
                   - {"self", "sample_size", "in_channels", "out_channels", "num_class_embeds"})
 
 
-unet2d.extra_params = unet_keyword_arguments  # recipe validation checks [backbone] keys against these
-
-
 def load_pretrained_unet(path: str, in_channels: int, out_channels: int, image_size: int,
                          classes: dict[str, int] | None = None):
     """A UNet2DModel from a local folder (safetensors only, never a download), checked against the recipe."""
@@ -129,4 +126,4 @@ def load_pretrained_unet(path: str, in_channels: int, out_channels: int, image_s
 
 @hookimpl
 def register_backbones(register):
-    register("unet2d", unet2d)
+    register("unet2d", unet2d, extra_params=unet_keyword_arguments)  # [backbone] keys are checked against these

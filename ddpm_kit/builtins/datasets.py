@@ -84,12 +84,9 @@ def hub(path: str, config: str | None = None, revision: str | None = None, train
     return _split(loaded[train_split], test_fraction, seed)
 
 
-imagefolder.check = check_image_folder  # what `recipe check` can verify without loading
-
-
 @hookimpl
 def register_datasets(register):
     register("mnist-5k", mnist_5k)
     register("digits", digits)
-    register("imagefolder", imagefolder)
+    register("imagefolder", imagefolder, check=check_image_folder)  # verified without loading
     register("hub", hub)

@@ -20,8 +20,8 @@ import torch
 
 from ..errors import DdpmKitError
 from ..hookspecs import hookimpl
+from ..interfaces import CannotSample
 
-VARIANCE_TYPES = {"fixed_beta": "fixed_large", "fixed_beta_tilde": "fixed_small"}  # DDPMScheduler's names
 NAMES = {  # diffusers class -> sampler name (classes not listed get their lowercased name)
     "DDIMScheduler": "ddim", "DDPMScheduler": "ddpm", "PNDMScheduler": "pndm", "LMSDiscreteScheduler": "lms",
     "EulerDiscreteScheduler": "euler", "HeunDiscreteScheduler": "heun",
@@ -35,7 +35,6 @@ VARIANTS = {  # sampler name -> (diffusers class, the options that make it): nam
     # ancestral sampling's noise corrects; the best few-step sampler on the quickstart (docs/sampling.md)
     "sde-dpm-solver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
 }
-CAN_SAMPLE_ANY_RUN = "ancestral (and respaced, ddim from ddpm-kit-improved)"
 
 
 def scheduler_class(class_name: str) -> type:
@@ -56,24 +55,19 @@ class DiffusersSampler:
     def __init__(self, name: str, scheduler_class: type, steps: int, options: dict[str, Any]) -> None:
         self.name, self.scheduler_class, self.steps, self.options = name, scheduler_class, steps, options
 
-    def check(self, diffusion) -> None:
-        """Refuse runs the scheduler cannot express (before any training)."""
-        self.scheduler(diffusion)
-
     def scheduler(self, diffusion, device: torch.device | str | None = None):
         """The scheduler over the run's exact betas and parameterization, its ``steps`` timesteps set."""
         param = diffusion.parameterization
         if param.diffusers_prediction_type is None:
-            raise DdpmKitError(f"sampler '{self.name}' needs a prediction diffusers knows (eps, x0, v), this run "
-                               f"predicts '{param.name}'; samplers that can: {CAN_SAMPLE_ANY_RUN}")
+            raise CannotSample(f"sampler '{self.name}' needs a prediction diffusers knows (eps, x0, v), this run "
+                               f"predicts '{param.name}'")
         if diffusion.variance.learned:
-            raise DdpmKitError(f"sampler '{self.name}' cannot use the learned variance "
-                               f"'{diffusion.variance.name}'; samplers that can: {CAN_SAMPLE_ANY_RUN}")
+            raise CannotSample(f"sampler '{self.name}' cannot use the learned variance '{diffusion.variance.name}'")
         config = {"num_train_timesteps": diffusion.num_timesteps, "trained_betas": diffusion.betas.numpy(),
                   "prediction_type": param.diffusers_prediction_type, **self.options}
         accepted = inspect.signature(self.scheduler_class.__init__).parameters
-        if "variance_type" in accepted and diffusion.variance.name in VARIANCE_TYPES:  # DDPMScheduler
-            config.setdefault("variance_type", VARIANCE_TYPES[diffusion.variance.name])
+        if "variance_type" in accepted and diffusion.variance.diffusers_variance_type:  # DDPMScheduler
+            config.setdefault("variance_type", diffusion.variance.diffusers_variance_type)
         if "timestep_spacing" in accepted:
             config.setdefault("timestep_spacing", "linspace")  # from t = T-1 down to t = 0, as ancestral sampling
         unknown = sorted(set(config) - set(accepted))
@@ -117,11 +111,14 @@ class DiffusersSampler:
 
 
 def _factory(name: str, class_name: str, preset: dict[str, Any] | None = None):
-    def make(steps: int = 50, options: dict[str, Any] | None = None,
-             num_timesteps: int | None = None) -> DiffusersSampler:
+    def make(steps: int = 50, options: dict[str, Any] | None = None, num_timesteps: int | None = None,
+             diffusion=None) -> DiffusersSampler:
         if steps < 1 or (num_timesteps is not None and steps > num_timesteps):
             raise ValueError(f"steps must lie in 1..{num_timesteps or 'T'} (the schedule's T), got {steps}")
-        return DiffusersSampler(name, scheduler_class(class_name), steps, {**(preset or {}), **(options or {})})
+        sampler = DiffusersSampler(name, scheduler_class(class_name), steps, {**(preset or {}), **(options or {})})
+        if diffusion is not None:
+            sampler.scheduler(diffusion)  # refuse what the scheduler cannot express, before any training
+        return sampler
 
     make.__doc__ = (f"diffusers' {class_name} over ``steps`` steps, built from the run's betas; ``options`` go "
                     "to the scheduler (e.g. { solver_order = 3 }).")

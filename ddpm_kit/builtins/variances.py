@@ -11,6 +11,7 @@ class FixedBeta(VarianceChoice):
     which gives a better decoder likelihood (Ho's code)."""
 
     name = "fixed_beta"
+    diffusers_variance_type = "fixed_large"
 
     def log_variance(self, d, var_output, x_t, t):
         return d.gather("log_betas_clipped", t, x_t)
@@ -20,6 +21,7 @@ class FixedBetaTilde(VarianceChoice):
     """sigma_t^2 = beta-tilde_t, the true posterior's variance (Ho's "fixedsmall"), log clipped at t=0."""
 
     name = "fixed_beta_tilde"
+    diffusers_variance_type = "fixed_small"
 
     def log_variance(self, d, var_output, x_t, t):
         return d.gather("posterior_log_variance_clipped", t, x_t)
@@ -29,6 +31,9 @@ class Learned(LearnedVariance):
     """log sigma_t^2 is the raw output of C extra network channels (Ho's "learned")."""
 
     name = "learned"
+    not_in_diffusers = ("its extra channels are a log-variance, and DDPMScheduler reads them as the variance itself "
+                        "(variance_type 'learned') or as an interpolation weight ('learned_range'), so the exported "
+                        "pipeline would sample NaN")
 
     def log_variance(self, d, var_output, x_t, t):
         return var_output

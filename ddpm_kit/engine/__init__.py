@@ -1,25 +1,30 @@
 """The engine: what runs a recipe. One module per part:
 
-- ``components``: the recipe's plugins, built (diffusion, objective, sampler, backbone, dataset)
-- ``data``: prepared splits and the global batch of each training step
+- ``components``: the recipe's plugins, built (diffusion, objective, sampler, backbone); ``splits``: its data
+- ``batches``: the global batch of each training step, batches decoded ahead
 - ``distributed``: the accelerate state, the launcher, work split by batch and gathered in order
-- ``training``: the training loop (accelerate), Ctrl-C and non-finite steps
+- ``training``: the ``Trainer`` (set-up, resume, one step, logging, evaluation, checkpoint, finish)
+- ``dropout``: dropout masks of the global batch; ``stops``: Ctrl-C and non-finite steps
+- ``fast_paths``: mixed precision, channels-last and torch.compile, and what a run computed in
 - ``checkpoints``: atomic checkpoints, EMA, final weights, safe loading
-- ``sampling``: samples split over processes, each image a function of (seed, index)
-- ``evaluation``: metrics on every process, EvalContext
+- ``sampling``: samples split over processes, each image a function of (seed, index); the sampling stage
+- ``evaluation``: metrics on every process, ``EvalContext``, the one metric loop; the evaluation stage
+- ``monitoring``: trackers, grids, evaluation during training and the best checkpoint
 """
 
 from .checkpoints import ema_state_dict, ema_weights, load_run_model, make_ema, save_checkpoint
 from .components import Components, build_components
-from .data import global_batch, load_split, step_generator
 from .distributed import LocalState, describe, process_state
-from .evaluation import EvalContext, evaluate
-from .sampling import autocast_for, quiet_known_dynamo_warnings, sample_images
-from .training import GracefulStop, Interrupted, NonFiniteError, correct_compiled_gradients, train
+from .evaluation import EvalContext, compute_metrics, evaluate
+from .fast_paths import autocast_for, correct_compiled_gradients, quiet_known_dynamo_warnings
+from .sampling import sample_images, sample_run
+from .splits import RunData
+from .stops import GracefulStop, Interrupted, NonFiniteError
+from .training import Trainer
 
 __all__ = [
-    "Components", "EvalContext", "GracefulStop", "Interrupted", "LocalState", "NonFiniteError", "autocast_for",
-    "build_components", "correct_compiled_gradients", "describe", "ema_state_dict", "ema_weights", "evaluate",
-    "global_batch", "load_run_model", "load_split", "make_ema", "process_state", "quiet_known_dynamo_warnings",
-    "sample_images", "save_checkpoint", "step_generator", "train",
+    "Components", "EvalContext", "GracefulStop", "Interrupted", "LocalState", "NonFiniteError", "RunData", "Trainer",
+    "autocast_for", "build_components", "compute_metrics", "correct_compiled_gradients", "describe",
+    "ema_state_dict", "ema_weights", "evaluate", "load_run_model", "make_ema", "process_state",
+    "quiet_known_dynamo_warnings", "sample_images", "sample_run", "save_checkpoint",
 ]

@@ -1,8 +1,12 @@
-"""What a recipe names, built: the diffusion, objective, sampler, backbone and dataset."""
+"""What a recipe names, built: the diffusion, objective and sampler, the backbone and the data.
+
+Every plugin is built by walking ``recipe.COMPONENT_KEYS`` (the table validation walks too), with
+the engine context of its kind (``plugins.KINDS``); a factory's complaint names the recipe file and
+the key.
+"""
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,14 +14,15 @@ import torch
 
 from ..diffusion import GaussianDiffusion
 from ..errors import DdpmKitError
-from ..interfaces import Objective, Sampler
-from ..plugins import Registry
-from ..recipe import BACKBONE_CONTEXT, Recipe
+from ..interfaces import CannotSample, Objective, Sampler
+from ..plugins import KINDS, Registry
+from ..recipe import COMPONENT_KEYS, Recipe
+from .splits import RunData
 
 
 @dataclass
 class Components:
-    """Everything a recipe names, built."""
+    """Everything a recipe names, built (the backbone and the data when asked for)."""
 
     recipe: Recipe
     diffusion: GaussianDiffusion
@@ -25,30 +30,34 @@ class Components:
     sampler: Sampler
     registry: Registry
     source: str = "recipe"
-    _dataset: Any = None
-    _pixels: dict[str, Any] = field(default_factory=dict)
-    _labels: dict[str, torch.Tensor] = field(default_factory=dict)  # a conditional run's, per split
+    data: RunData = field(init=False)
 
-    def build_backbone(self) -> torch.nn.Module:
-        """The backbone, sized for the data and for the variance's output channels."""
+    def __post_init__(self) -> None:
+        self.data = RunData(self.recipe, self.registry, self.source)
+
+    def backbone_context(self) -> dict[str, Any]:
+        """What the engine tells a backbone factory: the data's size, the variance's output channels,
+        and in a conditional run the number of classes."""
         r = self.recipe
         context = {"in_channels": r.data.channels, "out_channels": self.diffusion.output_channels(r.data.channels),
                    "image_size": r.data.image_size}
-        if self.num_classes is not None:  # passed only to conditional runs: older factories never see it
+        if self.num_classes is not None:
             context["num_classes"] = self.num_classes
-            factory = self.registry.resolve("backbone", r.backbone.name).factory
-            if "num_classes" not in inspect.signature(factory).parameters:
-                raise DdpmKitError(f"{self.source}: conditioning: backbone '{r.backbone.name}' takes no class "
-                                   "labels (its factory has no num_classes parameter); use unet2d, or drop "
-                                   "[conditioning]")
-        params = dict(r.backbone.params)
-        for key in BACKBONE_CONTEXT:
-            if key in params and params.pop(key) != context.get(key):
+        return context
+
+    def build_backbone(self) -> torch.nn.Module:
+        """The backbone, sized for the data and for the variance's output channels."""
+        r, context = self.recipe, self.backbone_context()
+        if "num_classes" in context and not self.registry.resolve("backbone", r.backbone.name).takes("num_classes"):
+            raise DdpmKitError(f"{self.source}: conditioning: backbone '{r.backbone.name}' takes no class labels (its "
+                               "factory has no num_classes parameter); use unet2d, or drop [conditioning]")
+        for key in KINDS["backbone"].engine_context:
+            if key in r.backbone.params and r.backbone.params[key] != context.get(key):
                 raise DdpmKitError(
                     f"{self.source}: backbone.{key} = {r.backbone.params[key]!r} but the recipe needs "
                     f"{context.get(key)} (data.channels={r.data.channels}, variance '{self.diffusion.variance.name}', "
-                    "conditioning.num_classes); "
-                    "remove the key to size the backbone automatically")
+                    "conditioning.num_classes); remove the key to size the backbone automatically")
+        params = {k: v for k, v in r.backbone.params.items() if k not in KINDS["backbone"].engine_context}
         try:
             return self.registry.build("backbone", r.backbone.name, params, **context)
         except DdpmKitError as exc:
@@ -60,53 +69,34 @@ class Components:
         c = self.recipe.conditioning
         return None if c is None else c.num_classes
 
-    def check_dataset(self) -> None:
-        """The dataset plugin's own cheap check (``factory.check(**params)``: a folder that exists,
-        say), if it has one; nothing is loaded."""
-        r = self.recipe.data
-        check = getattr(self.registry.resolve("dataset", r.dataset.name).factory, "check", None)
-        if check is not None:
-            try:
-                check(**r.dataset.params)
-            except DdpmKitError as exc:
-                raise DdpmKitError(f"{self.source}: data.dataset: {exc}") from None
 
-    def build_dataset(self):
-        """The dataset plugin's DatasetDict (built once per Components)."""
-        if self._dataset is None:
-            r = self.recipe.data
-            try:
-                self._dataset = self.registry.build("dataset", r.dataset.name, r.dataset.params)
-            except DdpmKitError as exc:
-                raise DdpmKitError(f"{self.source}: data.dataset: {exc}") from None
-        return self._dataset
+def build_at(recipe: Recipe, registry: Registry, source: str, key: str, **context: Any) -> Any:
+    """Build the plugin that ``recipe`` names at ``key``; its complaint names ``source`` and the key."""
+    component = recipe.component(key)
+    try:
+        return registry.build(COMPONENT_KEYS[key], component.name, component.params, **context)
+    except DdpmKitError as exc:
+        raise (CannotSample if isinstance(exc, CannotSample) else DdpmKitError)(f"{source}: {key}: {exc}") from None
 
 
 def build_components(recipe: Recipe, registry: Registry, source: str = "recipe") -> Components:
     """Build the diffusion, objective and sampler; a factory's complaint names ``source`` and the key."""
-    def build(key: str, kind: str, component, **context: Any) -> Any:
-        try:
-            return registry.build(kind, component.name, component.params, **context)
-        except DdpmKitError as exc:
-            raise DdpmKitError(f"{source}: {key}: {exc}") from None
-
-    d = recipe.diffusion
-    diffusion = GaussianDiffusion(
-        build("diffusion.schedule", "schedule", d.schedule),
-        build("diffusion.parameterization", "parameterization", d.parameterization),
-        build("diffusion.variance", "variance", d.variance),
-        build("diffusion.decoder", "decoder", d.decoder),
-    )
-    objective = build("objective", "objective", recipe.objective)
+    diffusion = GaussianDiffusion(*(build_at(recipe, registry, source, f"diffusion.{part}")
+                                    for part in ("schedule", "parameterization", "variance", "decoder")))
+    objective = build_at(recipe, registry, source, "objective")
     try:
         objective.check(diffusion)
     except DdpmKitError as exc:
         raise DdpmKitError(f"{source}: objective: {exc}") from None
-    sampler = build("sample.sampler", "sampler", recipe.sample.sampler, num_timesteps=diffusion.num_timesteps)
-    check = getattr(sampler, "check", None)  # a sampler that cannot sample this diffusion says so now
-    if check is not None:
-        try:
-            check(diffusion)
-        except DdpmKitError as exc:
-            raise DdpmKitError(f"{source}: sample.sampler: {exc}") from None
-    return Components(recipe, diffusion, objective, sampler, registry, source=source)
+    return Components(recipe, diffusion, objective, build_sampler(recipe, registry, source, diffusion), registry,
+                      source=source)
+
+
+def build_sampler(recipe: Recipe, registry: Registry, source: str, diffusion: GaussianDiffusion) -> Sampler:
+    """The recipe's sampler for ``diffusion``; one that cannot sample it is refused with those that can."""
+    context = {"num_timesteps": diffusion.num_timesteps, "diffusion": diffusion}
+    try:
+        return build_at(recipe, registry, source, "sample.sampler", **context)
+    except CannotSample as exc:
+        able = ", ".join(registry.buildable("sampler", **context)) or "(none installed)"
+        raise CannotSample(f"{exc}; samplers that can: {able}") from None

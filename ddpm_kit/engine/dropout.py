@@ -3,8 +3,8 @@
 ``torch.nn.Dropout`` draws from each process's own RNG, so P processes with batch B/P see other
 masks than one process with batch B, and the runs part ways (the paper's CIFAR-10 net has
 dropout 0.1). ``GlobalBatchDropout`` draws the mask of the whole global batch from a generator
-seeded by (seed, step, micro-step, call number) and keeps this process's rows: every process,
-and a resumed run, drops exactly what one uninterrupted process drops.
+seeded by (micro-step seed, call number) (``ddpm_kit.seeds.dropout_seed``) and keeps this process's
+rows: every process, and a resumed run, drops exactly what one uninterrupted process drops.
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..seeds import dropout_seed
+
 
 @dataclass
 class MaskSource:
-    """Where the masks of the current micro-step come from; the engine sets it before each forward."""
+    """Where the masks of the current micro-step come from; the engine sets it before each forward
+    (``seed``: the micro-step's ``seeds.step_seed``)."""
 
     seed: int = 0
     global_rows: int = 0
@@ -29,7 +32,7 @@ class MaskSource:
     def keep_mask(self, like: torch.Tensor, p: float) -> torch.Tensor:
         """This process's rows of the global batch's keep-mask for the next dropout call."""
         self.calls += 1
-        g = torch.Generator(device=like.device).manual_seed(self.seed * 4096 + self.calls)
+        g = torch.Generator(device=like.device).manual_seed(dropout_seed(self.seed, self.calls))
         u = torch.rand((self.global_rows, *like.shape[1:]), generator=g, device=like.device)
         return u[self.rows] >= p
 

@@ -1,28 +1,34 @@
-"""Evaluation of a run: every metric on every process, the work split by batch and gathered."""
+"""Evaluation of a run: every metric on every process, the work split by batch and gathered.
+
+``compute_metrics`` is the one metric loop: the end-of-run evaluation (``evaluate``) and the
+evaluations during training (``monitoring.TrainingEvaluation``) both call it.
+"""
 
 from __future__ import annotations
 
-import json
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 import torch
 
 from ..conditioning import bind
-from ..data import to_model_range
 from ..diffusion import GaussianDiffusion
 from ..errors import DdpmKitError
+from ..images import to_model_range
 from ..interfaces import Model
-from ..runs import RunFolder
 from ..progress import progress_bar
+from ..recipe import Component
+from ..runs import RunFolder
+from ..seeds import evaluation_sample_seed
 from .checkpoints import load_run_model
 from .components import Components
-from .data import load_labels, load_split, read_label_column
-from .distributed import LocalState, gather_in_order, map_batches, my_batches
+from .distributed import LocalState, describe, gather_in_order, map_batches, my_batches
 from .sampling import sample_images, sample_labels
 
 
@@ -55,13 +61,13 @@ class EvalContext:
 
     def images(self, split: str = "test", limit: int | None = None) -> torch.Tensor:
         """Data in [-1, 1], the first ``limit`` images of a split."""
-        pixels = load_split(self.components, split)
+        pixels = self.components.data.rows(split)
         return to_model_range(pixels[: min(limit, len(pixels)) if limit else len(pixels)])
 
     def labelled(self, split: str, label_column: str = "label") -> tuple[torch.Tensor, torch.Tensor]:
         """A split's images in [-1, 1] and its integer labels."""
         try:
-            labels = read_label_column(self.components, split, label_column)
+            labels = self.components.data.label_column(split, label_column)
         except DdpmKitError as exc:
             raise DdpmKitError(f"{exc}; the 'fid' metric trains its feature network on labels") from None
         return self.images(split), labels
@@ -78,8 +84,9 @@ class EvalContext:
         """``n`` samples in [-1, 1] on every process and the class each was drawn for (None for an
         unconditional run): the run's final samples if there are enough, else drawn now by all
         processes together (and kept as samples/eval_<n>.npz)."""
+        seed = evaluation_sample_seed(self.seed)
         if not self.keep_samples:
-            images = sample_images(self.components, self.model, n, self.device, seed=self.seed + 1, state=self.state)
+            images = sample_images(self.components, self.model, n, self.device, seed=seed, state=self.state)
             return to_model_range(images), sample_labels(self.components, n)
         final = self.run.samples / "final.npz"
         if final.is_file() and self.sample_tag is None:
@@ -91,7 +98,7 @@ class EvalContext:
         if cached.is_file():
             images, labels = _read_samples(cached)
             return to_model_range(images), labels
-        images = sample_images(self.components, self.model, n, self.device, seed=self.seed + 1, state=self.state)
+        images = sample_images(self.components, self.model, n, self.device, seed=seed, state=self.state)
         labels = sample_labels(self.components, n)
         if self.is_main_process:
             self.run.save_samples(images, name, labels)
@@ -101,7 +108,7 @@ class EvalContext:
     def model_for(self, split: str, rows: range) -> Model:
         """The model as a metric calls it on ``rows`` of ``split``: with their class labels bound in a
         conditional run (the conditional likelihood), else the model itself."""
-        labels = load_labels(self.components, split)
+        labels = self.components.data.labels(split)
         return bind(self.model, None if labels is None else labels[rows.start:rows.stop])
 
     def map_batches(self, total: int, batch_size: int, work: Callable[[range], np.ndarray],
@@ -145,8 +152,7 @@ class EvalContext:
         """<eval_dir>/<name>.npy, written by the main process."""
         path = self.eval_dir / f"{name}.npy"
         if self.is_main_process:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, array)
+            self.run.save_array(path, array)
         return path
 
 
@@ -156,28 +162,40 @@ def _read_samples(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
         return torch.from_numpy(stored["images"]), labels
 
 
+def compute_metrics(context: EvalContext, specs: list[Component],
+                    overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Every metric of ``specs`` (its parameters, then ``overrides[name]``) on ``context``, in
+    order, on every process; their figures in one dict."""
+    results: dict[str, Any] = {}
+    for spec in specs:
+        params = {**spec.params, **(overrides or {}).get(spec.name, {})}
+        metric = context.components.registry.build("metric", spec.name, params)
+        with torch.inference_mode():
+            results.update(metric.compute(context))
+    return results
+
+
 def evaluate(components: Components, run: RunFolder, device: torch.device, *, use_ema: bool | None = None,
-             overrides: dict[str, dict[str, Any]] | None = None, state=None, sample_tag: str | None = None,
-             only: str | None = None) -> dict[str, float]:
-    """Compute every metric the recipe lists, on every process of ``state``; the main process
-    writes eval/metrics.json, or eval/<only>[_<sample_tag>].json when one metric was asked for."""
+             metrics: list[Component] | None = None, overrides: dict[str, dict[str, Any]] | None = None, state=None,
+             sample_tag: str | None = None, only: str | None = None) -> dict[str, Any]:
+    """The evaluation stage: ``metrics`` (default: the recipe's ``eval.metrics``) of the run's final
+    weights, on every process of ``state``; the main process prints them and writes
+    eval/metrics.json, or eval/<only>[_<sample_tag>].json when one metric was asked for."""
     state = state or LocalState()
+    started = time.time()
     use_ema = components.recipe.eval.use_ema if use_ema is None else use_ema
     model = load_run_model(components, run, use_ema=use_ema, device=device)
     context = EvalContext(components, model, device, run, seed=components.recipe.run.seed, state=state,
                           sample_tag=sample_tag)
-    results: dict[str, float] = {}
-    for spec in components.recipe.eval.metrics:
-        params = {**spec.params, **(overrides or {}).get(spec.name, {})}
-        metric = components.registry.build("metric", spec.name, params)
-        with torch.inference_mode():
-            results.update(metric.compute(context))
+    results = compute_metrics(context, components.recipe.eval.metrics if metrics is None else metrics, overrides)
     results["weights"] = "ema" if use_ema else "raw"
     if sample_tag is not None:
         results["sampler"] = sample_tag
     if state.is_main_process:
-        run.eval.mkdir(parents=True, exist_ok=True)
-        name = "metrics" if only is None else "_".join(filter(None, [only, sample_tag]))
-        (run.eval / f"{name}.json").write_text(json.dumps(results, indent=2))
+        for key, value in results.items():
+            click.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+        run.save_eval("metrics" if only is None else "_".join(filter(None, [only, sample_tag])), results)
+        run.add_to_summary(eval_seconds=time.time() - started)
+        run.set_in_summary(eval_processes=describe(state))
     state.wait_for_everyone()
     return results

@@ -5,7 +5,6 @@ checkpoint kept by a named figure."""
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,8 @@ from ..errors import DdpmKitError
 from ..runs import RunFolder
 from .checkpoints import ema_weights, save_checkpoint
 from .components import Components
-from .evaluation import EvalContext
+from .evaluation import EvalContext, compute_metrics
 
-BEST = "best"
 PACKAGES = {"comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive", "aim": "aim"}
 
 
@@ -52,12 +50,8 @@ class TrainingEvaluation:
         self.components, self.run, self.state = components, run, state
         self.every, self.metric, self.mode = tr.eval_every, tr.best_metric, tr.best_mode
         self.specs = tr.eval_metrics if tr.eval_metrics is not None else components.recipe.eval.metrics
-        self.best = self._read_best()
-
-    def _read_best(self) -> float | None:
-        """The best figure so far (a resumed run continues from its checkpoints/best)."""
-        record = self.run.checkpoints / BEST / "best.json"
-        return json.loads(record.read_text())["value"] if record.is_file() else None
+        record = run.read_best()  # a resumed run continues from its checkpoints/best
+        self.best: float | None = None if record is None else record["value"]
 
     def due(self, step: int, last: int) -> bool:
         return bool(self.every) and (step % self.every == 0 or step == last)
@@ -70,9 +64,7 @@ class TrainingEvaluation:
             unwrapped.eval()
             context = EvalContext(self.components, unwrapped, accelerator.device, self.run,
                                   seed=self.components.recipe.run.seed, state=self.state, out=out, keep_samples=False)
-            results: dict[str, Any] = {}
-            for spec in self.specs:
-                results.update(self.components.registry.build("metric", spec.name, spec.params).compute(context))
+            results = compute_metrics(context, self.specs)
         unwrapped.train()
         figures = {k: v for k, v in results.items() if isinstance(v, (int, float))}
         if self.metric is not None and self.metric not in figures:
@@ -91,7 +83,6 @@ class TrainingEvaluation:
 
     def _save_best(self, accelerator, ema, step: int, keep: int) -> None:
         """The full training state at this step, as checkpoints/best (replaced atomically)."""
-        save_checkpoint(accelerator, self.run, step, ema, keep=keep, folder=self.run.checkpoints / BEST)
+        save_checkpoint(accelerator, self.run, step, ema, keep=keep, folder=self.run.best_checkpoint)
         if accelerator.is_main_process:
-            (self.run.checkpoints / BEST / "best.json").write_text(
-                json.dumps({"step": step, "metric": self.metric, "mode": self.mode, "value": self.best}))
+            self.run.write_best(step, self.metric, self.mode, self.best)

@@ -8,45 +8,23 @@ same ``sample.batch_size``: then the bytes are identical).
 
 from __future__ import annotations
 
-import inspect
+import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from typing import Any
 
+import click
 import numpy as np
 import torch
 
 from ..conditioning import class_rows, guided
-from ..data import to_uint8
-from ..noise import ImageNoise, image_seed
+from ..images import to_uint8
+from ..noise import ImageNoise
 from ..progress import progress_bar
+from ..runs import RunFolder
+from .checkpoints import load_run_model
 from .components import Components
-from .distributed import LocalState, map_batches, my_batches
-
-
-def autocast_for(device: torch.device, mixed_precision: str):
-    """torch.autocast for ``sample.mixed_precision`` ("no", "bf16", "fp16") on ``device``."""
-    if mixed_precision == "no":
-        return nullcontext()
-    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def quiet_known_dynamo_warnings() -> None:
-    """Silence Dynamo's note on diffusers' lru_cache'd torch-version check in its up/downsampling
-    blocks (raised on every compile, harmless: the cached value never changes within a process)."""
-    import warnings
-
-    warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`", category=UserWarning)
-
-
-def accepts_noise(sampler: Callable) -> bool:
-    """Whether a sampler takes ``noise`` (per-image noise); older plugins take only ``generator``."""
-    try:
-        parameters = inspect.signature(sampler).parameters
-    except (TypeError, ValueError):
-        return False
-    return "noise" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+from .distributed import LocalState, describe, map_batches, my_batches
+from .fast_paths import autocast_for, quiet_known_dynamo_warnings
 
 
 def prepare_for_sampling(model: torch.nn.Module, components: Components) -> torch.nn.Module:
@@ -101,16 +79,11 @@ def sample_images(components: Components, model: torch.nn.Module, num_images: in
     seed = s.seed if seed is None else seed
     state = state or LocalState()
     model = prepare_for_sampling(model, components)
-    per_image = accepts_noise(components.sampler)
     bar = StepBar(len(my_batches(state, num_images, s.batch_size)), enabled=state.is_main_process)
 
     def draw(rows: range) -> np.ndarray:
         noise = ImageNoise(seed, rows, device)
         x_T = noise(torch.empty(len(rows), d.channels, d.image_size, d.image_size, device=device))
-        if per_image:
-            kwargs: dict[str, Any] = {"noise": noise}
-        else:  # a sampler without ``noise``: one generator per batch (images then depend on the batch)
-            kwargs = {"generator": torch.Generator(device=device).manual_seed(image_seed(seed, rows.start))}
 
         def steps(step: dict[str, Any]) -> None:
             bar(step)
@@ -119,7 +92,7 @@ def sample_images(components: Components, model: torch.nn.Module, num_images: in
 
         with autocast_for(device, s.mixed_precision):
             net = guided(model, None if labels is None else labels[rows.start:rows.stop], s.guidance_scale)
-            x = components.sampler(components.diffusion, net, x_T, callback=steps, **kwargs)
+            x = components.sampler(components.diffusion, net, x_T, callback=steps, noise=noise)
         return to_uint8(x).cpu().numpy()
 
     try:
@@ -127,3 +100,39 @@ def sample_images(components: Components, model: torch.nn.Module, num_images: in
     finally:
         bar.close()
     return torch.from_numpy(images)
+
+
+class ProgressiveChain:
+    """x0-hat along the reverse chain of the first ``images`` images at 10 evenly spaced steps
+    (paper Fig. 6), as a ``sample_images`` callback."""
+
+    def __init__(self, images: int = 8) -> None:
+        self.images, self.keep, self.snapshots = images, set(), {}
+
+    def __call__(self, step: dict[str, Any]) -> None:
+        if not self.keep:  # the first step's index tells how many steps this sampler takes
+            self.keep.update(int(round(v)) for v in np.linspace(step["i"], 0, 10))
+        if step["i"] in self.keep and step["i"] not in self.snapshots:
+            self.snapshots[step["i"]] = to_uint8(step["x0_hat"][:self.images]).cpu()
+
+    def grid_rows(self) -> torch.Tensor:
+        """uint8 [images, steps, C, H, W]: one row per image, from noise to the sample."""
+        return torch.stack([self.snapshots[i] for i in sorted(self.snapshots, reverse=True)], dim=1)
+
+
+def sample_run(components: Components, run: RunFolder, num_images: int, device: torch.device, *,
+               name: str = "final", seed: int | None = None, use_ema: bool = True, state=None) -> None:
+    """The sampling stage: ``num_images`` samples of the run's final weights by every process, written
+    by the main process to samples/<name>.png/.npz with the progressive grid samples/<name>_progressive.png."""
+    state = state or LocalState()
+    model = load_run_model(components, run, use_ema=use_ema, device=device)
+    started, chain = time.time(), ProgressiveChain()
+    images = sample_images(components, model, num_images, device, seed=seed, callback=chain, state=state)
+    if not state.is_main_process:
+        return
+    grid, array = run.save_samples(images, name, sample_labels(components, num_images))
+    rows = chain.grid_rows()
+    progressive = run.save_grid(rows.flatten(0, 1), run.samples / f"{name}_progressive.png", cols=rows.shape[1])
+    click.echo(f"sampled {num_images} images in {time.time() - started:.0f} s -> {grid}, {array}, {progressive}")
+    run.add_to_summary(sample_seconds=time.time() - started)
+    run.set_in_summary(sample_processes=describe(state))

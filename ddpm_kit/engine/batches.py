@@ -1,8 +1,8 @@
-"""Training data as the engine sees it: prepared splits and the global batch of each step.
+"""The global batch of each training step, and batches decoded ahead for encoded data.
 
-One global batch per optimizer step is drawn from a generator seeded by (seed, step, micro-step)
-and each process takes its slice, so P processes with batch B/P train exactly like one process
-with batch B, and a resumed run sees the same batches as an uninterrupted one.
+One global batch per optimizer (micro-)step is drawn from the generator of (seed, step, micro-step)
+(``ddpm_kit.seeds``) and each process takes its slice, so P processes with batch B/P train exactly
+like one process with batch B, and a resumed run sees the same batches as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -10,72 +10,15 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
 from ..conditioning import drop_labels
-from ..data import to_model_range
-from ..errors import DdpmKitError
-from ..store import EncodedSplit, PixelStore, prepared_split, store_root
-from .components import Components
-from .distributed import process_state
-
-Rows = PixelStore | EncodedSplit
-
-
-def load_split(components: Components, split: str) -> Rows:
-    """A dataset split as uint8 [N, C, H, W] rows: decoded once into the data store (by the first
-    process of each machine; the others wait and read it), or kept encoded (``data.store``)."""
-    if split not in components._pixels:
-        r = components.recipe.data
-        dataset = components.build_dataset()
-        if split not in dataset:
-            raise DdpmKitError(f"dataset '{r.dataset.name}' has no '{split}' split; splits: {', '.join(dataset)}")
-        if r.store == "encoded":
-            components._pixels[split] = EncodedSplit(dataset[split], r.image_size, r.channels, r.resize)
-            return components._pixels[split]
-        state = process_state()
-        with state.local_main_process_first():
-            components._pixels[split] = prepared_split(
-                dataset[split], r.dataset.model_dump(mode="json"), split, r.image_size, r.channels, r.resize,
-                root=store_root(r.store_dir), workers=r.workers, progress=state.is_local_main_process)
-    return components._pixels[split]
-
-
-def read_label_column(components: Components, split: str, column: str) -> torch.Tensor:
-    """A split's integer column (class labels) as int64 [N]; a missing or non-integer column is a
-    one-line error naming the dataset (callers prefix the recipe key)."""
-    dataset = components.build_dataset()[split]
-    name = components.recipe.data.dataset.name
-    if column not in dataset.column_names:
-        raise DdpmKitError(f"dataset '{name}' has no column '{column}'; columns: {', '.join(dataset.column_names)}")
-    try:
-        return torch.tensor(dataset[column], dtype=torch.long)
-    except (TypeError, ValueError, RuntimeError):
-        raise DdpmKitError(f"column '{column}' of dataset '{name}' does not hold integer class labels") from None
-
-
-def load_labels(components: Components, split: str) -> torch.Tensor | None:
-    """A conditional run's class labels of a split (int64 [N], held in memory), checked against
-    ``conditioning.num_classes``; None for an unconditional run."""
-    c = components.recipe.conditioning
-    if c is None:
-        return None
-    if split not in components._labels:
-        try:
-            labels = read_label_column(components, split, c.label)
-        except DdpmKitError as exc:
-            raise DdpmKitError(f"{components.source}: conditioning.label: {exc}") from None
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= c.num_classes):
-            raise DdpmKitError(f"{components.source}: conditioning.num_classes: the '{split}' split's labels run "
-                               f"{int(labels.min())}..{int(labels.max())}, outside 0..{c.num_classes - 1}")
-        components._labels[split] = labels
-    return components._labels[split]
-
-
-def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
-    """The generator of one (micro-)step's global batch: indices, flips, timesteps and noise."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + micro)
+from ..images import to_model_range
+from ..seeds import step_generator
+from ..store import EncodedSplit
+from .splits import Rows
 
 
 def draw_indices(total: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -95,6 +38,34 @@ def global_batch(pixels, batch_size: int, generator: torch.Generator, flip: bool
     if labels is None:
         return x0, None
     return x0, drop_labels(labels[index], label_dropout, generator)
+
+
+@dataclass
+class MicroBatch:
+    """What one training micro-step computes on: data in [-1, 1], class labels (None when
+    unconditional), timesteps, their importance weights and the forward process's noise."""
+
+    x0: torch.Tensor
+    labels: torch.Tensor | None
+    t: torch.Tensor
+    weights: torch.Tensor
+    noise: torch.Tensor
+
+    def rows(self, mine: slice, device: torch.device) -> MicroBatch:
+        """This process's rows of the global batch, on ``device``."""
+        def take(v: torch.Tensor | None) -> torch.Tensor | None:
+            return None if v is None else v[mine].to(device)
+
+        return MicroBatch(take(self.x0), take(self.labels), take(self.t), take(self.weights), take(self.noise))
+
+
+def draw_global_batch(rows, size: int, generator: torch.Generator, flip: bool, labels: torch.Tensor | None,
+                      label_dropout: float, objective, diffusion) -> MicroBatch:
+    """The global micro-batch of ``size`` rows, everything drawn from ``generator`` in one fixed
+    order: row indices, flips, dropped labels (``global_batch``), timesteps, then noise."""
+    x0, y = global_batch(rows, size, generator, flip, labels, label_dropout)
+    t, weights = objective.sample_t(diffusion, size, torch.device("cpu"), generator)
+    return MicroBatch(x0, y, t, weights, torch.randn(x0.shape, generator=generator))
 
 
 # -- batches decoded ahead, in DataLoader workers (data.store = "encoded") -------------------------
