@@ -3,11 +3,14 @@
 
     python benchmarks/quality_vs_steps.py runs/quickstart            # 1,000 samples per row
     python benchmarks/quality_vs_steps.py runs/quickstart --num-samples 256 --samplers diffusers-unipc --steps 10 20
+    python benchmarks/quality_vs_steps.py runs/quickstart --device cuda
+    python benchmarks/quality_vs_steps.py runs/tiny --smoke --out /tmp/q   # 8 samples, one 2-step row: seconds
 
 Every row draws the same images (image i from the generator of (seed, i)) with the run's EMA
 weights and the recipe's sampling precision. The floor is FID between N real training images and
 the test split, N being the sample count. Writes benchmarks/quality_vs_steps.json, a markdown table
-on stdout and docs/images/quality_vs_steps.png (FID against steps, one line per sampler).
+on stdout and docs/images/quality_vs_steps.png (FID against steps, one line per sampler); ``--out``
+puts both files in one folder.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     import torch
 
     from ddpm_kit.images import to_model_range
@@ -38,8 +41,17 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="+", default=["diffusers-dpm-solver++", "diffusers-unipc"])
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50, 100, 250])
     parser.add_argument("--no-ancestral", action="store_true", help="skip the T-step ancestral reference")
-    args = parser.parse_args()
-    registry, device = get_registry(), torch.device("cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, help="folder for the JSON and the plot (default: benchmarks/, docs/images/)")
+    parser.add_argument("--smoke", action="store_true", help="8 samples, diffusers-unipc at 2 steps (needs --out)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        if args.out is None:
+            parser.error("--smoke needs --out (it must not replace the published figures)")
+        args.num_samples, args.samplers, args.steps = 8, ["diffusers-unipc"], [2]
+    json_file = (args.out or ROOT / "benchmarks") / "quality_vs_steps.json"
+    plot_file = (args.out or ROOT / "docs" / "images") / "quality_vs_steps.png"
+    registry, device = get_registry(), torch.device(args.device)
 
     base, run = load_run(registry, args.run)
     model = load_run_model(base, run, use_ema=True, device=device)
@@ -50,6 +62,7 @@ def main() -> None:
     f_real = features_and_probs(net, real)[0]
     n = args.num_samples
     floor = frechet_distance(f_real, features_and_probs(net, train_x[:n])[0])
+    json_file.parent.mkdir(parents=True, exist_ok=True)
 
     rows = []
     plan = [] if args.no_ancestral else [("ancestral", None)]
@@ -63,7 +76,7 @@ def main() -> None:
         rows.append({"sampler": name, "steps": steps or base.diffusion.num_timesteps, "seconds": seconds,
                      "fid": fid, "floor": floor, "samples": n})
         print(json.dumps(rows[-1]), flush=True)
-        (ROOT / "benchmarks" / "quality_vs_steps.json").write_text(json.dumps(
+        json_file.write_text(json.dumps(
             {"run": str(args.run), "extractor": f"classifier-{digest}", "rows": rows}, indent=1))
 
     reference = next((r for r in rows if r["sampler"] == "ancestral"), None)
@@ -74,7 +87,8 @@ def main() -> None:
         speed = f"{reference['seconds'] / r['seconds']:.1f}x" if reference else "-"
         print(f"| {r['sampler']} | {r['steps']} | {r['seconds']:.0f} s | {r['fid']:.2f} | {r['fid'] / floor:.2f} | "
               f"{rel} | {speed} |")
-    plot(rows, reference, floor, ROOT / "docs" / "images" / "quality_vs_steps.png")
+    plot(rows, reference, floor, plot_file)
+    return rows
 
 
 def plot(rows: list[dict], reference: dict | None, floor: float, path: Path) -> None:
@@ -95,6 +109,7 @@ def plot(rows: list[dict], reference: dict | None, floor: float, path: Path) -> 
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

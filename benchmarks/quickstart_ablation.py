@@ -3,6 +3,7 @@
 
     python benchmarks/quickstart_ablation.py                 # collect: table + JSON + plot from runs/q15_*
     python benchmarks/quickstart_ablation.py --run base s2000 # train / measure what is missing, then collect
+    python benchmarks/quickstart_ablation.py --smoke --out /tmp/abl   # the harness on the tiny recipe, seconds
 
 Every setting is ``recipes/quickstart.toml`` with ``--set`` overrides that first put back the
 quickstart as it was before issue 15 (so the table stands when the recipe changes), in
@@ -11,9 +12,12 @@ one longer run: the lr is constant after the warm-up). Samples are drawn 250 at 
 autocast (image i from the generator of (seed, i), so the batch size changes nothing but speed). On
 a 2-core CPU a setting costs its training plus ~14-27 minutes of sampling; two settings may run side
 by side with ``OMP_NUM_THREADS=1`` each (~1.25x the throughput of one at a time; their wall times are
-then not a lone run's).
+then not a lone run's). Training and measuring run in this process (``ddpm-kit run`` and
+``benchmarks/sample_quality.py``, as their commands would).
 Writes benchmarks/quickstart_ablation.json, docs/images/quickstart_fid_vs_steps.png (the curve against
-training cost) and docs/images/quickstart_ablation.png (each setting minus the old quickstart, paired).
+training cost) and docs/images/quickstart_ablation.png (each setting minus the old quickstart, paired);
+``--out`` puts all three in one folder (the smoke test's). ``--smoke`` trains two settings (base,
+s2000) of the tiny test recipe for 2 steps and scores 8 samples: it proves the harness, nothing more.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tomllib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,35 +68,68 @@ SETTINGS: dict[str, tuple[str, list[str], str | None]] = {
 }
 
 
-def run_dir(name: str) -> Path:
-    return ROOT / "runs" / f"q15_{name}"
+@dataclass(frozen=True)
+class Plan:
+    """Where the ablation runs and what it writes: the measurement, or the smoke test."""
+
+    recipe: Path = RECIPE
+    runs: Path = ROOT / "runs"
+    num_samples: int = 1000
+    extra: tuple[str, ...] = ()  # overrides after each setting's own
+    json_file: Path = ROOT / "benchmarks" / "quickstart_ablation.json"
+    images: Path = ROOT / "docs" / "images"
+
+    def run_dir(self, name: str) -> Path:
+        return self.runs / f"q15_{name}"
 
 
-def train(name: str) -> None:
+SMOKE_SETTINGS = ("base", "s2000")
+
+
+def smoke_plan(out: Path) -> Plan:
+    tiny = ROOT / "tests" / "recipes" / "tiny.toml"
+    return Plan(tiny, out / "runs", 8, ("--set", "train.steps=2", "--set", "train.batch_size=8", "--set",
+                                        "sample.batch_size=8"), out / "quickstart_ablation.json", out)
+
+
+def ddpm_kit(*args: str) -> None:
+    """``ddpm-kit ARGS`` in this process, accelerate's shared state reset afterwards."""
+    from accelerate.state import AcceleratorState
+
+    from ddpm_kit.cli import main
+
+    try:
+        main([str(a) for a in args])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def train(name: str, plan: Plan) -> None:
     _, overrides, resume_from = SETTINGS[name]
-    cli = [sys.executable, "-m", "ddpm_kit", "run", str(RECIPE), "--run-dir", str(run_dir(name)), "--no-sample",
-           "--no-eval", *SAMPLE_BATCH, *overrides]
+    args = ["run", str(plan.recipe), "--run-dir", str(plan.run_dir(name)), "--no-sample", "--no-eval", *SAMPLE_BATCH,
+            *overrides, *plan.extra]
     if resume_from:
-        shutil.rmtree(run_dir(name), ignore_errors=True)
-        shutil.copytree(run_dir(resume_from), run_dir(name))
-        cli += ["--resume", "latest"]
+        shutil.rmtree(plan.run_dir(name), ignore_errors=True)
+        shutil.copytree(plan.run_dir(resume_from), plan.run_dir(name))
+        args += ["--resume", "latest"]
     else:
-        cli += ["--overwrite"]
-    subprocess.run(cli, check=True)
+        args += ["--overwrite"]
+    ddpm_kit(*args)
 
 
-def measure(name: str) -> None:
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sample_quality.py"), str(run_dir(name)), "-n", "1000"],
-                   check=True)
+def measure(name: str, plan: Plan) -> None:
+    from benchmarks import sample_quality
+
+    sample_quality.main([str(plan.run_dir(name)), "-n", str(plan.num_samples)])
 
 
-def collect(name: str) -> dict | None:
-    folder = run_dir(name)
+def collect(name: str, plan: Plan) -> dict | None:
+    folder = plan.run_dir(name)
     fid_file = folder / "eval" / "fid.json"
     if not fid_file.is_file():
         return None
     fid = json.loads(fid_file.read_text())
-    if int(fid["fid_samples"]) != 1000 or "fid_stderr" not in fid:
+    if int(fid["fid_samples"]) != plan.num_samples or "fid_stderr" not in fid:
         return None  # measure() scores it (again: the samples are kept, only the features are recomputed)
     recipe = tomllib.loads((folder / "recipe.toml").read_text())
     logs = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
@@ -109,7 +146,7 @@ PAIRS = [("ema99", "cosine"), ("emawarm", "cosine"), ("raw", "ema99"), ("b32", "
          ("s3000", "s2000"), ("ema99s1120", "s2000")]
 
 
-def paired_differences(rows: dict[str, dict], rounds: int = 200) -> list[tuple[str, str, dict[str, float]]]:
+def paired_differences(rows: dict[str, dict], plan: Plan, rounds: int = 200) -> list[tuple[str, str, dict[str, float]]]:
     """Each setting minus ``base`` on the same image indices (into its row), and each of ``PAIRS``
     present (returned): image i starts from the same noise in every run (samples of two settings
     correlate ~0.97 pixel by pixel), so resampling the indices jointly gives a standard error of the
@@ -124,13 +161,13 @@ def paired_differences(rows: dict[str, dict], rounds: int = 200) -> list[tuple[s
     from ddpm_kit.plugins import get_registry
     from ddpm_kit.workflow import load_run
 
-    components, run = load_run(get_registry(), run_dir("base"))
+    components, run = load_run(get_registry(), plan.run_dir("base"))
     context = EvalContext(components, None, torch.device("cpu"), run)
     net, _ = cached_classifier(context.data_key(), *context.labelled("train"))
     reference = FeatureStats.fit(np.asarray(features_and_probs(net, context.images("test"))[0]))
     features = {}
     for name in rows:
-        images = np.load(run_dir(name) / "samples" / "eval_1000.npz")["images"]
+        images = np.load(plan.run_dir(name) / "samples" / f"eval_{plan.num_samples}.npz")["images"]
         f, p = features_and_probs(net, to_model_range(torch.from_numpy(images)))
         features[name] = np.asarray(f), (np.asarray(p).max(1) > 0.9).astype(float)
 
@@ -156,7 +193,8 @@ SHIPPED = "ema99s1120"  # the setting recipes/quickstart.toml ships
 
 
 def cost(row: dict) -> float:
-    return row["steps"] * MS_PER_STEP[row["batch_size"]] / MS_PER_STEP[64]
+    ms = MS_PER_STEP.get(row["batch_size"], MS_PER_STEP[64] * row["batch_size"] / 64)  # unmeasured: linear
+    return row["steps"] * ms / MS_PER_STEP[64]
 
 
 def value(row: dict, key: str) -> tuple[float, float]:
@@ -216,18 +254,28 @@ def plot_differences(rows: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", nargs="*", default=[], choices=sorted(SETTINGS), metavar="SETTING",
                         help=f"train and measure these settings first ({', '.join(SETTINGS)})")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help=f"settings {', '.join(SMOKE_SETTINGS)} of the tiny "
+                        "recipe, 2 steps, 8 samples, in --out")
+    parser.add_argument("--out", type=Path, help="folder for the JSON and the plots (and the smoke runs)")
+    args = parser.parse_args(argv)
+    plan = Plan()
+    if args.smoke:
+        if args.out is None:
+            parser.error("--smoke needs --out (it must not replace the published figures)")
+        plan, args.run = smoke_plan(args.out), list(SMOKE_SETTINGS)
+    elif args.out is not None:
+        plan = replace(plan, json_file=args.out / "quickstart_ablation.json", images=args.out)
     for name in args.run:
-        if not (run_dir(name) / "model").is_dir():
-            train(name)
-        if collect(name) is None:
-            measure(name)
-    rows = {name: row for name in SETTINGS if (row := collect(name)) is not None}
-    pairs = paired_differences(rows) if "base" in rows else []
+        if not (plan.run_dir(name) / "model").is_dir():
+            train(name, plan)
+        if collect(name, plan) is None:
+            measure(name, plan)
+    rows = {name: row for name in SETTINGS if (row := collect(name, plan)) is not None}
+    pairs = paired_differences(rows, plan) if "base" in rows else []
     print("| setting | steps x batch | FID@1000 / floor@1000 | confident (real) | FID - base (paired) | "
           "confident - base (paired) | loss, last 300 steps |")
     print("|---|---|---|---|---|---|---|")
@@ -242,11 +290,12 @@ def main() -> None:
     for a, b, d in pairs:
         print(f"| {a} - {b} | {d['fid']:+.2f} ± {d['fid_stderr']:.2f} | {d['confident']:+.3f} ± "
               f"{d['confident_stderr']:.3f} |")
-    (ROOT / "benchmarks" / "quickstart_ablation.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plan.json_file.parent.mkdir(parents=True, exist_ok=True)
+    plan.json_file.write_text(json.dumps(rows, indent=2) + "\n")
     if {"base", "s2000"} <= set(rows):
-        plot_curve(rows, SHIPPED, ROOT / "docs" / "images" / "quickstart_fid_vs_steps.png")
+        plot_curve(rows, SHIPPED, plan.images / "quickstart_fid_vs_steps.png")
     if "base" in rows:
-        plot_differences(rows, ROOT / "docs" / "images" / "quickstart_ablation.png")
+        plot_differences(rows, plan.images / "quickstart_ablation.png")
 
 
 if __name__ == "__main__":

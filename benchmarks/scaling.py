@@ -2,6 +2,8 @@
 
     python benchmarks/scaling.py                  # 1k, 10k, 100k images; prints markdown tables
     python benchmarks/scaling.py --sizes 1000     # a quick look
+    python benchmarks/scaling.py --device cuda    # the runs on the GPU (2 processes need 2 GPUs)
+    python benchmarks/scaling.py --smoke --out /tmp/s.json   # 32 images, 1 process: the harness, seconds
 
 Part 1: synthetic 32x32 RGB datasets of 1k, 10k and 100k images (PNG bytes in parquet files,
 loaded through the ``hub`` dataset plugin as a local path, as hub data would be). For each size,
@@ -60,6 +62,7 @@ def measure(command: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 
 def ddpm_kit(processes: int, *args: str) -> list[str]:
+    """The command that runs ``ddpm-kit ARGS`` on ``processes`` processes (torchrun beyond one)."""
     if processes == 1:
         return [sys.executable, "-m", "ddpm_kit", *args]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
@@ -88,16 +91,16 @@ def make_dataset(folder: Path, n: int) -> None:
         part.to_parquet(str(folder / f"train-{start // shard:05d}.parquet"))
 
 
-def data_rows(sizes: list[int], work: Path) -> list[str]:
+def data_rows(sizes: list[int], work: Path, counts: tuple[int, ...], kinds: tuple[str, ...]) -> list[str]:
     rows = ["| images | decoded size | processes | store | time to first step | peak memory (PSS, all processes) |",
             "|---|---|---|---|---|---|"]
     for n in sizes:
         data = work / f"data-{n}"
         make_dataset(data, n)
-        for processes in (1, 2):
+        for processes in counts:
             store = work / f"store-{n}-{processes}"
             env = {**ENV, "DDPM_KIT_DATA_STORE": str(store), "HF_DATASETS_CACHE": str(work / "hf-cache")}
-            for kind in ("cold", "warm"):
+            for kind in kinds:
                 run = work / f"run-{n}-{processes}-{kind}"
                 args = ["run", str(ROOT / "recipes" / "quickstart.toml"), "--run-dir", str(run),
                         "--set", f'data.dataset={{name="hub", path="{data}"}}',
@@ -113,43 +116,58 @@ def data_rows(sizes: list[int], work: Path) -> list[str]:
     return rows
 
 
-def work_rows(work: Path, num_images: int, rounds: int) -> list[str]:
+def work_rows(work: Path, num_images: int, rounds: int, counts: tuple[int, ...], steps: int = 20) -> list[str]:
     run = work / "tiny-run"
     tiny = ROOT / "tests" / "recipes" / "tiny.toml"
     env = {**ENV, "DDPM_KIT_DATA_STORE": str(work / "store-tiny")}
-    subprocess.run(ddpm_kit(1, "run", str(tiny), "--run-dir", str(run), "--set", "train.steps=20", "--no-sample",
+    subprocess.run(ddpm_kit(1, "run", str(tiny), "--run-dir", str(run), "--set", f"train.steps={steps}", "--no-sample",
                             "--no-eval", "--set", "sample.batch_size=16"), env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     times: dict[tuple[str, int], list[float]] = {}
     for _ in range(rounds):
-        for processes in (1, 2):
+        for processes in counts:
             for what, args in (("sample", ["sample", str(run), "-n", str(num_images)]),
                                ("evaluate", ["evaluate", str(run)])):
                 times.setdefault((what, processes), []).append(measure(ddpm_kit(processes, *args), env)[0])
-    rows = ["| command (tiny run, T = 50) | 1 process | 2 processes | ratio |", "|---|---|---|---|"]
+    rows = ["| command (tiny run, T = 50) | " + " | ".join(f"{n} process(es)" for n in counts) + " | ratio |",
+            "|---|" + "---|" * (len(counts) + 1)]
     for what, label in (("sample", f"`ddpm-kit sample -n {num_images}`"), ("evaluate", "`ddpm-kit evaluate` (bpd + fid)")):
-        one, two = statistics.median(times[(what, 1)]), statistics.median(times[(what, 2)])
-        rows.append(f"| {label} | {one:.1f} s | {two:.1f} s | {one / two:.2f}x |")
+        medians = [statistics.median(times[(what, n)]) for n in counts]
+        rows.append(f"| {label} | " + " | ".join(f"{m:.1f} s" for m in medians)
+                    + f" | {medians[0] / medians[-1]:.2f}x |")
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     parser.add_argument("--num-images", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--parts", nargs="+", choices=["data", "work"], default=["data", "work"])
-    args = parser.parse_args()
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where the runs compute (cpu: accelerate's ACCELERATE_USE_CPU, even beside a GPU)")
+    parser.add_argument("--smoke", action="store_true", help="32 images, a cold store only, 4 samples, 1 round, "
+                        "1 process")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "scaling.json")
+    args = parser.parse_args(argv)
+    kinds, steps = ("cold", "warm"), 20
+    if args.smoke:
+        args.sizes, args.num_images, args.rounds, args.processes, kinds, steps = [32], 4, 1, [1], ("cold",), 2
+    if args.device == "cpu":
+        ENV["ACCELERATE_USE_CPU"] = "true"
     work = Path(tempfile.mkdtemp(prefix="ddpm-kit-scaling-"))
+    counts = tuple(args.processes)
     try:
-        tables = data_rows(args.sizes, work) if "data" in args.parts else []
+        tables = data_rows(args.sizes, work, counts, kinds) if "data" in args.parts else []
         if "work" in args.parts:
-            tables += [""] + work_rows(work, args.num_images, args.rounds)
+            tables += [""] + work_rows(work, args.num_images, args.rounds, counts, steps)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("\n".join(tables))
-    out = ROOT / "benchmarks" / "scaling.json"
-    out.write_text(json.dumps({"cpu_count": os.cpu_count(), "time": time.time(), "tables": tables}, indent=1))
+    args.out.write_text(json.dumps({"cpu_count": os.cpu_count(), "device": args.device, "time": time.time(),
+                                    "tables": tables}, indent=1))
+    return tables
 
 
 if __name__ == "__main__":

@@ -75,18 +75,21 @@ def write_report(runs: list[Path], out: Path) -> tuple[Path, Path]:
     sections = []
     for row in rows:
         run = RunFolder(row["path"])
-        if row["losses"] and run.eval.is_dir():
-            steps, losses = zip(*row["losses"])
-            plot_loss_curve(list(steps), list(losses), run.eval / "loss.png")
-        figures = [run.samples / "final.png", run.samples / "final_progressive.png", run.eval / "loss.png",
-                   run.eval / "bpd_per_timestep.png", run.eval / "rate_distortion.png"]
         copies = out / row["run"]  # the report folder is self-contained (run folders may be elsewhere)
         copies.mkdir(exist_ok=True)
-        for figure in figures:
-            if figure.is_file():
+        shown = []
+        for figure in (run.samples / "final.png", run.samples / "final_progressive.png", "loss",
+                       run.eval / "bpd_per_timestep.png", run.eval / "rate_distortion.png"):
+            if figure == "loss":  # drawn here from metrics.jsonl; the report never writes into a run
+                if row["losses"]:
+                    steps, losses = zip(*row["losses"])
+                    plot_loss_curve(list(steps), list(losses), copies / "loss.png")
+                    shown.append(copies / "loss.png")
+            elif figure.is_file():
                 shutil.copyfile(figure, copies / figure.name)
+                shown.append(figure)
         images = "".join(f'<figure><img src="{html.escape(row["run"])}/{f.name}"><figcaption>{f.stem}'
-                         "</figcaption></figure>" for f in figures if f.is_file())
+                         "</figcaption></figure>" for f in shown)
         sections.append(f"<h2>{html.escape(row['run'])}</h2><p>{html.escape(row['parameterization'])} / "
                         f"{html.escape(row['variance'])} / {html.escape(row['objective'])}, bits/dim "
                         f"{html.escape(row['bits/dim'])}, FID {html.escape(row['FID'])}</p>{images}")

@@ -163,6 +163,14 @@ class RunFolder:
         summary.update(values)
         self.summary_file.write_text(json.dumps(summary, indent=2))
 
+    def save_weights(self, **weights: dict[str, torch.Tensor]) -> None:
+        """model/<name>.safetensors for each state dict given (``model``: raw, ``ema``), on the CPU."""
+        from safetensors.torch import save_file
+
+        self.model.mkdir(parents=True, exist_ok=True)
+        for name, state in weights.items():
+            save_file({k: v.contiguous().cpu() for k, v in state.items()}, self.model / f"{name}.safetensors")
+
     def save_eval(self, name: str, results: dict[str, Any]) -> Path:
         """eval/<name>.json: a stage's figures."""
         path = self.eval / f"{name}.json"

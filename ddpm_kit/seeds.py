@@ -12,7 +12,8 @@ it:
 
 So P processes with batch B/P train like one process with batch B, a resumed run sees the batches
 of an uninterrupted one, and image i is the same whatever batch or process computes it. Changing
-any formula here changes every run's numbers: the tests hold them to the values of earlier runs.
+any formula here changes every run's numbers (and a run resumed across the change would not
+continue the batches it started with).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import ENV, TINY, ddpm_kit  # noqa: E402
+from helpers import ENV, TINY, cli  # noqa: E402
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def private_cache(tmp_path_factory):
 def finished_run(tmp_path_factory):
     """The tiny recipe trained for 8 steps, sampled and evaluated (shared by the slow tests)."""
     run = tmp_path_factory.mktemp("e2e") / "run"
-    result = ddpm_kit("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=8")
+    result = cli("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=8")
     assert result.returncode == 0, result.stderr
     return run, result
 

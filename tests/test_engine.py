@@ -52,7 +52,7 @@ def test_report_tabulates_runs_and_links_their_pictures(finished_run, tmp_path):
 
 def test_existing_run_folder_is_never_overwritten_silently(finished_run):
     run, _ = finished_run
-    result = ddpm_kit("run", str(TINY), "--run-dir", str(run))
+    result = cli("run", str(TINY), "--run-dir", str(run))
     assert result.returncode == 2 and "already holds a run" in result.stderr
 
 

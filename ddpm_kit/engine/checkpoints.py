@@ -84,11 +84,7 @@ def save_checkpoint(accelerator, run: RunFolder, step: int, ema, keep: int, fold
 
 def save_final_weights(run: RunFolder, model: torch.nn.Module, ema) -> None:
     """model/model.safetensors (raw) and model/ema.safetensors, on CPU."""
-    from safetensors.torch import save_file
-
-    run.model.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, run.model / "model.safetensors")
-    save_file({k: v.contiguous().cpu() for k, v in ema_state_dict(model, ema).items()}, run.model / "ema.safetensors")
+    run.save_weights(model=model.state_dict(), ema=ema_state_dict(model, ema))
 
 
 def load_run_model(components: Components, run: RunFolder, *, use_ema: bool, device: torch.device) -> torch.nn.Module:

@@ -35,10 +35,13 @@ def launched_processes() -> int:
 
 def process_state():
     """The shared accelerate state. Several processes on a machine without a GPU form one gloo
-    group (``cpu=True``); without it each would run alone (``DistributedType.NO``)."""
+    group (``cpu=True``); without it each would run alone (``DistributedType.NO``). accelerate's
+    ``ACCELERATE_USE_CPU`` (what ``accelerate launch --cpu`` sets) keeps a GPU machine on its CPU."""
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    return PartialState(cpu=launched_processes() > 1 and not has_accelerator())
+    return PartialState(cpu=launched_processes() > 1 and not has_accelerator()
+                        or parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def launcher() -> str:
