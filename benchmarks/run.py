@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -400,7 +400,7 @@ def bench_processes(sizes: Sizes, device: torch.device) -> dict:
 def measure(parts: list[str], sizes: Sizes, device: torch.device) -> dict:
     registry = get_registry()
     results = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "smoke": sizes is SMOKE,
+               "threads": torch.get_num_threads(), "smoke": sizes.recipe == SMOKE.recipe,
                "date": time.strftime("%Y-%m-%d")}
     steps = {"training": lambda: bench_training(registry, sizes, device),
              "sampling": lambda: bench_sampling(registry, sizes, device),
@@ -421,9 +421,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device of every comparison (default: cuda if there is one)")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants (a cold compile "
+                        "takes minutes)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
     args = parser.parse_args(argv)
-    results = measure(args.parts, SMOKE if args.smoke else FULL, torch.device(args.device))
+    sizes = SMOKE if args.smoke else FULL
+    results = measure(args.parts, replace(sizes, compiled=False) if args.no_compile else sizes, torch.device(args.device))
     args.out.write_text(json.dumps(results, indent=2))
     print(format_table(results))
     print(f"\nwrote {args.out}")
