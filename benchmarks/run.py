@@ -305,21 +305,29 @@ def bench_bpd(registry, sizes: Sizes, device: torch.device, T: int = 1000, times
 
 
 # -- 4. memory and 5. scaling ---------------------------------------------------------------------
-def peak_memory_mb(setup: str, work: str, device: torch.device) -> tuple[float, float]:
-    """(MB held after ``setup``, peak MB while ``work`` runs) in a fresh interpreter: resident memory
-    on the CPU (the kernel's high-water mark is reset between the two with /proc/self/clear_refs, so
-    the peak belongs to ``work``), allocated memory on a GPU."""
+def peak_memory_mb(setup: str, works: list[str], device: torch.device) -> list[tuple[float, float]]:
+    """(MB held after ``setup``, peak MB while the work runs) for each of ``works``, each in a fresh
+    interpreter (they run side by side: each reads only its own memory): resident memory on the
+    CPU (the kernel's high-water mark is reset after ``setup`` with /proc/self/clear_refs, so the
+    peak belongs to the work), allocated memory on a GPU."""
     if device.type == "cuda":
         probe = ("base = torch.cuda.memory_allocated() / 2**20; torch.cuda.reset_peak_memory_stats()\n"
-                 f"{work}\nprint(base, torch.cuda.max_memory_allocated() / 2**20)")
+                 "{work}\nprint(base, torch.cuda.max_memory_allocated() / 2**20)")
     else:
         probe = ("status = lambda key: float(next(l.split()[1] for l in open('/proc/self/status') "
                  "if l.startswith(key)))\nbase = status('VmRSS:'); open('/proc/self/clear_refs', 'w').write('5')\n"
-                 f"{work}\nprint(base / 1024, status('VmHWM:') / 1024)")
-    script = f"import sys; sys.path.insert(0, {str(ROOT)!r})\n{setup}\n{probe}"
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    base, peak = map(float, out.stdout.strip().splitlines()[-1].split())
-    return base, peak
+                 "{work}\nprint(base / 1024, status('VmHWM:') / 1024)")
+    procs = [subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n{setup}\n"
+                               + probe.format(work=work)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for work in works]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"memory probe failed: {err[-2000:]}")
+        base, peak = map(float, out.strip().splitlines()[-1].split())
+        results.append((base, peak))
+    return results
 
 
 def bench_memory(sizes: Sizes, device: torch.device) -> dict:
@@ -334,8 +342,7 @@ def bench_memory(sizes: Sizes, device: torch.device) -> dict:
              f"    l = d.training_losses(m, {x} * 2 - 1, obj)['loss'].mean(); "
              "l.backward(); opt.step(); opt.zero_grad()")
     sample = f"with torch.inference_mode(): sample_ancestral(d, m.eval(), torch.randn(64, 1, {size}, {size}, device=device))"
-    base, train_peak = peak_memory_mb(setup, train, device)
-    _, sample_peak = peak_memory_mb(setup, sample, device)
+    (base, train_peak), (_, sample_peak) = peak_memory_mb(setup, [train, sample], device)
     return {"train_peak_mb": train_peak, "sample_peak_mb": sample_peak, "import_and_model_mb": base,
             "measure": "allocated GPU memory" if device.type == "cuda" else "resident set (RSS)",
             "size": f"{size}x{size}, batch 64, {sizes.preset}"}

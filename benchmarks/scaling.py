@@ -4,6 +4,7 @@
     python benchmarks/scaling.py --sizes 1000     # a quick look
     python benchmarks/scaling.py --device cuda    # the runs on the GPU (2 processes need 2 GPUs)
     python benchmarks/scaling.py --smoke --out /tmp/s.json   # 32 images, 1 process: the harness, seconds
+    python benchmarks/scaling.py --parts work --run runs/tiny  # the commands on an existing tiny run
 
 Part 1: synthetic 32x32 RGB datasets of 1k, 10k and 100k images (PNG bytes in parquet files,
 loaded through the ``hub`` dataset plugin as a local path, as hub data would be). For each size,
@@ -116,13 +117,19 @@ def data_rows(sizes: list[int], work: Path, counts: tuple[int, ...], kinds: tupl
     return rows
 
 
-def work_rows(work: Path, num_images: int, rounds: int, counts: tuple[int, ...], steps: int = 20) -> list[str]:
+def work_rows(work: Path, num_images: int, rounds: int, counts: tuple[int, ...], steps: int = 20,
+              trained: Path | None = None) -> list[str]:
+    """``ddpm-kit sample`` and ``evaluate`` of a trained tiny run on each process count: the run
+    ``trained`` (copied: the commands write into it), else one trained now for ``steps`` steps."""
     run = work / "tiny-run"
     tiny = ROOT / "tests" / "recipes" / "tiny.toml"
     env = {**ENV, "DDPM_KIT_DATA_STORE": str(work / "store-tiny")}
-    subprocess.run(ddpm_kit(1, "run", str(tiny), "--run-dir", str(run), "--set", f"train.steps={steps}", "--no-sample",
-                            "--no-eval", "--set", "sample.batch_size=16"), env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if trained is not None:
+        shutil.copytree(trained, run)
+    else:
+        subprocess.run(ddpm_kit(1, "run", str(tiny), "--run-dir", str(run), "--set", f"train.steps={steps}",
+                                "--no-sample", "--no-eval", "--set", "sample.batch_size=16"), env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     times: dict[tuple[str, int], list[float]] = {}
     for _ in range(rounds):
         for processes in counts:
@@ -147,6 +154,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--parts", nargs="+", choices=["data", "work"], default=["data", "work"])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="where the runs compute (cpu: accelerate's ACCELERATE_USE_CPU, even beside a GPU)")
+    parser.add_argument("--run", type=Path, help="a trained run of tests/recipes/tiny.toml for the commands' part "
+                        "(default: train one)")
     parser.add_argument("--smoke", action="store_true", help="32 images, a cold store only, 4 samples, 1 round, "
                         "1 process")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "scaling.json")
@@ -161,7 +170,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     try:
         tables = data_rows(args.sizes, work, counts, kinds) if "data" in args.parts else []
         if "work" in args.parts:
-            tables += [""] + work_rows(work, args.num_images, args.rounds, counts, steps)
+            tables += [""] + work_rows(work, args.num_images, args.rounds, counts, steps, args.run)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("\n".join(tables))

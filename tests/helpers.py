@@ -27,25 +27,30 @@ def ddpm_kit(*args, **kw):
     return subprocess.run([sys.executable, "-m", "ddpm_kit", *args], capture_output=True, text=True, env=ENV, **kw)
 
 
-def cli(*args):
+def cli(*args, threads=None):
     """Run the CLI in this process, as ``ddpm_kit`` does in a subprocess but without starting an
     interpreter and importing torch and diffusers again (about 4 s a call); exit status, stdout and
     stderr come back alike. Accelerate's shared state is reset afterwards. Tests of processes,
-    signals and the installed entry point keep ``ddpm_kit``."""
+    signals and the installed entry point keep ``ddpm_kit``. ``threads=1`` computes as the
+    subprocesses do (``OMP_NUM_THREADS=1``), for results compared bit for bit with theirs."""
     import contextlib
     import io
 
+    import torch
     from accelerate.state import AcceleratorState
 
     from ddpm_kit.cli import main
 
     out, err, code = io.StringIO(), io.StringIO(), 0
+    before = torch.get_num_threads()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
+            torch.set_num_threads(threads or before)
             main([str(a) for a in args])
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
         finally:
+            torch.set_num_threads(before)
             AcceleratorState._reset_state(reset_partial_state=True)
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 

@@ -69,9 +69,9 @@ def test_quickstart_ablation_trains_measures_and_compares_its_settings(tmp_path,
         assert (tmp_path / plot).stat().st_size > 0
 
 
-def test_scaling_measures_a_run_from_a_cold_store_and_the_sample_and_evaluate_commands(tmp_path):
+def test_scaling_measures_a_run_from_a_cold_store_and_the_sample_and_evaluate_commands(finished_run, tmp_path):
     out = tmp_path / "scaling.json"
-    tables = script("scaling").main(["--smoke", "--out", str(out)])
+    tables = script("scaling").main(["--smoke", "--run", str(finished_run[0]), "--out", str(out)])
     assert [row.split(" | ")[3] for row in tables if row.startswith("| 32 |")] == ["cold"]
     assert any(row.startswith("| `ddpm-kit sample -n 4`") for row in tables)
     assert json.loads(out.read_text())["tables"] == tables

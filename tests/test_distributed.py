@@ -140,7 +140,7 @@ def test_sample_and_evaluate_on_two_processes_write_what_one_process_writes(tmp_
                  f"eval.metrics={metrics}", "--set", "sample.batch_size=8", "--no-sample", "--no-eval")
     assert result.returncode == 0, result.stderr
 
-    assert ddpm_kit("sample", str(run), "-n", "24", "--name", "one").returncode == 0
+    assert cli("sample", str(run), "-n", "24", "--name", "one", threads=1).returncode == 0
     result = torchrun("sample", str(run), "-n", "24", "--name", "two")
     assert result.returncode == 0, result.stderr[-3000:]
     assert_two_processes(run, "sample")
@@ -148,7 +148,7 @@ def test_sample_and_evaluate_on_two_processes_write_what_one_process_writes(tmp_
     assert one.shape == (24, 1, 8, 8) and one.tobytes() == two.tobytes()
     assert len(np.unique(one.reshape(24, -1), axis=0)) == 24  # 24 different images, not one repeated
 
-    assert ddpm_kit("evaluate", str(run)).returncode == 0
+    assert cli("evaluate", str(run), threads=1).returncode == 0
     first = {p.name: np.load(p) for p in (run / "eval").glob("*.npy")}
     first_metrics = json.loads((run / "eval" / "metrics.json").read_text())
     shutil.rmtree(run / "eval")

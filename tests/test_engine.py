@@ -50,6 +50,31 @@ def test_report_tabulates_runs_and_links_their_pictures(finished_run, tmp_path):
         assert picture in page
 
 
+def test_a_run_builds_its_backbone_and_dataset_once(tmp_path, monkeypatch):
+    """The pre-flight that fails bad input before the run folder is touched builds what training
+    then uses: one backbone and one dataset plugin call for a whole run (it built the backbone twice)."""
+    from ddpm_kit.builtins import datasets
+    from ddpm_kit.engine.components import Components
+
+    builds = {"backbone": 0, "dataset": 0}
+    build_backbone, digits = Components.build_backbone, datasets.digits
+
+    def counted_backbone(self):
+        builds["backbone"] += 1
+        return build_backbone(self)
+
+    def counted_digits(**params):
+        builds["dataset"] += 1
+        return digits(**params)
+
+    monkeypatch.setattr(Components, "build_backbone", counted_backbone)
+    monkeypatch.setattr(datasets, "digits", counted_digits)
+    result = cli("run", str(TINY), "--run-dir", str(tmp_path / "run"), "--set", "train.steps=2", "--no-sample",
+                 "--no-eval")
+    assert result.returncode == 0, result.stderr
+    assert builds == {"backbone": 1, "dataset": 1}
+
+
 def test_existing_run_folder_is_never_overwritten_silently(finished_run):
     run, _ = finished_run
     result = cli("run", str(TINY), "--run-dir", str(run))
@@ -67,12 +92,12 @@ def test_sample_and_evaluate_commands_on_a_finished_run(finished_run):
     assert metrics["bpd_images"] == 8 and metrics["weights"] == "raw"
 
 
-def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, finished_run):
+def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
     steps = "train.steps=40"
     reference = tmp_path / "reference"
     args = ["--set", steps, "--set", "train.checkpoint_every=4", "--set", "backbone.dropout=0.2",  # masks too
             "--no-sample", "--no-eval"]
-    assert ddpm_kit("run", str(TINY), "--run-dir", str(reference), *args).returncode == 0
+    assert cli("run", str(TINY), "--run-dir", str(reference), *args, threads=1).returncode == 0
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(killed), *args],
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -83,7 +108,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, finished_run)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "model").exists()  # it really was stopped mid-way
-    result = ddpm_kit("run", str(TINY), "--run-dir", str(killed), "--resume", "latest", *args)
+    result = cli("run", str(TINY), "--run-dir", str(killed), "--resume", "latest", *args, threads=1)
     assert result.returncode == 0, result.stderr
     assert_same_weights(weights(reference), weights(killed))
     assert_same_weights(weights(reference, "ema"), weights(killed, "ema"))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ddpm_kit.errors import DdpmKitError
+from helpers import TINY
 
 PACKAGES = Path(__file__).parent / "plugin_packages"
 
@@ -98,3 +99,60 @@ def test_strict_plugins_makes_a_broken_plugin_fatal_in_one_line(site):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "ddpm-kit-broken 0.0.1" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_a_sampler_that_cannot_sample_a_run_names_the_registered_samplers_that_can(registry):
+    """Which samplers can sample a run is derived from the registry (every sampler factory is given
+    the run's diffusion), not listed in the core: a third-party sampler that takes any run is named,
+    one that refuses this run (CannotSample) is not, and every diffusers scheduler refuses mu."""
+    from ddpm_kit.engine import build_components
+    from ddpm_kit.interfaces import CannotSample
+    from ddpm_kit.plugins import PluginInfo, Provider
+    from ddpm_kit.recipe import load_recipe
+
+    def anything():
+        return lambda diffusion, model, x_T, **kwargs: x_T
+
+    def eps_only(diffusion=None):
+        if diffusion is not None and diffusion.parameterization.name != "eps":
+            raise CannotSample(f"sampler 'eps-only' needs eps, this run predicts '{diffusion.parameterization.name}'")
+        return lambda diffusion, model, x_T, **kwargs: x_T
+
+    info = PluginInfo("mine", "ddpm-kit-mine", "0.1")
+    registry.providers["sampler"]["anything"] = [Provider("sampler", "anything", anything, info)]
+    registry.providers["sampler"]["eps-only"] = [Provider("sampler", "eps-only", eps_only, info)]
+    recipe, _ = load_recipe(TINY, registry, ['sample.sampler.name="eps-only"', 'diffusion.parameterization.name="mu"'])
+    with pytest.raises(CannotSample, match=r"tiny\.toml: sample\.sampler: sampler 'eps-only' needs eps, this run "
+                                           r"predicts 'mu'; samplers that can: ancestral, anything$"):
+        build_components(recipe, registry, str(TINY))
+    recipe, _ = load_recipe(TINY, registry, ['sample.sampler.name="eps-only"'])
+    assert build_components(recipe, registry, str(TINY)).sampler is not None
+
+
+def test_a_declared_dataset_check_runs_before_the_dataset_is_built(registry, tmp_path):
+    """``register(name, factory, check=...)``: the check gets the recipe's parameters and its error
+    reaches the user, naming the file and the key, before the factory is ever called."""
+    from ddpm_kit.engine import RunData
+    from ddpm_kit.plugins import PluginInfo, Provider
+    from ddpm_kit.recipe import load_recipe
+
+    calls = []
+
+    def check(rows: int = 10) -> None:
+        calls.append(("check", rows))
+        if rows < 1:
+            raise DdpmKitError(f"rows must be at least 1, got {rows}")
+
+    def factory(rows: int = 10):
+        calls.append(("build", rows))
+        return registry.build("dataset", "digits")
+
+    registry.providers["dataset"]["checked"] = [Provider("dataset", "checked", factory, PluginInfo("c", "c", "0"),
+                                                         check=check)]
+    recipe, _ = load_recipe(TINY, registry, ['data.dataset={name="checked", rows=0}'])
+    data = RunData(recipe, registry, "r.toml")
+    with pytest.raises(DdpmKitError, match=r"^r\.toml: data\.dataset: rows must be at least 1, got 0$"):
+        data.split("train")
+    assert calls == [("check", 0)]
+    recipe, _ = load_recipe(TINY, registry, ['data.dataset={name="checked", rows=5}'])
+    assert len(RunData(recipe, registry, "r.toml").split("train")) > 0 and calls[1:] == [("check", 5), ("build", 5)]

@@ -126,7 +126,7 @@ def test_a_non_finite_step_never_reaches_the_weights_the_ema_or_a_checkpoint(tmp
 def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes_exactly(tmp_path):
     args = ["--set", "train.steps=40", "--set", "train.checkpoint_every=20", *QUIET]
     reference = tmp_path / "reference"
-    assert ddpm_kit("run", str(TINY), "--run-dir", str(reference), *args).returncode == 0
+    assert cli("run", str(TINY), "--run-dir", str(reference), *args, threads=1).returncode == 0
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(run), *args],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -141,7 +141,7 @@ def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes_exactly(tmp_path):
     step = int(err.split("interrupted after step ")[1].split(";")[0])
     assert (run / "checkpoints" / f"step_{step:07d}" / "manifest.json").is_file()
     assert step < 40
-    result = ddpm_kit("run", str(TINY), "--run-dir", str(run), "--resume", "latest", *args)
+    result = cli("run", str(TINY), "--run-dir", str(run), "--resume", "latest", *args, threads=1)
     assert result.returncode == 0, result.stderr
     assert_same_weights(weights(reference), weights(run))
 

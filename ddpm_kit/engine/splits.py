@@ -42,7 +42,8 @@ class RunData:
 
     @cached_property
     def dataset(self) -> Any:
-        """The dataset plugin's DatasetDict."""
+        """The dataset plugin's DatasetDict (its declared check first)."""
+        self.check()
         dataset = self.recipe.data.dataset
         try:
             return self.registry.build("dataset", dataset.name, dataset.params)
