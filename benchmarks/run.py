@@ -383,7 +383,9 @@ def bench_processes(sizes: Sizes, device: torch.device) -> dict:
     args = ["--set", f"train.steps={sizes.process_steps}", "--set", "train.batch_size=64", "--set",
             "train.checkpoint_every=0", "--set", "train.log_every=1", "--no-sample", "--no-eval"]
     gpus = torch.cuda.device_count()
-    counts = [n for n in sizes.process_counts if (n <= gpus if device.type == "cuda" else n == 1 or not gpus)]
+    counts = [n for n in sizes.process_counts if device.type == "cpu" or n <= gpus]
+    # CPU processes even beside a GPU: the launcher and the runs see none
+    env = {**os.environ, "TQDM_DISABLE": "1", **({"CUDA_VISIBLE_DEVICES": ""} if device.type == "cpu" else {})}
     out = {}
     for n in counts:
         # accelerate launch --cpu starts ONE process whatever --num_processes says; --multi_gpu starts
@@ -393,7 +395,7 @@ def bench_processes(sizes: Sizes, device: torch.device) -> dict:
             cmd = [sys.executable, "-m", "accelerate.commands.launch", *flags, "--num_processes", str(n),
                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                    "-m", "ddpm_kit", "run", str(recipe), "--run-dir", f"{tmp}/run", *args]
-            subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "TQDM_DISABLE": "1"})
+            subprocess.run(cmd, check=True, capture_output=True, env=env)
             metrics = [json.loads(line) for line in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()]
             out[f"{n}_process_steps_per_s"] = statistics.median(m["steps_per_s"] for m in metrics[1:] or metrics)
             seen = json.loads(Path(f"{tmp}/run/summary.json").read_text())["train_processes"]["num_processes"]
@@ -430,8 +432,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants (a cold compile "
                         "takes minutes)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
+    parser.add_argument("--out", type=Path, help="where the JSON goes (default benchmarks/results.json; "
+                        "--smoke needs it, so a smoke run never replaces the published figures)")
     args = parser.parse_args(argv)
+    if args.smoke and args.out is None:
+        parser.error("--smoke needs --out (benchmarks/results.json holds the published figures)")
+    args.out = args.out or ROOT / "benchmarks" / "results.json"
     sizes = SMOKE if args.smoke else FULL
     results = measure(args.parts, replace(sizes, compiled=False) if args.no_compile else sizes, torch.device(args.device))
     args.out.write_text(json.dumps(results, indent=2))

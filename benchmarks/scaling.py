@@ -158,8 +158,12 @@ def main(argv: list[str] | None = None) -> list[str]:
                         "(default: train one)")
     parser.add_argument("--smoke", action="store_true", help="32 images, a cold store only, 4 samples, 1 round, "
                         "1 process")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "scaling.json")
+    parser.add_argument("--out", type=Path, help="where the JSON goes (default benchmarks/scaling.json; "
+                        "--smoke needs it, so a smoke run never replaces the published figures)")
     args = parser.parse_args(argv)
+    if args.smoke and args.out is None:
+        parser.error("--smoke needs --out (benchmarks/scaling.json holds the published figures)")
+    args.out = args.out or ROOT / "benchmarks" / "scaling.json"
     kinds, steps = ("cold", "warm"), 20
     if args.smoke:
         args.sizes, args.num_images, args.rounds, args.processes, kinds, steps = [32], 4, 1, [1], ("cold",), 2

@@ -90,9 +90,11 @@ class PluginFailure:
 @dataclass(frozen=True)
 class Provider:
     """One component offered by one plugin, with the optional hooks its registration declared:
-    ``check(**params)`` rejects bad parameters cheaply, without building (``recipe check`` and
-    ``run`` call it before anything is built); ``extra_params()`` names the keys a factory's
-    ``**kwargs`` accept (validation rejects the others)."""
+    ``check(**params)`` rejects bad parameters cheaply, without building, by raising
+    ``DdpmKitError``: recipe validation calls it for every kind but the dataset, whose check runs
+    when a command first needs the data (``recipe check``, ``run``; a finished run samples after
+    its data folder moved); ``extra_params()`` names the keys a factory's ``**kwargs`` accept
+    (validation rejects the others)."""
 
     kind: str
     name: str

@@ -285,12 +285,17 @@ def validate_recipe(data: dict[str, Any], registry: Registry, source: str) -> Re
     for key, kind, comp in recipe.components():
         try:
             provider = registry.resolve(kind, comp.name)
-            context = KINDS[kind].engine_context  # may be given where they agree (engine.components checks)
+            context = KINDS[kind].engine_context  # the engine supplies these (a recipe may repeat them)
             validate_params(provider, {k: v for k, v in comp.params.items() if k not in context})
         except ParamError as exc:
             raise DdpmKitError(f"{source}: {key}.{exc.key}: {exc}") from None
         except DdpmKitError as exc:
             raise DdpmKitError(f"{source}: {key}.name: {exc}") from None
+        if provider.check is not None and kind != "dataset":  # a dataset's runs when its data are needed
+            try:
+                provider.check(**comp.params)
+            except DdpmKitError as exc:
+                raise DdpmKitError(f"{source}: {key}: {exc}") from None
     return recipe
 
 

@@ -1,7 +1,8 @@
 """The run folder: one place for a run's recipe, checkpoints, weights, samples and metrics.
 
-``RunFolder`` is the only writer of a run's files (checkpoint contents come from accelerate into the
-folders it names); commands and the engine call its methods.
+``RunFolder`` writes a run's files (checkpoint contents come from accelerate into the folders it
+names; a metric may add figures to the ``eval/`` folder it is handed); commands and the engine call
+its methods.
 
     runs/<name>/
       recipe.toml             the resolved recipe (defaults filled in, overrides applied)

@@ -156,3 +156,39 @@ def test_a_declared_dataset_check_runs_before_the_dataset_is_built(registry, tmp
     assert calls == [("check", 0)]
     recipe, _ = load_recipe(TINY, registry, ['data.dataset={name="checked", rows=5}'])
     assert len(RunData(recipe, registry, "r.toml").split("train")) > 0 and calls[1:] == [("check", 5), ("build", 5)]
+
+
+def test_a_declared_check_of_any_other_kind_runs_when_the_recipe_is_validated(registry):
+    """A sampler's ``check`` rejects its parameters at load time (nothing is built, the run folder
+    is untouched), naming the file and the key; a dataset's check runs once however many times the
+    data are asked for."""
+    from ddpm_kit.engine import RunData
+    from ddpm_kit.plugins import PluginInfo, Provider
+    from ddpm_kit.recipe import load_recipe
+
+    calls = []
+
+    def check(steps: int = 10) -> None:
+        calls.append(steps)
+        if steps > 5:
+            raise DdpmKitError(f"steps must be at most 5, got {steps}")
+
+    def factory(steps: int = 10):
+        raise AssertionError("validation must not build the sampler")
+
+    registry.providers["sampler"]["short"] = [Provider("sampler", "short", factory, PluginInfo("s", "s", "0"),
+                                                       check=check)]
+    with pytest.raises(DdpmKitError, match=r"tiny\.toml: sample\.sampler: steps must be at most 5, got 9$"):
+        load_recipe(TINY, registry, ['sample.sampler={name="short", steps=9}'])
+    load_recipe(TINY, registry, ['sample.sampler={name="short", steps=3}'])
+    assert calls == [9, 3]
+
+    seen = []
+    provider = registry.resolve("dataset", "digits")
+    registry.providers["dataset"]["digits"] = [Provider("dataset", "digits", provider.factory, provider.plugin,
+                                                        check=lambda **params: seen.append(params))]
+    recipe, _ = load_recipe(TINY, registry, ['data.dataset={name="digits"}'])
+    data = RunData(recipe, registry, "r.toml")
+    data.check()
+    data.split("train"), data.split("test")
+    assert seen == [{}]

@@ -29,9 +29,13 @@ class RunData:
         self.recipe, self.registry, self.source = recipe, registry, source
         self._rows: dict[str, Rows] = {}
         self._labels: dict[str, torch.Tensor] = {}
+        self._checked = False
 
     def check(self) -> None:
-        """The dataset plugin's declared cheap check (a folder that exists, say); nothing is loaded."""
+        """The dataset plugin's declared cheap check (a folder that exists, say); nothing is loaded.
+        Runs once per RunData."""
+        if self._checked:
+            return
         dataset = self.recipe.data.dataset
         provider = self.registry.resolve("dataset", dataset.name)
         if provider.check is not None:
@@ -39,6 +43,7 @@ class RunData:
                 provider.check(**dataset.params)
             except DdpmKitError as exc:
                 raise DdpmKitError(f"{self.source}: data.dataset: {exc}") from None
+        self._checked = True
 
     @cached_property
     def dataset(self) -> Any:

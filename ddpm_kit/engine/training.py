@@ -37,7 +37,8 @@ from .stops import GracefulStop, Interrupted, NonFiniteError
 
 @dataclass
 class StepStats:
-    """What the steps since the last log line measured; ``skipped`` counts since the run started."""
+    """What the steps since the last log line measured; ``skipped`` counts since this process
+    started (a resumed run counts again from 0)."""
 
     loss_sum: torch.Tensor
     steps: int = 0
