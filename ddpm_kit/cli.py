@@ -39,10 +39,22 @@ def cli(ctx: click.Context, debug: bool, strict_plugins: bool) -> None:
 
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--details", "details", metavar="NAME", help="Every component called NAME (or plugin:NAME): its "
+              "parameters with types and defaults, and its docstring's first line.")
 @click.pass_context
-def plugins_command(ctx: click.Context, as_json: bool) -> None:
-    """List every component: kind, name, providing plugin, version, status."""
-    rows = get_registry_from(ctx).rows()
+def plugins_command(ctx: click.Context, as_json: bool, details: str | None) -> None:
+    """List every component: kind, name, providing plugin, version, status (ok, shadowed by a
+    built-in of the same name, conflict between two plugins, broken)."""
+    registry = get_registry_from(ctx)
+    if details is not None:
+        entries = registry.details(details)
+        click.echo(json.dumps(entries, indent=2) if as_json else "\n\n".join(map(format_details, entries)))
+        return
+    rows = registry.rows()
+    for r in rows:
+        if r["status"] in ("shadowed", "conflict"):
+            click.echo(f"warning: {r['kind']} '{r['name']}' of plugin '{r['plugin']}' is {r['status']}; a recipe "
+                       f"reaches it as '{r['plugin']}:{r['name']}'", err=True)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -51,6 +63,21 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
     click.echo("  ".join(c.upper().ljust(widths.get(c, 0)) for c in cols).rstrip())
     for r in rows:
         click.echo("  ".join(r[c].ljust(widths.get(c, 0)) for c in cols).rstrip())
+
+
+def format_details(entry: dict) -> str:
+    """One component's reference entry as text (``ddpm-kit plugins --details``)."""
+    lines = [f"{entry['kind']} '{entry['name']}' ({entry['plugin']}, {entry['distribution']} {entry['version']})",
+             f"  {entry['doc'] or '(no docstring)'}"]
+    for p in entry["parameters"]:
+        value = "required" if p.get("required") else f"default {json.dumps(p['default'])}"
+        lines.append(f"  {p['name']}: {p['type']} ({value})")
+    more = entry["more_parameters"]
+    if more:
+        lines.append(f"  also: {more if isinstance(more, str) else ', '.join(more)}")
+    if entry["engine_supplies"]:
+        lines.append(f"  supplied by the engine: {', '.join(entry['engine_supplies'])}")
+    return "\n".join(lines)
 
 
 RECIPE_FILE = click.Path(dir_okay=False, path_type=Path)

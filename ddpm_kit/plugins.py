@@ -2,8 +2,13 @@
 
 Built-in plugins are registered through the same hooks as third-party ones. Third-party
 packages declare ``[project.entry-points.ddpm_kit]``. Unlike pluggy's own loader, a plugin that
-fails to import (or implements a misspelled hook) is recorded and skipped so the rest keep
-working; ``strict=True`` makes that fatal. Duplicate entry-point names are both loaded.
+fails to import is recorded and skipped so the rest keep working, and a misspelled hook is
+recorded (with the hook it resembles) while the plugin's other hooks still work; ``strict=True``
+makes either fatal. Duplicate entry-point names are both loaded.
+
+Installing a plugin never changes what an existing recipe means: a built-in name resolves to the
+built-in even when a plugin registers the same name (the plugin's is ``plugin:name``, listed as
+shadowed); two third-party plugins offering one name are an error only for a recipe that uses it.
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import inspect
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 import pluggy
@@ -22,6 +29,7 @@ from . import __version__, hookspecs
 from .errors import DdpmKitError, did_you_mean
 
 ENTRY_POINT_GROUP = "ddpm_kit"
+BUILTIN_DISTRIBUTION = "ddpm-kit"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "ddpm_kit.builtins.schedules",
@@ -106,9 +114,35 @@ class Provider:
     def matches_prefix(self, prefix: str) -> bool:
         return prefix in (self.plugin.name, self.plugin.distribution)
 
+    @property
+    def builtin(self) -> bool:
+        return self.plugin.distribution == BUILTIN_DISTRIBUTION
+
     def takes(self, argument: str) -> bool:
         """Whether the factory declares ``argument`` by name."""
         return argument in inspect.signature(self.factory).parameters
+
+
+class _PluginManager(pluggy.PluginManager):
+    """pluggy's manager, except that a hook implementation no spec names (``register_sampler``
+    for ``register_samplers``) is skipped and noted in ``unknown_hooks`` rather than failing the
+    whole plugin at ``check_pending``."""
+
+    def __init__(self) -> None:
+        super().__init__("ddpm_kit")
+        self.unknown_hooks: list[str] = []
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is not None and getattr(getattr(self.hook, name, None), "spec", None) is None:
+            self.unknown_hooks.append(name)
+            return None
+        return opts
+
+
+def hook_names() -> list[str]:
+    """The hooks a plugin may implement (``ddpm_kit.hookspecs``)."""
+    return sorted(n for n in dir(hookspecs) if n.startswith("register_"))
 
 
 @dataclass
@@ -127,7 +161,9 @@ def _fail(plugins: PluginSet, failure: PluginFailure, strict: bool) -> None:
 
 
 def _register(plugins: PluginSet, module: Any, info: PluginInfo, strict: bool) -> None:
-    """Register one plugin module; an invalid hook implementation unregisters it again."""
+    """Register one plugin module. A hook with wrong arguments unregisters it again; a hook no spec
+    names is reported with the hook it resembles, and the plugin's other hooks stay registered."""
+    plugins.pm.unknown_hooks.clear()
     try:
         plugins.pm.register(module, name=info.name)
         plugins.pm.check_pending()
@@ -137,6 +173,10 @@ def _register(plugins: PluginSet, module: Any, info: PluginInfo, strict: bool) -
         _fail(plugins, PluginFailure(info.name, info.distribution, info.version, "hooks", _one_line(exc)), strict)
         return
     plugins.info[info.name] = info
+    for name in plugins.pm.unknown_hooks:
+        hint = did_you_mean(name, hook_names())
+        _fail(plugins, PluginFailure(info.name, info.distribution, info.version, "hooks",
+                                     f"'{name}' is not a ddpm-kit hook{hint} (its other hooks are loaded)"), strict)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -157,10 +197,10 @@ def _entry_points() -> list[md.EntryPoint]:
 
 def get_plugin_manager(*, strict: bool = False, entry_points: bool = True) -> PluginSet:
     """Build a fresh plugin manager with the built-ins and (optionally) installed plugins."""
-    plugins = PluginSet(pluggy.PluginManager("ddpm_kit"))
+    plugins = PluginSet(_PluginManager())
     plugins.pm.add_hookspecs(hookspecs)
     for module_name in DEFAULT_PLUGINS:
-        info = PluginInfo(module_name.rsplit(".", 1)[-1], "ddpm-kit", __version__)
+        info = PluginInfo(module_name.rsplit(".", 1)[-1], BUILTIN_DISTRIBUTION, __version__)
         _register(plugins, importlib.import_module(module_name), info, strict=True)
     if entry_points:
         for ep in _entry_points():
@@ -206,6 +246,13 @@ class Registry:
         self.providers: dict[str, dict[str, list[Provider]]] = {kind: {} for kind in KINDS}
         for kind, spec in KINDS.items():
             self._collect(kind, spec.hook, strict)
+        if strict:
+            clash = next((p for ps in self.providers.values() for qs in ps.values() for p in qs
+                          if self.status(p) != "ok"), None)
+            if clash is not None:
+                raise DdpmKitError(f"{clash.kind} '{clash.name}' of plugin '{clash.plugin.name}' "
+                                   f"({clash.plugin.distribution} {clash.plugin.version}) is {self.status(clash)}: "
+                                   "another plugin offers the same name (strict plugin mode)")
 
     def _collect(self, kind: str, hook_name: str, strict: bool) -> None:
         def make_kwargs(info: PluginInfo):
@@ -236,18 +283,22 @@ class Registry:
         return sorted(self.providers[kind])
 
     def resolve(self, kind: str, name: str) -> Provider:
-        """Find a component by ``name`` or ``plugin:name``; ambiguity and typos are errors."""
+        """Find a component by ``name`` or ``plugin:name``. A bare name a built-in plugin offers is
+        the built-in (plugins that offer it too are shadowed); a bare name two third-party plugins
+        offer is an error; an unknown name suggests the closest and mentions broken plugins."""
         if kind not in self.providers:
             raise DdpmKitError(f"unknown component kind '{kind}'{did_you_mean(kind, self.providers)}")
         prefix, _, bare = name.rpartition(":")
         candidates = self.providers[kind].get(bare, [])
         if prefix:
             candidates = [p for p in candidates if p.matches_prefix(prefix)]
+        elif any(p.builtin for p in candidates):
+            candidates = [p for p in candidates if p.builtin]
         if not candidates:
             choices = list(self.providers[kind]) + [
                 f"{p.plugin.name}:{p.name}" for ps in self.providers[kind].values() for p in ps
             ] if prefix else list(self.providers[kind])
-            raise DdpmKitError(f"unknown {kind} '{name}'{did_you_mean(name, choices)}")
+            raise DdpmKitError(f"unknown {kind} '{name}'{did_you_mean(name, choices)}{self._broken_note()}")
         if len(candidates) > 1:
             who = " and ".join(f"'{p.plugin.name}' ({p.plugin.distribution} {p.plugin.version})" for p in candidates)
             picks = ", ".join(f"'{p.plugin.name}:{bare}'" for p in candidates)
@@ -273,6 +324,23 @@ class Registry:
             raise DdpmKitError(f"{kind} '{provider.name}' (plugin '{info.name}', {info.distribution} {info.version}) "
                                f"failed to build: {_one_line(exc)}") from exc
 
+    def _broken_note(self) -> str:
+        """For an unknown name: the plugins that failed to load may be where it was meant to be."""
+        if not self.failures:
+            return ""
+        who = ", ".join(sorted({f"'{f.plugin}' ({f.distribution} {f.version})" for f in self.failures}))
+        return f"; plugins that failed to load: {who} (see `ddpm-kit plugins`)"
+
+    def status(self, provider: Provider) -> str:
+        """``ok``, ``shadowed`` (a built-in has the name: reach it as ``plugin:name``), or
+        ``conflict`` (another third-party plugin has it: a recipe must say which)."""
+        others = [p for p in self.providers[provider.kind][provider.name] if p is not provider]
+        if not others:
+            return "ok"
+        if provider.builtin:
+            return "ok"
+        return "shadowed" if any(p.builtin for p in others) else "conflict"
+
     def buildable(self, kind: str, **context: Any) -> list[str]:
         """The names of ``kind`` whose factories build with their default parameters and ``context``
         (which samplers can sample a diffusion, say); ambiguous names and factories that refuse are
@@ -286,20 +354,58 @@ class Registry:
             names.append(name)
         return names
 
+    def details(self, name: str) -> list[dict[str, Any]]:
+        """``describe`` of every component called ``name`` (or ``plugin:name``), of any kind."""
+        prefix, _, bare = name.rpartition(":")
+        found = [describe(p) for kind in self.providers for p in self.providers[kind].get(bare, [])
+                 if not prefix or p.matches_prefix(prefix)]
+        if not found:
+            every = {n for by_name in self.providers.values() for n in by_name}
+            raise DdpmKitError(f"no component called '{name}'{did_you_mean(bare, every)}")
+        return found
+
     def rows(self) -> list[dict[str, str]]:
         """One row per (kind, name, provider) plus one per failed plugin, for `ddpm-kit plugins`."""
         rows = []
         for kind, by_name in self.providers.items():
             for name in sorted(by_name):
-                status = "ok" if len(by_name[name]) == 1 else "conflict"
                 for p in by_name[name]:
                     rows.append({"kind": kind, "name": name, "plugin": p.plugin.name,
                                  "distribution": p.plugin.distribution, "version": p.plugin.version,
-                                 "status": status})
+                                 "status": self.status(p)})
         for f in self.failures:
             rows.append({"kind": "-", "name": "-", "plugin": f.plugin, "distribution": f.distribution,
                          "version": f.version, "status": f"broken ({f.stage}): {f.error}"})
         return rows
+
+
+def describe(provider: Provider) -> dict[str, Any]:
+    """A component's reference entry: its docstring's first line, the parameters a recipe may set
+    (type, default or required), the engine-supplied arguments it declares, its optional hooks."""
+    doc = inspect.getdoc(provider.factory) or ""
+    params = []
+    for name, p in factory_params(provider).items():
+        entry = {"name": name, "type": _type_name(p.annotation)}
+        if p.default is inspect.Parameter.empty:
+            entry["required"] = True
+        else:
+            entry["default"] = p.default if isinstance(p.default, (bool, int, float, str, type(None))) else repr(p.default)
+        params.append(entry)
+    return {"kind": provider.kind, "name": provider.name, "plugin": provider.plugin.name,
+            "distribution": provider.plugin.distribution, "version": provider.plugin.version,
+            "doc": doc.split("\n\n", 1)[0].replace("\n", " "), "parameters": params,
+            "more_parameters": sorted(provider.extra_params()) if provider.extra_params else
+            ("any" if _accepts_var_kwargs(provider.factory) else []),
+            "engine_supplies": [k for k in KINDS[provider.kind].engine_context if provider.takes(k)],
+            "check": provider.check is not None}
+
+
+def _type_name(annotation: Any) -> str:
+    if annotation is inspect.Parameter.empty:
+        return "any"
+    if isinstance(annotation, str):
+        return annotation
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def factory_params(provider: Provider) -> dict[str, inspect.Parameter]:
@@ -326,12 +432,12 @@ def validate_params(provider: Provider, params: dict[str, Any]) -> dict[str, Any
     extra = "allow" if _accepts_var_kwargs(provider.factory) else "forbid"
     model = pydantic.create_model(
         f"{provider.kind}_{provider.name}_params",
-        __config__=pydantic.ConfigDict(extra=extra, arbitrary_types_allowed=True, strict=False),
+        __config__=pydantic.ConfigDict(extra=extra, arbitrary_types_allowed=True),
         **fields,
     )
     label = f"{provider.kind} '{provider.name}'"
     try:
-        validated = model(**params)
+        validated = _validate_strictly(model, params)
     except pydantic.ValidationError as exc:
         raise ParamError.from_pydantic(label, exc, sorted(signature)) from None
     values = {n: getattr(validated, n) for n in signature}
@@ -343,6 +449,23 @@ def validate_params(provider: Provider, params: dict[str, Any]) -> dict[str, Any
                 raise ParamError.unknown(label, key, valid)
     values.update(extra)
     return values
+
+
+def _validate_strictly(model: type[pydantic.BaseModel], params: dict[str, Any]) -> pydantic.BaseModel:
+    """Recipe values are TOML, i.e. JSON-like: validate them as JSON in pydantic's strict mode, so
+    ``"10"`` is not an int and ``"yes"`` not a bool (an int is still a float, a string a path, a
+    list a tuple). Values only code can pass (a tensor, say) are validated as Python objects."""
+    try:
+        text = json.dumps(params, default=_json_default)
+    except TypeError:
+        return model(**params)
+    return model.model_validate_json(text, strict=True)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, PurePath):
+        return str(value)
+    raise TypeError(type(value).__name__)
 
 
 class ParamError(DdpmKitError):

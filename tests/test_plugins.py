@@ -55,14 +55,23 @@ def test_plugins_listing_shows_third_party_broken_and_colliding_honestly(site):
     rows = json.loads(result.stdout)
     by = {(r["kind"], r["name"], r["plugin"]): r for r in rows}
     sigmoid = by[("schedule", "sigmoid", "example")]
-    assert (sigmoid["distribution"], sigmoid["version"], sigmoid["status"]) == ("ddpm-kit-example", "1.2.3", "ok")
-    assert by[("schedule", "linear", "collide")]["status"] == "conflict"
-    assert by[("schedule", "linear", "schedules")]["status"] == "conflict"
+    assert (sigmoid["distribution"], sigmoid["version"]) == ("ddpm-kit-example", "1.2.3")
+    assert by[("schedule", "linear", "collide")]["status"] == "shadowed"  # the built-in keeps the name
+    assert by[("schedule", "linear", "schedules")]["status"] == "ok"
+    assert by[("schedule", "sigmoid", "collide")]["status"] == by[("schedule", "sigmoid", "example")]["status"] \
+        == "conflict"
+    assert "warning: schedule 'linear' of plugin 'collide' is shadowed; a recipe reaches it as 'collide:linear'" \
+        in result.stderr
     broken = [r for r in rows if r["plugin"] == "broken"]
     assert len(broken) == 1 and broken[0]["distribution"] == "ddpm-kit-broken" and broken[0]["version"] == "0.0.1"
     assert "import" in broken[0]["status"] and "this_module_does_not_exist" in broken[0]["status"]
-    typo = [r for r in rows if r["plugin"] == "typo"]
-    assert len(typo) == 1 and "register_schedule" in typo[0]["status"] and "hooks" in typo[0]["status"]
+    typo = [r for r in rows if r["plugin"] == "typo"]  # the misspelled hook, and the valid one still registered
+    assert [r["status"] for r in typo if r["kind"] == "-"] == [
+        "broken (hooks): 'register_schedule' is not a ddpm-kit hook (did you mean 'register_schedules'?); valid: "
+        "register_backbones, register_commands, register_datasets, register_decoders, register_metrics, "
+        "register_objectives, register_parameterizations, register_samplers, register_schedules, register_variances "
+        "(its other hooks are loaded)"]
+    assert by[("sampler", "typo_ok", "typo")]["status"] == "ok"
     raising = [r for r in rows if r["plugin"] == "raising"]
     assert len(raising) == 1 and "broken (registration): RuntimeError: cannot register today" in raising[0]["status"]
     # the table form shows the same
@@ -73,7 +82,7 @@ def test_plugins_listing_shows_third_party_broken_and_colliding_honestly(site):
 def test_third_party_command_and_component_work_beside_broken_ones(site):
     assert ddpm_kit(site, "hello").stdout.strip() == "hello from ddpm-kit-example"
     code = ("from ddpm_kit.plugins import get_registry; r = get_registry();"
-            "print(r.build('schedule', 'sigmoid', {'T': 10}).num_timesteps);"
+            "print(r.build('schedule', 'example:sigmoid', {'T': 10}).num_timesteps);"
             "print(r.build('schedule', 'collide:linear', {'T': 4}).betas.tolist());"
             "print(r.build('schedule', 'ddpm-kit:linear', {'T': 2}).betas.tolist());"
             "r.build('decoder', 'exploding')")
@@ -85,13 +94,54 @@ def test_third_party_command_and_component_work_beside_broken_ones(site):
             "RuntimeError: the exploding schedule always fails") in out.stderr
 
 
-def test_collision_is_an_error_naming_both_providers(site):
-    code = "from ddpm_kit.plugins import get_registry; get_registry().resolve('schedule', 'linear')"
+def test_installing_a_plugin_never_changes_what_a_recipe_means(site, tmp_path):
+    """A plugin that also registers 'linear' leaves every recipe that says 'linear' (or gets it by
+    default) on the built-in: ``recipe check`` passes and the betas are the built-in's; the plugin's
+    is reached as 'collide:linear'. A name two third-party plugins offer is an error only for a
+    recipe that uses it, and the error names both and how to pick one."""
+    assert ddpm_kit(site, "recipe", "check", str(TINY)).returncode == 0
+    code = ("from ddpm_kit.plugins import get_registry; r = get_registry();"
+            "print(r.build('schedule', 'linear', {'T': 2}).betas.tolist(), r.build('schedule', 'collide:linear', "
+            "{'T': 2}).betas.tolist())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(site)})
-    assert "schedule 'linear' is provided by both 'schedules' (ddpm-kit 0.1.0) and 'collide' (ddpm-kit-collide 2.0.0)" \
-        in out.stderr
-    assert "'collide:linear'" in out.stderr
+    assert out.stdout.strip() == "[0.0001, 0.02] [0.5, 0.5]", out.stderr
+    result = ddpm_kit(site, "recipe", "check", str(TINY), "--set", 'diffusion.schedule.name="sigmoid"')
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"error: {TINY}: diffusion.schedule.name: schedule 'sigmoid' is provided by both 'example' "
+        "(ddpm-kit-example 1.2.3) and 'collide' (ddpm-kit-collide 2.0.0); pick one with 'example:sigmoid', "
+        "'collide:sigmoid'")
+    assert ddpm_kit(site, "recipe", "check", str(TINY), "--set",
+                    'diffusion.schedule.name="collide:sigmoid"').returncode == 0
+
+
+def test_an_unknown_name_mentions_the_plugins_that_failed_to_load(site):
+    result = ddpm_kit(site, "recipe", "check", str(TINY), "--set", 'diffusion.schedule.name="never"')
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert line.startswith(f"error: {TINY}: diffusion.schedule.name: unknown schedule 'never'") and "\n" not in line
+    assert line.endswith("; plugins that failed to load: 'broken' (ddpm-kit-broken 0.0.1), 'raising' "
+                         "(ddpm-kit-collide 2.0.0), 'typo' (ddpm-kit-collide 2.0.0) (see `ddpm-kit plugins`)")
+
+
+def test_plugin_parameters_are_typed_strictly_and_listed_with_their_defaults(registry):
+    """TOML's "10" is not an int nor "yes" a bool (an int is still a float); ``plugins --details``
+    lists each parameter's type and default, and the factory docstring's first line."""
+    from helpers import cli
+
+    for params, message in (({"T": "10"}, "parameter 'T': Input should be a valid integer (got '10')"),
+                            ({"T": 10.0}, "parameter 'T': Input should be a valid integer (got 10.0)")):
+        with pytest.raises(DdpmKitError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            registry.build("schedule", "linear", params)
+    with pytest.raises(DdpmKitError, match="'clip_denoised': Input should be a valid boolean"):
+        registry.build("sampler", "ancestral", {"clip_denoised": "yes"})
+    assert registry.build("schedule", "linear", {"T": 2, "beta_end": 1}).betas[-1].item() == 1.0  # an int is a float
+    result = cli("plugins", "--details", "ancestral", "--json")
+    (entry,) = json.loads(result.stdout)
+    assert entry["parameters"] == [{"name": "clip_denoised", "type": "bool", "default": True}]
+    assert entry["doc"].startswith("Factory for the ancestral sampler") and entry["kind"] == "sampler"
+    text = cli("plugins", "--details", "imagefolder").stdout
+    assert "  path: str (required)\n  test_fraction: float (default 0.1)\n  seed: int (default 0)" in text
 
 
 def test_strict_plugins_makes_a_broken_plugin_fatal_in_one_line(site):
