@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import DdpmKitError
+from .errors import DdpmKitError, PluginError
 from .plugins import PluginSet, Registry, call_each, get_plugin_manager
 
 
@@ -160,7 +160,8 @@ class ClassLabel(click.ParamType):
 @click.option("--seed", type=int, help="Sampling seed (default: the recipe's sample.seed).")
 @click.option("--sampler", help="Sampler plugin name (default: the recipe's); `ddpm-kit plugins` lists them.")
 @click.option("--steps", type=int, help="Sampling steps, for samplers that skip steps (respaced, ddim, diffusers-*).")
-@click.option("--name", default="final", show_default=True, help="File name for the grid and array.")
+@click.option("--name", help="File name for the grid and array (default: final; final_<sampler>[-<steps>] when "
+              "--sampler, --steps or --guidance-scale change the recipe's, so the run's own samples stay).")
 @click.option("--class", "classes", type=ClassLabel(), multiple=True,
               help="Conditional runs: the class to draw (repeat for several, one grid row each; 'none': no "
                    "label). Default: the recipe's sample.classes, else every class.")
@@ -170,7 +171,7 @@ class ClassLabel(click.ParamType):
 @click.option("--device", help="torch device for one process (default: accelerate's: the GPU if there is one).")
 @click.pass_context
 def sample(ctx: click.Context, run_dir: Path, num_images: int | None, seed: int | None, sampler: str | None,
-           steps: int | None, name: str, classes: tuple[int, ...], guidance_scale: float | None, raw: bool,
+           steps: int | None, name: str | None, classes: tuple[int, ...], guidance_scale: float | None, raw: bool,
            device: str | None) -> None:
     """Draw samples from a trained run: samples/<name>.png and samples/<name>.npz."""
     from .recipe import SamplingOverride
@@ -267,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     except DdpmKitError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        hint = " (run with --debug for the plugin's traceback)" if isinstance(exc, PluginError) else ""
+        click.echo(f"error: {exc}{hint}", err=True)
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)

@@ -12,6 +12,13 @@ class DdpmKitError(Exception):
     exit_code = 2
 
 
+class PluginError(DdpmKitError):
+    """A plugin's own code failed (not the user's input): one line naming the plugin, its
+    distribution and the component; exit 1; ``--debug`` shows the plugin's traceback."""
+
+    exit_code = 1
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?) valid: a, b, c' -- a close-match suggestion plus the full list."""
     choices = sorted(set(choices))

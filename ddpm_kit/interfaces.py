@@ -132,10 +132,16 @@ class Decoder(ABC):
 
 
 class Sampler(Protocol):
-    """A flat sampling function (k-diffusion style). ``callback`` gets a dict per step with
-    keys ``i`` (timestep index), ``x`` (the new sample) and ``x0_hat`` (the prediction of x0).
-    Draw noise with ``ddpm_kit.noise.randn_like(x, generator, noise)``: the engine passes
-    ``noise`` (one generator per image) so that an image does not depend on its batch.
+    """A flat sampling function (k-diffusion style): x_T in, x_0 out (a tensor of x_T's shape).
+
+    ``callback`` (optional to call) takes one dict after each reverse step: ``i``, the number of
+    steps still to take after this one (K-1, K-2, ..., 0 for a K-step sampler, whatever timesteps
+    it visits), ``x`` (the sample after the step) and ``x0_hat`` (the prediction of x0 it used).
+    The engine reads the number of steps from the first ``i`` for its progress bar and the
+    progressive grid; a sampler that reports another ``i`` gets a warning and both count its
+    reports instead; one that never calls it still samples (no progressive grid).
+    Draw noise with ``randn_like(x, generator, noise)``: the engine passes ``noise`` (one generator
+    per image) so that an image does not depend on its batch.
 
     Its factory gets the recipe's parameters and, if it declares them, ``num_timesteps`` and the
     run's ``diffusion``; a sampler that cannot sample that diffusion raises ``CannotSample`` there,

@@ -17,7 +17,8 @@ import importlib
 import importlib.metadata as md
 import inspect
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
@@ -26,7 +27,7 @@ import pluggy
 import pydantic
 
 from . import __version__, hookspecs
-from .errors import DdpmKitError, did_you_mean
+from .errors import DdpmKitError, PluginError, did_you_mean
 
 ENTRY_POINT_GROUP = "ddpm_kit"
 BUILTIN_DISTRIBUTION = "ddpm-kit"
@@ -315,14 +316,8 @@ class Registry:
         values = validate_params(provider, params or {})
         if not _accepts_var_kwargs(provider.factory):  # context a factory does not declare is not passed
             context = {k: v for k, v in context.items() if provider.takes(k)}
-        try:
+        with plugin_code(provider, "failed to build", error=DdpmKitError):  # its parameters, as a rule: exit 2
             return provider.factory(**context, **values)
-        except DdpmKitError:
-            raise
-        except Exception as exc:  # plugin code: name the plugin and its distribution
-            info = provider.plugin
-            raise DdpmKitError(f"{kind} '{provider.name}' (plugin '{info.name}', {info.distribution} {info.version}) "
-                               f"failed to build: {_one_line(exc)}") from exc
 
     def _broken_note(self) -> str:
         """For an unknown name: the plugins that failed to load may be where it was meant to be."""
@@ -377,6 +372,22 @@ class Registry:
             rows.append({"kind": "-", "name": "-", "plugin": f.plugin, "distribution": f.distribution,
                          "version": f.version, "status": f"broken ({f.stage}): {f.error}"})
         return rows
+
+
+@contextmanager
+def plugin_code(provider: Provider, what: str, error: type[DdpmKitError] = PluginError) -> Iterator[None]:
+    """Run a plugin's code: an exception it raises (other than a ``DdpmKitError``, which is already
+    a message for the user) becomes one ``PluginError`` line naming the component, the plugin and
+    its distribution, e.g. ``sampler 'heun2' (plugin 'mine', ddpm-kit-mine 0.1) failed while
+    sampling: RuntimeError: ...``; the original stays the cause (``--debug`` prints it)."""
+    try:
+        yield
+    except DdpmKitError:
+        raise
+    except Exception as exc:  # plugin code: name the plugin and its distribution
+        info = provider.plugin
+        raise error(f"{provider.kind} '{provider.name}' (plugin '{info.name}', {info.distribution} "
+                          f"{info.version}) {what}: {_one_line(exc)}") from exc
 
 
 def describe(provider: Provider) -> dict[str, Any]:

@@ -141,6 +141,22 @@ class RunFolder:
         with self.metrics_file.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def drop_metrics_after(self, step: int) -> None:
+        """Forget the log lines of steps after ``step`` (logged before an interruption, then trained
+        again from an earlier checkpoint), so that no step is logged twice."""
+        if not self.metrics_file.is_file():
+            return
+        lines = self.metrics_file.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            self.metrics_file.write_text("".join(kept))
+
+    def training_finished(self, steps: int) -> bool:
+        """Whether training to ``steps`` ended here: its final weights were written (summary's
+        ``trained_steps``) and are in model/."""
+        return (self.read_summary().get("trained_steps") == steps and (self.model / "model.safetensors").is_file()
+                and (self.model / "ema.safetensors").is_file())
+
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_file.is_file():
             return []
@@ -215,12 +231,14 @@ class RunFolder:
         grid.save(path)
         return path
 
-    def save_samples(self, images: torch.Tensor, name: str = "final",
-                     labels: torch.Tensor | None = None) -> tuple[Path, Path]:
-        """samples/<name>.npz (``images``, and ``labels``: the class each was drawn for) and its grid:
-        one row per class when the labels come in equal blocks."""
+    def save_samples(self, images: torch.Tensor, name: str = "final", labels: torch.Tensor | None = None,
+                     drawn_by: str | None = None) -> tuple[Path, Path]:
+        """samples/<name>.npz (``images``; ``labels``: the class each was drawn for; ``drawn_by``:
+        what drew them, so a metric never scores another sampler's images) and its grid: one row
+        per class when the labels come in equal blocks."""
         array_path = self.samples / f"{name}.npz"
         array_path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"images": images.numpy()} | ({} if labels is None else {"labels": labels.numpy()})
+        arrays |= {} if drawn_by is None else {"drawn_by": np.array(drawn_by)}
         np.savez_compressed(array_path, **arrays)
         return self.save_grid(images, self.samples / f"{name}.png", cols=block_width(labels)), array_path

@@ -12,7 +12,7 @@ import click
 import torch
 
 from .engine import Components, Trainer, build_components, evaluate, process_state, sample_run
-from .errors import DdpmKitError
+from .errors import DdpmKitError, PluginError
 from .plugins import Registry
 from .recipe import Component, SamplingOverride, load_recipe, read_toml, validate_recipe
 from .runs import RunFolder
@@ -47,10 +47,16 @@ def run_recipe(registry: Registry, recipe_file: Path, overrides: list[str], *, r
     trainer = Trainer(components, run)
     prepare_run_folder(run, resolved, recipe_file, resume=resume, overwrite=overwrite, state=state)
     trainer.fit(resume=resume)
-    if do_sample:
-        sample_run(components, run, recipe.sample.num_images, state.device, use_ema=recipe.sample.use_ema, state=state)
-    if do_evaluate:
-        evaluate(components, run, state.device, state=state)
+    try:
+        if do_sample:
+            sample_run(components, run, recipe.sample.num_images, state.device, use_ema=recipe.sample.use_ema,
+                       state=state)
+        if do_evaluate:
+            evaluate(components, run, state.device, state=state)
+    except PluginError as exc:  # training is done: say how to finish without training again
+        raise PluginError(f"{exc}; training finished and {run.model} holds its weights: finish with `ddpm-kit sample "
+                          f"{run.path}` / `ddpm-kit evaluate {run.path}` (--sampler for another), or `ddpm-kit run "
+                          f"{recipe_file} --resume latest`") from exc
     state.wait_for_everyone()
     return run
 
@@ -85,10 +91,14 @@ def load_run(registry: Registry, run_dir: Path,
     return build_components(recipe, registry, source), run
 
 
-def sample_from_run(registry: Registry, run_dir: Path, *, num_images: int | None, seed: int | None, name: str,
-                    use_ema: bool, device: str | None, override: SamplingOverride = SamplingOverride()) -> None:
-    """``ddpm-kit sample``: samples/<name>.png/.npz from a finished run."""
+def sample_from_run(registry: Registry, run_dir: Path, *, num_images: int | None, seed: int | None,
+                    name: str | None, use_ema: bool, device: str | None,
+                    override: SamplingOverride = SamplingOverride()) -> None:
+    """``ddpm-kit sample``: samples/<name>.png/.npz from a finished run (by default final, or
+    final_<tag> when ``override`` changes the sampler or the guidance)."""
     components, run = load_run(registry, run_dir, override)
+    tag = override.tag(components.recipe)
+    name = name or ("final" if tag is None else f"final_{tag}")
     state = process_state()
     sample_run(components, run, num_images or components.recipe.sample.num_images, device_for(state, device),
                name=name, seed=seed, use_ema=use_ema, state=state)

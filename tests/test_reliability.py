@@ -164,3 +164,17 @@ def test_bad_image_folders_are_named(tmp_path, registry, case):
     with pytest.raises(DdpmKitError, match=r"9\.png: cannot read image"):
         for split in ("train", "test"):
             to_uint8_tensor(d[split], 8, 3, "resize")
+
+
+def test_resume_without_a_checkpoint_starts_over_and_logs_each_step_once(tmp_path, fresh_accelerate_state):
+    """A run interrupted before its first checkpoint (its log already holds steps 2 and 4) resumes
+    from step 0, says so, and its metrics.jsonl ends with every logged step once."""
+    run = tmp_path / "run"
+    common = ["--run-dir", str(run), "--set", "train.checkpoint_every=0", "--no-sample", "--no-eval"]
+    assert cli("run", str(TINY), *common, "--set", "train.steps=4").returncode == 0
+    (run / "summary.json").unlink()  # as if killed before the end: no checkpoint, no finished training
+    result = cli("run", str(TINY), *common, "--set", "train.steps=6", "--resume", "latest")
+    assert result.returncode == 0, result.stderr
+    assert "no complete checkpoint yet; starting from step 0" in result.stdout
+    steps = [m["step"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    assert steps == [2, 4, 6]

@@ -19,9 +19,10 @@ import torch
 
 from ..conditioning import bind
 from ..diffusion import GaussianDiffusion
-from ..errors import DdpmKitError
+from ..errors import DdpmKitError, PluginError
 from ..images import to_model_range
 from ..interfaces import Model
+from ..plugins import Provider, plugin_code
 from ..progress import progress_bar
 from ..recipe import Component
 from ..runs import RunFolder
@@ -29,7 +30,7 @@ from ..seeds import evaluation_sample_seed
 from .checkpoints import load_run_model
 from .components import Components
 from .distributed import LocalState, describe, gather_in_order, map_batches, my_batches
-from .sampling import sample_images, sample_labels
+from .sampling import drawn_by, sample_images, sample_labels
 
 
 @dataclass
@@ -46,6 +47,7 @@ class EvalContext:
     sample_tag: str | None = None  # samples drawn by another sampler than the recipe's (cached apart)
     out: Path | None = None  # where arrays and plots go (default: the run's eval/)
     keep_samples: bool = True  # False during training: weights change, so samples are never reused
+    use_ema: bool = True  # which weights ``model`` holds (samples drawn from the others are not reused)
 
     @property
     def eval_dir(self) -> Path:
@@ -82,26 +84,23 @@ class EvalContext:
 
     def labelled_samples(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``n`` samples in [-1, 1] on every process and the class each was drawn for (None for an
-        unconditional run): the run's final samples if there are enough, else drawn now by all
-        processes together (and kept as samples/eval_<n>.npz)."""
+        unconditional run): the run's final samples if there are enough and the same sampler,
+        guidance and weights drew them, else drawn now by all processes together (and kept as
+        samples/eval_<n>[_<tag>].npz, reused on the same condition)."""
         seed = evaluation_sample_seed(self.seed)
         if not self.keep_samples:
             images = sample_images(self.components, self.model, n, self.device, seed=seed, state=self.state)
             return to_model_range(images), sample_labels(self.components, n)
-        final = self.run.samples / "final.npz"
-        if final.is_file() and self.sample_tag is None:
-            images, labels = _read_samples(final)
-            if len(images) >= n:
-                return to_model_range(images[:n]), None if labels is None else labels[:n]
+        mine = drawn_by(self.components, self.use_ema)
         name = f"eval_{n}" if self.sample_tag is None else f"eval_{n}_{self.sample_tag}"
-        cached = self.run.samples / f"{name}.npz"
-        if cached.is_file():
-            images, labels = _read_samples(cached)
-            return to_model_range(images), labels
+        for path in (self.run.samples / "final.npz", self.run.samples / f"{name}.npz"):
+            images, labels, by = _read_samples(path)
+            if by == mine and len(images) >= n:
+                return to_model_range(images[:n]), None if labels is None else labels[:n]
         images = sample_images(self.components, self.model, n, self.device, seed=seed, state=self.state)
         labels = sample_labels(self.components, n)
         if self.is_main_process:
-            self.run.save_samples(images, name, labels)
+            self.run.save_samples(images, name, labels, mine)
         self.state.wait_for_everyone()
         return to_model_range(images), labels
 
@@ -156,10 +155,14 @@ class EvalContext:
         return path
 
 
-def _read_samples(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _read_samples(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, str | None]:
+    """A samples file's images, labels and what drew them (None for each when there is none)."""
+    if not path.is_file():
+        return torch.empty(0), None, None
     with np.load(path) as stored:
         labels = torch.from_numpy(stored["labels"]) if "labels" in stored else None
-        return torch.from_numpy(stored["images"]), labels
+        by = str(stored["drawn_by"]) if "drawn_by" in stored else None
+        return torch.from_numpy(stored["images"]), labels, by
 
 
 def compute_metrics(context: EvalContext, specs: list[Component],
@@ -167,12 +170,44 @@ def compute_metrics(context: EvalContext, specs: list[Component],
     """Every metric of ``specs`` (its parameters, then ``overrides[name]``) on ``context``, in
     order, on every process; their figures in one dict."""
     results: dict[str, Any] = {}
+    owner: dict[str, str] = {}
     for spec in specs:
         params = {**spec.params, **(overrides or {}).get(spec.name, {})}
-        metric = context.components.registry.build("metric", spec.name, params)
-        with torch.inference_mode():
-            results.update(metric.compute(context))
+        registry = context.components.registry
+        metric, provider = registry.build("metric", spec.name, params), registry.resolve("metric", spec.name)
+        with torch.inference_mode(), plugin_code(provider, "failed while computing"):
+            figures = metric.compute(context)
+        for key, value in checked_figures(provider, figures).items():
+            if key in owner or key in RESERVED_FIGURES:
+                who = f"metric '{owner[key]}'" if key in owner else "the engine"
+                raise PluginError(f"metric '{spec.name}' (plugin '{provider.plugin.name}') returned '{key}', which "
+                                  f"{who} already reports; a metric's figures must have their own names "
+                                  f"(e.g. '{spec.name}_{key}')")
+            owner[key], results[key] = spec.name, value
     return results
+
+
+RESERVED_FIGURES = ("weights", "sampler")  # what evaluate() adds beside the metrics' figures
+
+
+def checked_figures(provider: Provider, figures: Any) -> dict[str, float | int | str]:
+    """A metric's figures as JSON-ready values: a dict of names to numbers (a NumPy scalar or a
+    0-d tensor is read with ``item()``) or short text; anything else is refused by name."""
+    def refuse(why: str) -> PluginError:
+        info = provider.plugin
+        return PluginError(f"metric '{provider.name}' (plugin '{info.name}', {info.distribution} {info.version}) "
+                           f"returned {why}; Metric.compute returns {{name: number or text}}")
+
+    if not isinstance(figures, dict):
+        raise refuse(type(figures).__name__)
+    out = {}
+    for key, value in figures.items():
+        if isinstance(value, (np.generic, torch.Tensor)) and getattr(value, "ndim", 0) == 0:
+            value = value.item()
+        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise refuse(f"{key!r}: {type(value).__name__}")
+        out[key] = value
+    return out
 
 
 def evaluate(components: Components, run: RunFolder, device: torch.device, *, use_ema: bool | None = None,
@@ -186,7 +221,7 @@ def evaluate(components: Components, run: RunFolder, device: torch.device, *, us
     use_ema = components.recipe.eval.use_ema if use_ema is None else use_ema
     model = load_run_model(components, run, use_ema=use_ema, device=device)
     context = EvalContext(components, model, device, run, seed=components.recipe.run.seed, state=state,
-                          sample_tag=sample_tag)
+                          sample_tag=sample_tag, use_ema=use_ema)
     results = compute_metrics(context, components.recipe.eval.metrics if metrics is None else metrics, overrides)
     results["weights"] = "ema" if use_ema else "raw"
     if sample_tag is not None:

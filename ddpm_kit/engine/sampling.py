@@ -8,6 +8,7 @@ same ``sample.batch_size``: then the bytes are identical).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,8 +18,10 @@ import numpy as np
 import torch
 
 from ..conditioning import class_rows, guided
+from ..errors import PluginError
 from ..images import to_uint8
 from ..noise import ImageNoise
+from ..plugins import plugin_code
 from ..progress import progress_bar
 from ..runs import RunFolder
 from .checkpoints import load_run_model
@@ -39,21 +42,59 @@ def prepare_for_sampling(model: torch.nn.Module, components: Components) -> torc
     return model
 
 
+class Countdown:
+    """The callback contract of ``interfaces.Sampler``, checked on one chain: ``i`` counts the steps
+    left after this one, down to 0, so the first report tells the number of steps. ``kept`` turns
+    False (and ``problem`` says why) at the first report that breaks it."""
+
+    def __init__(self) -> None:
+        self.total: int | None = None
+        self.previous: Any = None
+        self.problem: str | None = None
+
+    @property
+    def kept(self) -> bool:
+        return self.problem is None
+
+    def see(self, step: Any) -> None:
+        i = step.get("i") if isinstance(step, dict) else None
+        if self.kept:
+            if self.previous is None and not (isinstance(i, int) and i >= 0):
+                self.problem = f"its first report has i={i!r}, not the number of steps left"
+            elif self.previous is not None and i != self.previous - 1:
+                self.problem = f"it reported i={i!r} after i={self.previous!r}"
+            elif self.previous is None:
+                self.total = i + 1
+        self.previous = i
+
+
 class StepBar:
-    """One tqdm bar over every reverse step of this process's batches (main process only)."""
+    """One tqdm bar over every reverse step of this process's batches (main process only): its
+    total from the first chain's countdown, or counting reports when a sampler breaks the contract."""
 
     def __init__(self, num_batches: int, enabled: bool, desc: str = "sample") -> None:
         self.num_batches = num_batches
         self.bar = progress_bar(total=None, desc=desc, unit="step", enabled=enabled)
 
-    def __call__(self, step: dict[str, Any]) -> None:
-        if self.bar.total is None:  # the first step's index tells the sampler's number of steps
-            self.bar.total = (step["i"] + 1) * self.num_batches
+    def __call__(self, countdown: Countdown) -> None:
+        if self.bar.total is None and countdown.total is not None and countdown.kept:
+            self.bar.total = countdown.total * self.num_batches
             self.bar.refresh()
+        elif not countdown.kept and self.bar.total is not None:
+            self.bar.total = None
         self.bar.update(1)
 
     def close(self) -> None:
         self.bar.close()
+
+
+def drawn_by(components: Components, use_ema: bool) -> str:
+    """What decides which images a run's sampling gives, besides the seed: the sampler and its
+    parameters, the guidance and classes of a conditional run, and the weights (kept with the
+    samples, and compared before a metric reuses them)."""
+    s = components.recipe.sample
+    return json.dumps({"sampler": s.sampler.model_dump(mode="json"), "guidance_scale": s.guidance_scale,
+                       "classes": s.classes, "weights": "ema" if use_ema else "raw"}, sort_keys=True)
 
 
 def sample_labels(components: Components, num_images: int) -> torch.Tensor | None:
@@ -81,43 +122,81 @@ def sample_images(components: Components, model: torch.nn.Module, num_images: in
     model = prepare_for_sampling(model, components)
     bar = StepBar(len(my_batches(state, num_images, s.batch_size)), enabled=state.is_main_process)
 
+    provider = components.registry.resolve("sampler", s.sampler.name)
+    problems: list[str] = []
+
     def draw(rows: range) -> np.ndarray:
         noise = ImageNoise(seed, rows, device)
         x_T = noise(torch.empty(len(rows), d.channels, d.image_size, d.image_size, device=device))
+        countdown = Countdown()
 
         def steps(step: dict[str, Any]) -> None:
-            bar(step)
+            countdown.see(step)
+            bar(countdown)
             if callback is not None and rows.start == 0:
                 callback(step)
 
-        with autocast_for(device, s.mixed_precision):
+        with autocast_for(device, s.mixed_precision), plugin_code(provider, "failed while sampling"):
             net = guided(model, None if labels is None else labels[rows.start:rows.stop], s.guidance_scale)
             x = components.sampler(components.diffusion, net, x_T, callback=steps, noise=noise)
+        if not isinstance(x, torch.Tensor) or x.shape != x_T.shape:
+            raise PluginError(f"sampler '{provider.name}' (plugin '{provider.plugin.name}', {provider.plugin.distribution} "
+                              f"{provider.plugin.version}) returned {_shape_of(x)}, not a tensor shaped like x_T "
+                              f"{tuple(x_T.shape)}")
+        if countdown.problem and not problems:
+            problems.append(countdown.problem)
         return to_uint8(x).cpu().numpy()
 
     try:
         images = map_batches(state, num_images, s.batch_size, draw)
     finally:
         bar.close()
+    if problems and state.is_main_process:
+        click.echo(f"warning: sampler '{provider.name}' breaks the callback contract: {problems[0]} (the i of "
+                   "ddpm_kit.api.Sampler counts the steps left, down to 0); progress and the progressive grid "
+                   "counted its reports instead", err=True)
     return torch.from_numpy(images)
 
 
-class ProgressiveChain:
-    """x0-hat along the reverse chain of the first ``images`` images at 10 evenly spaced steps
-    (paper Fig. 6), as a ``sample_images`` callback."""
+def _shape_of(x: Any) -> str:
+    return f"a tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
 
-    def __init__(self, images: int = 8) -> None:
-        self.images, self.keep, self.snapshots = images, set(), {}
+
+class ProgressiveChain:
+    """x0-hat along the reverse chain of the first ``images`` images at ``columns`` evenly spaced
+    steps (paper Fig. 6), as a ``sample_images`` callback. The steps are chosen from the first
+    report's countdown; from a sampler that breaks the contract, among the reports it made
+    (thinned as they come, so memory stays bounded)."""
+
+    def __init__(self, images: int = 8, columns: int = 10) -> None:
+        self.images, self.columns = images, columns
+        self.countdown, self.calls, self.keep = Countdown(), 0, set()
+        self.snapshots: dict[int, torch.Tensor] = {}  # report number -> x0-hat
 
     def __call__(self, step: dict[str, Any]) -> None:
-        if not self.keep:  # the first step's index tells how many steps this sampler takes
-            self.keep.update(int(round(v)) for v in np.linspace(step["i"], 0, 10))
-        if step["i"] in self.keep and step["i"] not in self.snapshots:
-            self.snapshots[step["i"]] = to_uint8(step["x0_hat"][:self.images]).cpu()
+        self.countdown.see(step)
+        n, self.calls = self.calls, self.calls + 1
+        image = step.get("x0_hat", step.get("x")) if isinstance(step, dict) else None
+        if not isinstance(image, torch.Tensor):
+            return
+        if self.countdown.kept:
+            first = self.countdown.total - 1
+            self.keep = self.keep or {first - int(round(v)) for v in np.linspace(first, 0, self.columns)}
+            if n not in self.keep:
+                return
+        self.snapshots[n] = to_uint8(image[:self.images]).cpu()
+        if len(self.snapshots) > 4 * self.columns:  # unknown length: keep every other report
+            for drop in sorted(self.snapshots)[1:-1:2]:
+                del self.snapshots[drop]
 
-    def grid_rows(self) -> torch.Tensor:
-        """uint8 [images, steps, C, H, W]: one row per image, from noise to the sample."""
-        return torch.stack([self.snapshots[i] for i in sorted(self.snapshots, reverse=True)], dim=1)
+    def grid_rows(self) -> torch.Tensor | None:
+        """uint8 [images, steps, C, H, W]: one row per image, from noise to the sample; None when
+        the sampler reported no step."""
+        if not self.snapshots:
+            return None
+        kept = sorted(self.snapshots)
+        picks = sorted({kept[int(round(v))] for v in np.linspace(0, len(kept) - 1, min(self.columns, len(kept)))})
+        return torch.stack([self.snapshots[n] for n in picks], dim=1)
 
 
 def sample_run(components: Components, run: RunFolder, num_images: int, device: torch.device, *,
@@ -130,9 +209,11 @@ def sample_run(components: Components, run: RunFolder, num_images: int, device: 
     images = sample_images(components, model, num_images, device, seed=seed, callback=chain, state=state)
     if not state.is_main_process:
         return
-    grid, array = run.save_samples(images, name, sample_labels(components, num_images))
-    rows = chain.grid_rows()
-    progressive = run.save_grid(rows.flatten(0, 1), run.samples / f"{name}_progressive.png", cols=rows.shape[1])
-    click.echo(f"sampled {num_images} images in {time.time() - started:.0f} s -> {grid}, {array}, {progressive}")
+    grid, array = run.save_samples(images, name, sample_labels(components, num_images), drawn_by(components, use_ema))
+    rows, written = chain.grid_rows(), [grid, array]
+    if rows is not None:
+        written.append(run.save_grid(rows.flatten(0, 1), run.samples / f"{name}_progressive.png", cols=rows.shape[1]))
+    click.echo(f"sampled {num_images} images in {time.time() - started:.0f} s -> {', '.join(map(str, written))}"
+               + ("" if rows is not None else " (no progressive grid: the sampler reported no steps)"))
     run.add_to_summary(sample_seconds=time.time() - started)
     run.set_in_summary(sample_processes=describe(state))

@@ -117,6 +117,10 @@ class Trainer:
         tr = self.settings
         if tr.log_with:
             self.accelerator.init_trackers(self.run.path.name)
+        if resume and self.run.training_finished(tr.steps):  # e.g. sampling failed after training
+            self.accelerator.print(f"{self.run.path}: training already finished at step {tr.steps} (model/ holds "
+                                   "its weights); nothing to train")
+            return
         self.evaluation = TrainingEvaluation(self.components, self.run, self.accelerator) if tr.eval_every else None
         first = self.resume() if resume else 0
         self.start(first)
@@ -147,6 +151,9 @@ class Trainer:
         self.sources = step_rows(self.components.data.rows("train"), self.seed, first, tr.steps, self.micro_batch,
                                  tr.grad_accum, self.mine, data.workers)
         self.stats.restart()
+        if self.is_main_process:
+            self.run.drop_metrics_after(first)
+        self.accelerator.wait_for_everyone()
 
     # -- one step ----------------------------------------------------------------------------------
     def train_step(self, step: int) -> None:
@@ -260,7 +267,7 @@ class Trainer:
             save_final_weights(self.run, self.unwrapped(), self.ema)
             seconds = time.time() - self.created
             self.run.add_to_summary(train_seconds=seconds)
-            self.run.set_in_summary(train_processes=describe(self.accelerator.state),
+            self.run.set_in_summary(trained_steps=self.settings.steps, train_processes=describe(self.accelerator.state),
                                     train_paths=paths_taken(self.accelerator, self.model, self.first_conv,
                                                             self.graphs_before))
             click.echo(f"trained {self.settings.steps} steps in {seconds:.0f} s on "

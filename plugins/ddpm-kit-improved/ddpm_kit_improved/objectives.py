@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ddpm_kit.gaussian import mean_flat
-from ddpm_kit.interfaces import Objective
+from ddpm_kit.api import Objective, mean_flat
 
 
 class Hybrid(Objective):

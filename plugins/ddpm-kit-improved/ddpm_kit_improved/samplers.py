@@ -8,32 +8,8 @@ from typing import Any
 
 import torch
 
-from ddpm_kit.builtins.samplers import sample_ancestral
-from ddpm_kit.diffusion import GaussianDiffusion
-from ddpm_kit.interfaces import Schedule
-from ddpm_kit.noise import NoiseSource, randn_like
-
-
-def spaced_timesteps(T: int, steps: int) -> list[int]:
-    """``steps`` evenly spaced indices from 0 to T-1 (both ends included)."""
-    if not 1 <= steps <= T:
-        raise ValueError(f"steps must lie in 1..{T}, got {steps}")
-    return sorted({round(i * (T - 1) / max(steps - 1, 1)) for i in range(steps)})
-
-
-def respace(d: GaussianDiffusion, steps: int) -> tuple[GaussianDiffusion, torch.Tensor]:
-    """A diffusion over a subset of timesteps: betas from alpha-bar at the kept steps, plus the map
-    from new indices to the original ones (what the network was trained on)."""
-    keep = spaced_timesteps(d.num_timesteps, steps)
-    ab = d.alphas_cumprod[keep]
-    betas = 1 - ab / torch.cat([ab.new_ones(1), ab[:-1]])
-    return GaussianDiffusion(Schedule(betas), d.parameterization, d.variance, d.decoder), torch.tensor(keep)
-
-
-def _mapped(model, timestep_map: torch.Tensor):
-    def call(x, t):
-        return model(x, timestep_map.to(t.device)[t])
-    return call
+from ddpm_kit.api import (GaussianDiffusion, NoiseSource, on_original_timesteps, randn_like, respace,
+                          sample_ancestral)
 
 
 @torch.no_grad()
@@ -60,7 +36,7 @@ def sample_ddim(d: GaussianDiffusion, model, x_T: torch.Tensor, *, generator: to
 def _respaced_call(inner, steps: int | None, d, model, x_T, **kw):
     if steps is not None and steps < d.num_timesteps:
         d, timestep_map = respace(d, steps)
-        model = _mapped(model, timestep_map)
+        model = on_original_timesteps(model, timestep_map)
     return inner(d, model, x_T, **kw)
 
 

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from ddpm_kit.interfaces import Schedule
+from ddpm_kit.api import Schedule
 
 
 def cosine(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Schedule:

@@ -2,7 +2,7 @@
 
 import torch
 
-from ddpm_kit.interfaces import LearnedVariance
+from ddpm_kit.api import LearnedVariance
 
 
 class LearnedRange(LearnedVariance):

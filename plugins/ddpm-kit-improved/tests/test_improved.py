@@ -8,7 +8,8 @@ import torch
 
 import oracle
 from ddpm_kit.builtins.samplers import sample_ancestral
-from ddpm_kit_improved.samplers import respace, sample_ddim
+from ddpm_kit.api import respace
+from ddpm_kit_improved.samplers import sample_ddim
 
 
 def test_cosine_schedule_reference_value_and_closed_form(registry):

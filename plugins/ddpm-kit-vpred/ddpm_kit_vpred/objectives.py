@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ddpm_kit.errors import DdpmKitError
-from ddpm_kit.gaussian import mean_flat
-from ddpm_kit.interfaces import Objective
+from ddpm_kit.api import DdpmKitError, Objective, mean_flat
 
 # The weight on each parameterization's MSE that makes it min(SNR, gamma) times the x0 MSE:
 # ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR + 1) ||x0 - x0_hat||^2.

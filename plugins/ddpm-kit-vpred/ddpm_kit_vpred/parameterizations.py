@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ddpm_kit.interfaces import Parameterization
+from ddpm_kit.api import Parameterization
 
 
 def _alpha_sigma(d, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
