@@ -24,6 +24,15 @@ def site(tmp_path_factory):
     return target
 
 
+@pytest.fixture
+def installed(site, monkeypatch):
+    """The test packages visible to this process's entry-point scan (in-process CLI calls)."""
+    monkeypatch.syspath_prepend(str(site))
+    yield
+    for name in [m for m in sys.modules if m.startswith(("ddpm_kit_example", "ddpm_kit_collide"))]:
+        del sys.modules[name]
+
+
 def ddpm_kit(site, *args):
     env = {**os.environ, "PYTHONPATH": str(site)}
     return subprocess.run([sys.executable, "-m", "ddpm_kit", *args], capture_output=True, text=True, env=env)
@@ -94,29 +103,30 @@ def test_third_party_command_and_component_work_beside_broken_ones(site):
             "RuntimeError: the exploding schedule always fails") in out.stderr
 
 
-def test_installing_a_plugin_never_changes_what_a_recipe_means(site, tmp_path):
+def test_installing_a_plugin_never_changes_what_a_recipe_means(installed, tmp_path):
     """A plugin that also registers 'linear' leaves every recipe that says 'linear' (or gets it by
     default) on the built-in: ``recipe check`` passes and the betas are the built-in's; the plugin's
     is reached as 'collide:linear'. A name two third-party plugins offer is an error only for a
     recipe that uses it, and the error names both and how to pick one."""
-    assert ddpm_kit(site, "recipe", "check", str(TINY)).returncode == 0
-    code = ("from ddpm_kit.plugins import get_registry; r = get_registry();"
-            "print(r.build('schedule', 'linear', {'T': 2}).betas.tolist(), r.build('schedule', 'collide:linear', "
-            "{'T': 2}).betas.tolist())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(site)})
-    assert out.stdout.strip() == "[0.0001, 0.02] [0.5, 0.5]", out.stderr
-    result = ddpm_kit(site, "recipe", "check", str(TINY), "--set", 'diffusion.schedule.name="sigmoid"')
+    from ddpm_kit.plugins import get_registry
+    from helpers import cli
+
+    assert cli("recipe", "check", str(TINY)).returncode == 0
+    registry = get_registry()
+    assert registry.build("schedule", "linear", {"T": 2}).betas.tolist() == [0.0001, 0.02]
+    assert registry.build("schedule", "collide:linear", {"T": 2}).betas.tolist() == [0.5, 0.5]
+    result = cli("recipe", "check", str(TINY), "--set", 'diffusion.schedule.name="sigmoid"')
     assert result.returncode == 2 and result.stderr.strip() == (
         f"error: {TINY}: diffusion.schedule.name: schedule 'sigmoid' is provided by both 'example' "
         "(ddpm-kit-example 1.2.3) and 'collide' (ddpm-kit-collide 2.0.0); pick one with 'example:sigmoid', "
         "'collide:sigmoid'")
-    assert ddpm_kit(site, "recipe", "check", str(TINY), "--set",
-                    'diffusion.schedule.name="collide:sigmoid"').returncode == 0
+    assert cli("recipe", "check", str(TINY), "--set", 'diffusion.schedule.name="collide:sigmoid"').returncode == 0
 
 
-def test_an_unknown_name_mentions_the_plugins_that_failed_to_load(site):
-    result = ddpm_kit(site, "recipe", "check", str(TINY), "--set", 'diffusion.schedule.name="never"')
+def test_an_unknown_name_mentions_the_plugins_that_failed_to_load(installed):
+    from helpers import cli
+
+    result = cli("recipe", "check", str(TINY), "--set", 'diffusion.schedule.name="never"')
     assert result.returncode == 2
     line = result.stderr.strip()
     assert line.startswith(f"error: {TINY}: diffusion.schedule.name: unknown schedule 'never'") and "\n" not in line
