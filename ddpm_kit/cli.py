@@ -80,6 +80,8 @@ def format_details(entry: dict) -> str:
     return "\n".join(lines)
 
 
+steps_option = click.option("--steps", type=int, help="Sampling steps, for samplers with a 'steps' parameter "
+                            "(respaced, ddim, diffusers-*, ...; `ddpm-kit plugins --details NAME` lists a sampler's).")
 RECIPE_FILE = click.Path(dir_okay=False, path_type=Path)
 RUN_DIR = click.Path(file_okay=False, path_type=Path)
 set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -159,7 +161,7 @@ class ClassLabel(click.ParamType):
 @click.option("-n", "--num-images", type=int, help="How many images (default: the recipe's sample.num_images).")
 @click.option("--seed", type=int, help="Sampling seed (default: the recipe's sample.seed).")
 @click.option("--sampler", help="Sampler plugin name (default: the recipe's); `ddpm-kit plugins` lists them.")
-@click.option("--steps", type=int, help="Sampling steps, for samplers that skip steps (respaced, ddim, diffusers-*).")
+@steps_option
 @click.option("--name", help="File name for the grid and array (default: final; final_<sampler>[-<steps>] when "
               "--sampler, --steps or --guidance-scale change the recipe's, so the run's own samples stay).")
 @click.option("--class", "classes", type=ClassLabel(), multiple=True,
@@ -187,7 +189,7 @@ def sample(ctx: click.Context, run_dir: Path, num_images: int | None, seed: int 
 @click.option("--metric", help="Compute this one metric (its recipe settings, else its defaults): eval/<metric>.json.")
 @click.option("--num-samples", type=int, help="With --metric: how many samples it draws (fid, fid_inception).")
 @click.option("--sampler", help="Draw the metric's samples with this sampler instead of the recipe's.")
-@click.option("--steps", type=int, help="Sampling steps, for samplers that skip steps (respaced, ddim, diffusers-*).")
+@steps_option
 @click.option("--guidance-scale", type=click.FloatRange(min=0), help="Conditional runs: draw the metric's samples "
               "with this classifier-free guidance w (eval/<metric>_w<w>.json).")
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")

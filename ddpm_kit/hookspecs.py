@@ -1,4 +1,4 @@
-"""Hook specifications. A plugin implements any of these with ``@ddpm_kit.hookimpl``.
+"""Hook specifications. A plugin implements any of these with ``@ddpm_kit.api.hookimpl``.
 
 Each ``register_*`` hook receives ``register(name, factory)``. The factory is called with the
 component's parameters from the recipe (validated against the factory's signature) and returns
@@ -15,7 +15,7 @@ hookimpl = pluggy.HookimplMarker("ddpm_kit")
 
 @hookspec
 def register_schedules(register):
-    """Register beta schedules: factory(**params) -> ddpm_kit.interfaces.Schedule."""
+    """Register beta schedules: factory(**params) -> ddpm_kit.api.Schedule."""
 
 
 @hookspec

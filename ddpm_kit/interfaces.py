@@ -57,6 +57,9 @@ class Parameterization(ABC):
     name: str = ""
     diffusers_prediction_type: str | None = None
     """diffusers' name for this output (a scheduler's ``prediction_type``), if it has one."""
+    chain_dependent: bool = False
+    """Whether the output's meaning depends on the step to the previous timestep (mu: the mean of
+    x_{t-1}), not only on x_t and t: a respaced diffusion then reads it on the trained chain."""
 
     @abstractmethod
     def from_x0(self, d: GaussianDiffusion, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -214,5 +217,6 @@ class Metric(ABC):
     name: str = ""
 
     @abstractmethod
-    def compute(self, context: Any) -> dict[str, float]:
-        """Return named figures."""
+    def compute(self, context: Any) -> dict[str, float | int | str]:
+        """Named figures: numbers, or short text (what a figure was measured with); names of their
+        own (the engine refuses one another metric already reported, and 'weights', 'sampler')."""

@@ -100,9 +100,10 @@ class PluginFailure:
 class Provider:
     """One component offered by one plugin, with the optional hooks its registration declared:
     ``check(**params)`` rejects bad parameters cheaply, without building, by raising
-    ``DdpmKitError``: recipe validation calls it for every kind but the dataset, whose check runs
-    when a command first needs the data (``recipe check``, ``run``; a finished run samples after
-    its data folder moved); ``extra_params()`` names the keys a factory's ``**kwargs`` accept
+    ``DdpmKitError``; it gets every parameter, defaults filled in. Recipe validation calls it for
+    every kind but the dataset, whose check runs when a command first needs the data (``recipe
+    check``, ``run``; a finished run samples after its data folder moved), and ``Registry.build``
+    before every build. ``extra_params()`` names the keys a factory's ``**kwargs`` accept
     (validation rejects the others)."""
 
     kind: str
@@ -116,12 +117,17 @@ class Provider:
         return prefix in (self.plugin.name, self.plugin.distribution)
 
     @property
+    def label(self) -> str:
+        """``sampler 'heun' (plugin 'heun', ddpm-kit-heun 0.1.0)``: who to ask when it fails."""
+        return f"{self.kind} '{self.name}' (plugin '{self.plugin.name}', {self.plugin.distribution} {self.plugin.version})"
+
+    @property
     def builtin(self) -> bool:
         return self.plugin.distribution == BUILTIN_DISTRIBUTION
 
     def takes(self, argument: str) -> bool:
         """Whether the factory declares ``argument`` by name."""
-        return argument in inspect.signature(self.factory).parameters
+        return argument in signature(self.factory).parameters
 
 
 class _PluginManager(pluggy.PluginManager):
@@ -306,18 +312,34 @@ class Registry:
             raise DdpmKitError(f"{kind} '{bare}' is provided by both {who}; pick one with {picks}")
         return candidates[0]
 
-    def build(self, kind: str, name: str, params: dict[str, Any] | None = None, **context: Any) -> Any:
+    def build(self, kind: str, name: str, params: dict[str, Any] | None = None, *, check: bool = True,
+              **context: Any) -> Any:
         """Resolve a component and call its factory with validated ``params`` plus ``context``
-        (the engine-supplied arguments of ``KINDS[kind]``, passed to factories that declare them)."""
+        (the engine-supplied arguments of ``KINDS[kind]``, passed to factories that declare them),
+        after its declared ``check`` unless the caller ran it already."""
         provider = self.resolve(kind, name)
         unknown = set(context) - set(KINDS[kind].engine_context)
         if unknown:
             raise TypeError(f"{kind} factories get no engine context {sorted(unknown)}; see plugins.KINDS")
         values = validate_params(provider, params or {})
+        if check:
+            self._run_check(provider, values)
         if not _accepts_var_kwargs(provider.factory):  # context a factory does not declare is not passed
             context = {k: v for k, v in context.items() if provider.takes(k)}
         with plugin_code(provider, "failed to build", error=DdpmKitError):  # its parameters, as a rule: exit 2
             return provider.factory(**context, **values)
+
+    def check(self, kind: str, name: str, params: dict[str, Any] | None = None) -> None:
+        """Validate ``params`` and run the component's declared ``check`` on them (defaults filled
+        in), without building it."""
+        provider = self.resolve(kind, name)
+        self._run_check(provider, validate_params(provider, params or {}))
+
+    @staticmethod
+    def _run_check(provider: Provider, values: dict[str, Any]) -> None:
+        if provider.check is not None:
+            with plugin_code(provider, "failed to check its parameters", error=DdpmKitError):
+                provider.check(**values)
 
     def _broken_note(self) -> str:
         """For an unknown name: the plugins that failed to load may be where it was meant to be."""
@@ -375,19 +397,20 @@ class Registry:
 
 
 @contextmanager
-def plugin_code(provider: Provider, what: str, error: type[DdpmKitError] = PluginError) -> Iterator[None]:
+def plugin_code(provider: Provider | tuple[Provider, ...], what: str,
+                error: type[DdpmKitError] = PluginError) -> Iterator[None]:
     """Run a plugin's code: an exception it raises (other than a ``DdpmKitError``, which is already
     a message for the user) becomes one ``PluginError`` line naming the component, the plugin and
     its distribution, e.g. ``sampler 'heun2' (plugin 'mine', ddpm-kit-mine 0.1) failed while
-    sampling: RuntimeError: ...``; the original stays the cause (``--debug`` prints it)."""
+    sampling: RuntimeError: ...``; the original stays the cause (``--debug`` prints it). Code that
+    runs several plugins together (a training step: objective and backbone) names them all."""
     try:
         yield
     except DdpmKitError:
         raise
     except Exception as exc:  # plugin code: name the plugin and its distribution
-        info = provider.plugin
-        raise error(f"{provider.kind} '{provider.name}' (plugin '{info.name}', {info.distribution} "
-                          f"{info.version}) {what}: {_one_line(exc)}") from exc
+        who = " or ".join(p.label for p in (provider if isinstance(provider, tuple) else (provider,)))
+        raise error(f"{who} {what}: {_one_line(exc)}") from exc
 
 
 def describe(provider: Provider) -> dict[str, Any]:
@@ -423,13 +446,22 @@ def factory_params(provider: Provider) -> dict[str, inspect.Parameter]:
     """The parameters a recipe may set: the factory's keyword parameters minus the engine context."""
     skip = set(KINDS[provider.kind].engine_context)
     return {
-        n: p for n, p in inspect.signature(provider.factory).parameters.items()
+        n: p for n, p in signature(provider.factory).parameters.items()
         if n not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     }
 
 
 def _accepts_var_kwargs(factory: Callable[..., Any]) -> bool:
-    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
+    return any(p.kind is p.VAR_KEYWORD for p in signature(factory).parameters.values())
+
+
+def signature(factory: Callable[..., Any]) -> inspect.Signature:
+    """A factory's signature with its annotations evaluated (a plugin module may use
+    ``from __future__ import annotations``); as written when they cannot be evaluated."""
+    try:
+        return inspect.signature(factory, eval_str=True)
+    except Exception:  # an annotation naming what only a type checker imports
+        return inspect.signature(factory)
 
 
 def validate_params(provider: Provider, params: dict[str, Any]) -> dict[str, Any]:

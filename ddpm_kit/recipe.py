@@ -293,7 +293,7 @@ def validate_recipe(data: dict[str, Any], registry: Registry, source: str) -> Re
             raise DdpmKitError(f"{source}: {key}.name: {exc}") from None
         if provider.check is not None and kind != "dataset":  # a dataset's runs when its data are needed
             try:
-                provider.check(**comp.params)
+                registry.check(kind, comp.name, comp.params)
             except DdpmKitError as exc:
                 raise DdpmKitError(f"{source}: {key}: {exc}") from None
     return recipe

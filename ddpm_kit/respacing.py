@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .diffusion import GaussianDiffusion
-from .interfaces import Model, Schedule
+from .interfaces import Model, Parameterization, Schedule
 
 
 def spaced_timesteps(T: int, steps: int) -> list[int]:
@@ -26,7 +26,31 @@ def respace(d: GaussianDiffusion, steps: int | list[int]) -> tuple[GaussianDiffu
     keep = spaced_timesteps(d.num_timesteps, steps) if isinstance(steps, int) else sorted(steps)
     ab = d.alphas_cumprod[keep]
     betas = 1 - ab / torch.cat([ab.new_ones(1), ab[:-1]])
-    return GaussianDiffusion(Schedule(betas), d.parameterization, d.variance, d.decoder), torch.tensor(keep)
+    timestep_map = torch.tensor(keep)
+    param = d.parameterization
+    if param.chain_dependent:
+        param = OnTrainedChain(param, d, timestep_map)
+    return GaussianDiffusion(Schedule(betas), param, d.variance, d.decoder), timestep_map
+
+
+class OnTrainedChain(Parameterization):
+    """A chain-dependent parameterization (mu) read on the chain the network was trained on: the
+    output at respaced index k means what it meant at the original timestep ``timestep_map[k]``
+    (for mu: the mean of x_{t-1} of the T-step chain), so x0-hat comes from the original chain's
+    posterior coefficients and the respaced chain's mean from its own posterior at x0-hat (eq. 7)."""
+
+    def __init__(self, inner: Parameterization, trained: GaussianDiffusion, timestep_map: torch.Tensor) -> None:
+        self.inner, self.trained, self.timestep_map = inner, trained, timestep_map
+        self.name, self.diffusers_prediction_type = inner.name, inner.diffusers_prediction_type
+
+    def _original(self, t: torch.Tensor) -> torch.Tensor:
+        return self.timestep_map.to(t.device)[t]
+
+    def from_x0(self, d, x0, x_t, t):
+        return self.inner.from_x0(self.trained, x0, x_t, self._original(t))
+
+    def predict_x0(self, d, output, x_t, t):
+        return self.inner.predict_x0(self.trained, output, x_t, self._original(t))
 
 
 def on_original_timesteps(model: Model, timestep_map: torch.Tensor) -> Model:

@@ -147,3 +147,40 @@ def test_evaluate_never_scores_another_samplers_images(run_copy):
     assert result.returncode == 0, result.stderr
     drawn = np.load(run_copy / "samples" / "eval_8.npz")
     assert json.loads(str(drawn["drawn_by"]))["sampler"]["name"] == "ancestral"
+
+
+def test_plugin_code_failing_in_a_check_or_a_training_step_is_named(registry, tmp_path, fresh_accelerate_state):
+    """A check= that raises a ValueError and an objective whose losses raise: each is one line that
+    names the plugin (the training step names the objective and the backbone it calls)."""
+    from ddpm_kit.engine import Trainer, build_components
+    from ddpm_kit.errors import DdpmKitError, PluginError
+    from ddpm_kit.interfaces import Objective
+    from ddpm_kit.plugins import PluginInfo, Provider
+    from ddpm_kit.recipe import load_recipe
+    from ddpm_kit.runs import RunFolder
+
+    class Boom(Objective):
+        name = "boom"
+
+        def losses(self, d, model, x0, t, noise):
+            raise RuntimeError("boom in losses")
+
+    def fussy(steps: int = 3):
+        raise AssertionError("not built")
+
+    def check(steps: int) -> None:
+        raise ValueError(f"steps={steps} displeases me")
+
+    info = PluginInfo("mine", "ddpm-kit-mine", "0.1")
+    registry.providers["objective"]["boom"] = [Provider("objective", "boom", Boom, info)]
+    registry.providers["sampler"]["fussy"] = [Provider("sampler", "fussy", fussy, info, check=check)]
+    with pytest.raises(DdpmKitError, match=r"tiny\.toml: sample\.sampler: sampler 'fussy' \(plugin 'mine', "
+                                           r"ddpm-kit-mine 0\.1\) failed to check its parameters: ValueError: "
+                                           r"steps=3 displeases me$"):  # the default, filled in
+        load_recipe(TINY, registry, ['sample.sampler.name="fussy"'])
+    recipe, _ = load_recipe(TINY, registry, ['objective.name="boom"'])
+    trainer = Trainer(build_components(recipe, registry, str(TINY)), RunFolder(tmp_path / "run"))
+    with pytest.raises(PluginError, match=r"^objective 'boom' \(plugin 'mine', ddpm-kit-mine 0\.1\) or backbone "
+                                          r"'unet2d' \(plugin 'backbones', ddpm-kit 0\.1\.0\) failed while training: "
+                                          r"RuntimeError: boom in losses$"):
+        trainer.fit()

@@ -251,4 +251,4 @@ def test_a_declared_check_of_any_other_kind_runs_when_the_recipe_is_validated(re
     data = RunData(recipe, registry, "r.toml")
     data.check()
     data.split("train"), data.split("test")
-    assert seen == [{}]
+    assert seen == [{"test_fraction": 0.1, "seed": 0}]  # once, with the defaults filled in

@@ -47,6 +47,7 @@ class MeanPrediction(Parameterization):
     """
 
     name = "mu"
+    chain_dependent = True  # the mean of x_{t-1}: on a respaced chain, the previous step is another
 
     def from_x0(self, d, x0, x_t, t):
         return d.q_posterior_mean(x0, x_t, t)

@@ -194,9 +194,7 @@ def checked_figures(provider: Provider, figures: Any) -> dict[str, float | int |
     """A metric's figures as JSON-ready values: a dict of names to numbers (a NumPy scalar or a
     0-d tensor is read with ``item()``) or short text; anything else is refused by name."""
     def refuse(why: str) -> PluginError:
-        info = provider.plugin
-        return PluginError(f"metric '{provider.name}' (plugin '{info.name}', {info.distribution} {info.version}) "
-                           f"returned {why}; Metric.compute returns {{name: number or text}}")
+        return PluginError(f"{provider.label} returned {why}; Metric.compute returns {{name: number or text}}")
 
     if not isinstance(figures, dict):
         raise refuse(type(figures).__name__)

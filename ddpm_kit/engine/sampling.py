@@ -140,8 +140,7 @@ def sample_images(components: Components, model: torch.nn.Module, num_images: in
             net = guided(model, None if labels is None else labels[rows.start:rows.stop], s.guidance_scale)
             x = components.sampler(components.diffusion, net, x_T, callback=steps, noise=noise)
         if not isinstance(x, torch.Tensor) or x.shape != x_T.shape:
-            raise PluginError(f"sampler '{provider.name}' (plugin '{provider.plugin.name}', {provider.plugin.distribution} "
-                              f"{provider.plugin.version}) returned {_shape_of(x)}, not a tensor shaped like x_T "
+            raise PluginError(f"{provider.label} returned {_shape_of(x)}, not a tensor shaped like x_T "
                               f"{tuple(x_T.shape)}")
         if countdown.problem and not problems:
             problems.append(countdown.problem)

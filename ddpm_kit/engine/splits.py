@@ -37,12 +37,10 @@ class RunData:
         if self._checked:
             return
         dataset = self.recipe.data.dataset
-        provider = self.registry.resolve("dataset", dataset.name)
-        if provider.check is not None:
-            try:
-                provider.check(**dataset.params)
-            except DdpmKitError as exc:
-                raise DdpmKitError(f"{self.source}: data.dataset: {exc}") from None
+        try:
+            self.registry.check("dataset", dataset.name, dataset.params)
+        except DdpmKitError as exc:
+            raise DdpmKitError(f"{self.source}: data.dataset: {exc}") from None
         self._checked = True
 
     @cached_property
@@ -51,7 +49,7 @@ class RunData:
         self.check()
         dataset = self.recipe.data.dataset
         try:
-            return self.registry.build("dataset", dataset.name, dataset.params)
+            return self.registry.build("dataset", dataset.name, dataset.params, check=False)  # checked above
         except DdpmKitError as exc:
             raise DdpmKitError(f"{self.source}: data.dataset: {exc}") from None
 

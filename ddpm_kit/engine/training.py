@@ -20,6 +20,7 @@ import torch
 
 from ..conditioning import bind
 from ..errors import DdpmKitError
+from ..plugins import plugin_code
 from ..progress import progress_bar
 from ..runs import RunFolder
 from ..seeds import step_generator, step_seed
@@ -80,6 +81,9 @@ class Trainer:
         set_seed(self.seed)  # the backbone's initial weights come from the run's seed
         self.labels = components.data.labels("train")
         self.objective, self.diffusion = components.objective, components.diffusion
+        recipe = components.recipe  # whose code a training step runs, to name them when it fails
+        self.step_plugins = (components.registry.resolve("objective", recipe.objective.name),
+                             components.registry.resolve("backbone", recipe.backbone.name))
         self._build_model()
         self.stats = StepStats(torch.zeros((), device=self.accelerator.device))
 
@@ -181,8 +185,10 @@ class Trainer:
         """The objective's loss on one micro-batch and its gradient; the optimizer steps when the
         accumulated gradient is complete and finite."""
         with self.accelerator.accumulate(self.model):
-            losses = self.diffusion.training_losses(bind(self.model, batch.labels), batch.x0, self.objective,
-                                                    t=batch.t, noise=batch.noise, weights=batch.weights, update=False)
+            with plugin_code(self.step_plugins, "failed while training"):
+                losses = self.diffusion.training_losses(bind(self.model, batch.labels), batch.x0, self.objective,
+                                                        t=batch.t, noise=batch.noise, weights=batch.weights,
+                                                        update=False)
             loss = losses["loss"].mean()
             self.accelerator.backward(loss)
             if self.accelerator.sync_gradients and not self.clip_gradients(step):
@@ -191,7 +197,9 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         self.stats.loss_sum += loss.detach() / self.settings.grad_accum
         if self.objective.learns_from_losses:  # e.g. importance sampling of t
-            self.objective.update(*(v.cpu() for v in self.accelerator.gather((batch.t, losses["unweighted_loss"]))))
+            t, unweighted = (v.cpu() for v in self.accelerator.gather((batch.t, losses["unweighted_loss"])))
+            with plugin_code(self.step_plugins[0], "failed while learning from the losses"):
+                self.objective.update(t, unweighted)
 
     def clip_gradients(self, step: int) -> bool:
         """Clip the all-reduced gradient (its norm is the same on every process); False for a
