@@ -9,6 +9,7 @@ extractor.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,12 @@ def cached_classifier(key: dict, x: torch.Tensor, labels: torch.Tensor) -> tuple
     num_classes = int(labels.max()) + 1
     if path.is_file():
         net = DigitClassifier(x.shape[1], x.shape[-1], num_classes)
-        net.load_state_dict(load_file(str(path)))
-        return net.eval(), digest
+        try:
+            net.load_state_dict(load_file(str(path)))
+            return net.eval(), digest
+        except Exception as exc:  # truncated or garbage file (safetensors' own errors), or another net's
+            print(f"warning: cached classifier {path} is damaged ({type(exc).__name__}); training it again",
+                  file=sys.stderr, flush=True)
     with torch.inference_mode(False), torch.enable_grad():  # metrics run under inference_mode
         net = train_classifier(x.clone(), labels.clone())
     with atomic_file(path) as tmp:  # processes of a run may race to write it

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 import torch
 import tomli_w
@@ -46,7 +47,7 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(folder: Path, step: int) -> None:
+def write_manifest(folder: Path, step: int | None) -> None:
     """Record every file's size and SHA-256 (written last: a folder with a manifest is complete)."""
     files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in sorted(folder.iterdir()) if p.is_file()}
     tmp = folder / f".{MANIFEST}.tmp"
@@ -54,19 +55,34 @@ def write_manifest(folder: Path, step: int) -> None:
     tmp.rename(folder / MANIFEST)
 
 
-def verify_manifest(folder: Path) -> str | None:
-    """None if every file in the manifest is present with its size and checksum, else what is wrong."""
+def verify_manifest(folder: Path, only: str | None = None) -> str | None:
+    """None if every file in the manifest (or just ``only``) is present with its size and checksum,
+    else what is wrong."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        return f"unreadable manifest ({exc})"
-    for name, meta in manifest.get("files", {}).items():
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"unreadable manifest ({' '.join(str(exc).split())[:100]})"
+    if only is not None and only not in files:
+        return f"{only} is not in its manifest"
+    for name, meta in files.items():
+        if only is not None and name != only:
+            continue
         path = folder / name
         if not path.is_file():
             return f"missing file {name}"
         if path.stat().st_size != meta["bytes"] or sha256(path) != meta["sha256"]:
             return f"file {name} does not match its checksum (truncated or corrupt)"
     return None
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    """One metrics.jsonl line as a dict, or None for a blank or damaged one."""
+    try:
+        record = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 @dataclass(frozen=True)
@@ -146,10 +162,10 @@ class RunFolder:
         again from an earlier checkpoint), so that no step is logged twice."""
         if not self.metrics_file.is_file():
             return
-        lines = self.metrics_file.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        lines = self.metrics_file.read_bytes().splitlines(keepends=True)
+        kept = [line for line in lines if (record := _record(line)) and record.get("step", 0) <= step]
         if len(kept) != len(lines):
-            self.metrics_file.write_text("".join(kept))
+            self.metrics_file.write_bytes(b"".join(kept))
 
     def training_finished(self, steps: int) -> bool:
         """Whether training to ``steps`` ended here: its final weights were written (summary's
@@ -158,14 +174,28 @@ class RunFolder:
                 and (self.model / "ema.safetensors").is_file())
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """metrics.jsonl's records; a damaged line (a crash mid-write, garbage) is skipped."""
         if not self.metrics_file.is_file():
             return []
-        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+        return [record for line in self.metrics_file.read_bytes().splitlines() if (record := _record(line))]
 
     summary_file = property(lambda self: self.path / "summary.json")
 
     def read_summary(self) -> dict[str, Any]:
-        return json.loads(self.summary_file.read_text()) if self.summary_file.is_file() else {}
+        """summary.json; a damaged one is set aside (summary.damaged.json) with a warning and the
+        figures start again, since the stages that wrote them can write them again."""
+        if not self.summary_file.is_file():
+            return {}
+        try:
+            summary = json.loads(self.summary_file.read_text())
+            if isinstance(summary, dict):
+                return summary
+        except (ValueError, UnicodeDecodeError):
+            pass
+        aside = self.summary_file.with_name("summary.damaged.json")
+        self.summary_file.replace(aside)
+        click.echo(f"warning: {self.summary_file} was damaged (not a JSON object); moved to {aside.name}", err=True)
+        return {}
 
     def add_to_summary(self, **values: float) -> None:
         """Accumulate figures such as train_seconds across resumes."""
@@ -180,13 +210,25 @@ class RunFolder:
         summary.update(values)
         self.summary_file.write_text(json.dumps(summary, indent=2))
 
-    def save_weights(self, **weights: dict[str, torch.Tensor]) -> None:
-        """model/<name>.safetensors for each state dict given (``model``: raw, ``ema``), on the CPU."""
+    def save_weights(self, step: int | None = None, **weights: dict[str, torch.Tensor]) -> None:
+        """model/<name>.safetensors for each state dict given (``model``: raw, ``ema``), on the CPU,
+        and model/manifest.json with their sizes and checksums (``weights_problem`` checks them)."""
         from safetensors.torch import save_file
 
         self.model.mkdir(parents=True, exist_ok=True)
+        (self.model / MANIFEST).unlink(missing_ok=True)
         for name, state in weights.items():
             save_file({k: v.contiguous().cpu() for k, v in state.items()}, self.model / f"{name}.safetensors")
+        write_manifest(self.model, step)
+
+    def weights_problem(self, weights: Path) -> str | None:
+        """What is wrong with final weights ``weights`` (missing, or not what training wrote:
+        truncated, overwritten), or None. Weights from before manifests are taken as they are."""
+        if not weights.is_file():
+            return "missing"
+        if not (self.model / MANIFEST).is_file():
+            return None
+        return verify_manifest(self.model, only=weights.name)
 
     def save_eval(self, name: str, results: dict[str, Any]) -> Path:
         """eval/<name>.json: a stage's figures."""

@@ -164,10 +164,44 @@ def prepared_split(ds, source: dict[str, Any], split: str, image_size: int, chan
     split_key = getattr(ds, "_fingerprint", None) or uuid.uuid4().hex  # no fingerprint: never reused
     folder = root / fingerprint(source, split_key, split, image_size, channels, resize)
     if (folder / META).is_file():
-        return PixelStore(folder)
+        problem = store_problem(folder)
+        if problem is None:
+            return PixelStore(folder)
+        set_aside_damaged(folder, problem)
     folder.parent.mkdir(parents=True, exist_ok=True)
     return build_store(ds, folder, image_size, channels, resize, workers=workers, progress=progress,
                        desc=f"preparing the {split} split in {folder}")
+
+
+def store_problem(folder: Path) -> str | None:
+    """What is wrong with a complete-looking store (meta.json unreadable, pixels.u8 of another
+    size than meta.json's shape), or None. Bytes changed inside pixels.u8 are not detected: that
+    would mean hashing the whole store at every start."""
+    try:
+        meta = json.loads((folder / META).read_text())
+        shape = [int(n) for n in meta["shape"]]
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        return f"{META} unreadable ({type(exc).__name__})"
+    if meta.get("format") != STORE_FORMAT or len(shape) != 4:
+        return f"{META} describes another store format"
+    pixels = folder / PIXELS
+    size = pixels.stat().st_size if pixels.is_file() else None
+    if size != int(np.prod(shape)):
+        return f"{PIXELS} holds {size} bytes, not the {int(np.prod(shape))} its {META} says"
+    return None
+
+
+def set_aside_damaged(folder: Path, problem: str) -> None:
+    """Move a damaged store out of the way (renamed, so that processes racing to do the same do not
+    remove a store another one has just rebuilt), say so, and delete it."""
+    aside = folder.with_name(f".damaged-{folder.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        if store_problem(folder) is not None:  # still damaged: not rebuilt by another process meanwhile
+            folder.rename(aside)
+    except OSError:  # another process moved it first
+        return
+    print(f"warning: data store {folder} was damaged ({problem}); rebuilding it", file=sys.stderr, flush=True)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 class EncodedSplit:

@@ -110,6 +110,10 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
     assert not (killed / "model").exists()  # it really was stopped mid-way
     result = cli("run", str(TINY), "--run-dir", str(killed), "--resume", "latest", *args, threads=1)
     assert result.returncode == 0, result.stderr
+    loaded = int(result.stdout.split(f"resuming {killed} from step ")[1].split()[0])
+    assert loaded >= 8 and loaded % 4 == 0  # the latest checkpoint it had written, not a fresh start
+    assert [m["step"] for m in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())] == \
+        list(range(2, 41, 2))  # no step logged twice
     assert_same_weights(weights(reference), weights(killed))
     assert_same_weights(weights(reference, "ema"), weights(killed, "ema"))
     ref_losses = [m["loss"] for m in map(json.loads, (reference / "metrics.jsonl").read_text().splitlines())]

@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,8 +36,34 @@ def test_damaged_latest_checkpoint_is_skipped_and_resume_is_exact(tmp_path):
     assert result.returncode == 0, result.stderr
     out = result.stdout + result.stderr
     assert "step_0000006: skipped, file model.safetensors does not match its checksum" in out
-    assert "resuming" in out and "from step 4" in out
+    assert f"resuming {run} from step 4" in out
+    assert [m["step"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [2, 4, 6, 8]
     assert_same_weights(weights(reference), weights(run))
+
+
+def test_a_resumed_run_really_uses_its_checkpoint(tmp_path):
+    """Training is deterministic, so a resume that silently started over would end at the same
+    weights: halve the weights inside the checkpoint (and rewrite its manifest, so it is accepted)
+    and the resumed run must end elsewhere, while the untouched checkpoint ends where the
+    uninterrupted run does (the test above)."""
+    from ddpm_kit.runs import MANIFEST, write_manifest
+    from safetensors.torch import load_file, save_file
+
+    reference = tmp_path / "reference"
+    assert cli("run", str(TINY), "--run-dir", str(reference), "--set", "train.steps=8", *QUIET).returncode == 0
+    run = tmp_path / "run"
+    assert cli("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=4", *QUIET).returncode == 0
+    checkpoint = run / "checkpoints" / "step_0000004"
+    state = load_file(str(checkpoint / "model.safetensors"))
+    save_file({k: v / 2 for k, v in state.items()}, str(checkpoint / "model.safetensors"))
+    (checkpoint / MANIFEST).unlink()
+    write_manifest(checkpoint, 4)
+    shutil.rmtree(run / "model")
+    result = cli("run", str(TINY), "--run-dir", str(run), "--resume", "latest", "--set", "train.steps=8", *QUIET)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {run} from step 4" in result.stdout
+    ours, theirs = weights(run), weights(reference)
+    assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) > 1e-3
 
 
 def test_checkpoint_with_a_code_running_pickle_is_refused(tmp_path):
@@ -123,8 +150,14 @@ def test_a_non_finite_step_never_reaches_the_weights_the_ema_or_a_checkpoint(tmp
     assert all(torch.isfinite(p).all() for p in seen["ema"].shadow_params)
 
 
-def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes_exactly(tmp_path):
-    args = ["--set", "train.steps=40", "--set", "train.checkpoint_every=20", *QUIET]
+@pytest.mark.parametrize("sig,code,said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "stopped by SIGTERM")],
+                         ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_the_run_resumes_exactly(tmp_path, sig, code, said):
+    """SIGTERM (what SLURM and Kubernetes send before killing a job) acts like Ctrl-C: a checkpoint
+    of the last finished step, then the shell's exit status for the signal (a job script requeues
+    on 143); resumed, the run loads that step, logs no step twice and ends at the uninterrupted
+    run's weights."""
+    args = ["--set", "train.steps=40", "--set", "train.checkpoint_every=20", "--set", "train.log_every=1", *QUIET]
     reference = tmp_path / "reference"
     assert cli("run", str(TINY), "--run-dir", str(reference), *args, threads=1).returncode == 0
     run = tmp_path / "run"
@@ -134,15 +167,18 @@ def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes_exactly(tmp_path):
     while not (run / "metrics.jsonl").exists():
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "interrupted after step" in err and "--resume latest" in err
-    step = int(err.split("interrupted after step ")[1].split(";")[0])
+    assert proc.returncode == code, err
+    assert f"{said} after step" in err and "--resume latest" in err and f"(exit status {code})" in err
+    step = int(err.split(f"{said} after step ")[1].split(";")[0])
     assert (run / "checkpoints" / f"step_{step:07d}" / "manifest.json").is_file()
     assert step < 40
     result = cli("run", str(TINY), "--run-dir", str(run), "--resume", "latest", *args, threads=1)
     assert result.returncode == 0, result.stderr
+    assert f"resuming {run} from step {step}" in result.stdout
+    assert [m["step"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == \
+        list(range(1, 41))
     assert_same_weights(weights(reference), weights(run))
 
 

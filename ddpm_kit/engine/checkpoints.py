@@ -82,9 +82,9 @@ def save_checkpoint(accelerator, run: RunFolder, step: int, ema, keep: int, fold
     accelerator.wait_for_everyone()
 
 
-def save_final_weights(run: RunFolder, model: torch.nn.Module, ema) -> None:
+def save_final_weights(run: RunFolder, model: torch.nn.Module, ema, step: int | None = None) -> None:
     """model/model.safetensors (raw) and model/ema.safetensors, on CPU."""
-    run.save_weights(model=model.state_dict(), ema=ema_state_dict(model, ema))
+    run.save_weights(step, model=model.state_dict(), ema=ema_state_dict(model, ema))
 
 
 def load_run_model(components: Components, run: RunFolder, *, use_ema: bool, device: torch.device) -> torch.nn.Module:
@@ -93,9 +93,13 @@ def load_run_model(components: Components, run: RunFolder, *, use_ema: bool, dev
 
     model = components.build_backbone()
     weights = run.model / ("ema.safetensors" if use_ema else "model.safetensors")
-    if not weights.is_file():
-        raise DdpmKitError(f"{run.path}: no trained weights at {weights}; finish training with "
-                           f"`ddpm-kit run {run.path / 'recipe.toml'} --resume latest`")
+    again = f"`ddpm-kit run {run.recipe_file} --run-dir {run.path} --resume latest`"
+    problem = run.weights_problem(weights)
+    if problem == "missing":
+        raise DdpmKitError(f"{run.path}: no trained weights at {weights}; finish training with {again}")
+    if problem is not None:
+        raise DdpmKitError(f"{weights}: {problem}: not the weights training wrote; write them again from the "
+                           f"latest checkpoint: delete {run.model} and run {again}")
     try:
         state = load_file(str(weights))
     except Exception as exc:  # safetensors raises its own error types for corrupt files

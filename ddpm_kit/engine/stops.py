@@ -1,5 +1,6 @@
-"""How training stops before its last step: Ctrl-C (after the current step, with a checkpoint) and
-a non-finite gradient (before it reaches the weights)."""
+"""How training stops before its last step: Ctrl-C or SIGTERM (what SLURM and Kubernetes send
+before they kill a job: after the current step, with a checkpoint, and an exit status a job script
+can requeue on) and a non-finite gradient (before it reaches the weights)."""
 
 from __future__ import annotations
 
@@ -10,25 +11,33 @@ from ..errors import DdpmKitError
 from ..runs import RunFolder
 
 
-class GracefulStop:
-    """Turn the first Ctrl-C (SIGINT) into a request to stop after the current step; a second one
-    interrupts at once."""
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    requested = False
+
+class GracefulStop:
+    """Turn the first Ctrl-C (SIGINT) or SIGTERM into a request to stop after the current step
+    (``signum`` says which); a second one acts at once (SIGINT interrupts, SIGTERM terminates)."""
+
+    signum = 0
+
+    @property
+    def requested(self) -> bool:
+        return self.signum != 0
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.signum = signum
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
 
     def __enter__(self) -> GracefulStop:
         self._installed = threading.current_thread() is threading.main_thread()
         if self._installed:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
         if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
+            for s, handler in self._previous.items():
+                signal.signal(s, handler)
 
 
 class NonFiniteError(DdpmKitError):
@@ -43,10 +52,12 @@ class NonFiniteError(DdpmKitError):
 
 
 class Interrupted(DdpmKitError):
-    """Ctrl-C: a checkpoint of the last finished step was written."""
+    """Ctrl-C or SIGTERM: a checkpoint of the last finished step was written. The exit status is
+    the shell's for that signal (130 for SIGINT, 143 for SIGTERM), so a job script can requeue."""
 
-    exit_code = 130
-
-    def __init__(self, step: int, run: RunFolder) -> None:
-        super().__init__(f"interrupted after step {step}; checkpoint saved, continue with "
-                         f"`ddpm-kit run {run.recipe_file} --run-dir {run.path} --resume latest`")
+    def __init__(self, step: int, run: RunFolder, signum: int = signal.SIGINT) -> None:
+        self.exit_code = 128 + signum
+        what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        super().__init__(f"{what} after step {step}; checkpoint saved, continue with "
+                         f"`ddpm-kit run {run.recipe_file} --run-dir {run.path} --resume latest` "
+                         f"(exit status {self.exit_code})")

@@ -230,11 +230,12 @@ class Trainer:
             self.checkpoint(done)
         if tr.sample_every and done % tr.sample_every == 0 and self.is_main_process:
             self.sample_grid(done)
-        if self.stop_requested(stop, done):
+        signum = self.stop_requested(stop, done)
+        if signum:
             bar.close()
             if not checkpoint_due:
                 self.checkpoint(done)
-            raise Interrupted(done, self.run)
+            raise Interrupted(done, self.run, signum)
 
     def log(self, done: int, bar) -> None:
         """One line of metrics.jsonl (and the trackers): the mean loss over processes and steps since
@@ -262,17 +263,19 @@ class Trainer:
             images = sample_images(self.components, model, 16, self.accelerator.device)
         log_grid(self.accelerator, done, self.run.save_grid(images, self.run.samples / f"step_{done:07d}.png"))
 
-    def stop_requested(self, stop: GracefulStop, done: int) -> bool:
-        """Ctrl-C: stop between steps. Several processes agree at log steps (one small all-reduce)."""
+    def stop_requested(self, stop: GracefulStop, done: int) -> int:
+        """The signal that asks to stop between steps (Ctrl-C, SIGTERM), or 0. Several processes
+        agree at log steps (one small all-reduce), so all stop after the same step."""
         if self.accelerator.num_processes == 1:
-            return stop.requested
-        return done % self.settings.log_every == 0 and bool(self.accelerator.reduce(
-            torch.tensor(float(stop.requested), device=self.accelerator.device), "max"))
+            return stop.signum
+        if done % self.settings.log_every:
+            return 0
+        return int(self.accelerator.reduce(torch.tensor(float(stop.signum), device=self.accelerator.device), "max"))
 
     def finish(self) -> None:
         """The final weights (raw and EMA) and the training's figures in summary.json."""
         if self.is_main_process:
-            save_final_weights(self.run, self.unwrapped(), self.ema)
+            save_final_weights(self.run, self.unwrapped(), self.ema, self.settings.steps)
             seconds = time.time() - self.created
             self.run.add_to_summary(train_seconds=seconds)
             self.run.set_in_summary(trained_steps=self.settings.steps, train_processes=describe(self.accelerator.state),
