@@ -1,0 +1,99 @@
+"""Faults of multi-process training on this CPU: a rank SIGKILLed at random moments (the launcher
+then ends the other) and resumed each time ends bitwise equal to the uninterrupted 2-process run;
+a run preempted onto another number of processes (2 -> 1, 1 -> 2) continues the same run within
+the tolerance of 2 processes against 1; accelerate launch is tested for real beside torchrun.
+scripts/kill_loop.py runs the long version of the kill loop."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import TINY, assert_same_weights, cli, weights
+from test_distributed import processes_seen
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from kill_loop import finish, kill_loop, launch, recipe_args  # noqa: E402
+
+pytestmark = pytest.mark.slow
+STEPS = 12
+ARGS = recipe_args(STEPS)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted 2-process run."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    finish(launch(run, ARGS))
+    assert processes_seen(run, "train")["num_processes"] == 2
+    return run
+
+
+def test_a_rank_killed_at_random_moments_resumes_bitwise(reference, tmp_path):
+    run = tmp_path / "run"
+    kills, out = kill_loop(run, ARGS, STEPS, kills_wanted=2)
+    assert len(kills) == 2, f"killed {len(kills)} times (the run was too quick)"
+    assert f"resuming {run} from step {kills[-1]}" in out
+    steps = [m["step"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    assert steps == list(range(2, STEPS + 1, 2))  # every step logged once across the kills
+    assert_same_weights(weights(reference), weights(run))
+    assert_same_weights(weights(reference, "ema"), weights(run, "ema"))
+
+
+def interrupted_copy(reference: Path, tmp_path: Path, step: int) -> Path:
+    """The reference run as it was at ``step``: its checkpoints up to there, no final weights."""
+    run = Path(shutil.copytree(reference, tmp_path / "preempted"))
+    shutil.rmtree(run / "model")
+    for checkpoint in (run / "checkpoints").glob("step_*"):
+        if int(checkpoint.name.split("_")[1]) > step:
+            shutil.rmtree(checkpoint)
+    return run
+
+
+def test_a_2_process_run_resumed_on_1_process_continues_the_same_run(reference, tmp_path, fresh_accelerate_state):
+    run = interrupted_copy(reference, tmp_path, 8)
+    result = cli("run", str(TINY), "--run-dir", str(run), *ARGS, "--resume", "latest", threads=1)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {run} from step 8" in result.stdout
+    assert processes_seen(run, "train")["num_processes"] == 1
+    assert_same_weights(weights(reference), weights(run), atol=1e-5)  # 2 processes vs 1: test_distributed's bound
+
+
+def test_a_1_process_run_resumed_on_2_processes_by_accelerate_launch_continues_the_same_run(reference, tmp_path,
+                                                                                           fresh_accelerate_state):
+    run = tmp_path / "run"
+    result = cli("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=8", *ARGS[2:], threads=1)
+    assert result.returncode == 0, result.stderr
+    out = finish(launch(run, [*ARGS, "--resume", "latest"], launcher="accelerate"))
+    assert f"resuming {run} from step 8" in out
+    seen = processes_seen(run, "train")
+    assert (seen["num_processes"], seen["launcher"], seen["distributed_type"]) == (2, "accelerate launch", "MULTI_CPU")
+    assert_same_weights(weights(reference), weights(run), atol=1e-5)
+
+
+def test_sigterm_to_the_launcher_stops_every_rank_after_one_step_with_a_checkpoint(reference, tmp_path):
+    """What a preempted cluster job gets: torchrun forwards SIGTERM to its workers, they agree on the
+    step at the next log step, checkpoint it, and exit 143 each (torchrun itself then exits 1); the
+    resumed run ends bitwise equal to the uninterrupted one."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    proc = launch(run, ARGS)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    said = [line for line in err.splitlines() if line.startswith("error: stopped by SIGTERM after step ")]
+    assert len(said) == 2, err[-2000:]  # both ranks
+    steps = {int(line.split("after step ")[1].split(";")[0]) for line in said}
+    assert len(steps) == 1 and "(exit status 143)" in said[0]
+    (step,) = steps
+    assert (run / "checkpoints" / f"step_{step:07d}" / "manifest.json").is_file() and step < STEPS
+    out = finish(launch(run, [*ARGS, "--resume", "latest"]))
+    assert f"resuming {run} from step {step}" in out
+    assert_same_weights(weights(reference), weights(run))
