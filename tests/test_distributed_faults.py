@@ -97,3 +97,15 @@ def test_sigterm_to_the_launcher_stops_every_rank_after_one_step_with_a_checkpoi
     out = finish(launch(run, [*ARGS, "--resume", "latest"]))
     assert f"resuming {run} from step {step}" in out
     assert_same_weights(weights(reference), weights(run))
+
+
+def test_non_finite_fp16_training_stops_every_rank_at_the_same_step(tmp_path):
+    """Two processes under fp16 with grad_accum 2 and lr = 1e30: the ranks agree (one all-reduce)
+    on the step whose loss went non-finite and stop there together, instead of one waiting forever."""
+    run = tmp_path / "run"
+    proc = launch(run, [*recipe_args(6, checkpoint_every=1), "--set", "train.lr=1e30", "--set", "train.grad_accum=2",
+                        "--set", 'train.mixed_precision="fp16"'])
+    _, err = proc.communicate(timeout=300)
+    said = [line for line in err.splitlines() if "non-finite loss or gradient at step" in line]
+    assert proc.returncode != 0 and len(said) == 2, err[-2000:]
+    assert len({line.split("at step ")[1].split(";")[0] for line in said}) == 1

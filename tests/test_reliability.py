@@ -214,3 +214,26 @@ def test_resume_without_a_checkpoint_starts_over_and_logs_each_step_once(tmp_pat
     assert "no complete checkpoint yet; starting from step 0" in result.stdout
     steps = [m["step"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
     assert steps == [2, 4, 6]
+
+
+@pytest.mark.parametrize("precision,accum", [("no", 2), ("fp16", 1), ("fp16", 2)])
+def test_non_finite_training_does_what_the_recipe_says_under_fp16_and_accumulation(tmp_path, precision, accum,
+                                                                                     fresh_accelerate_state):
+    """lr = 1e30 blows the weights up after the first step. 'stop' stops at the first step whose
+    loss is non-finite (under fp16 an overflowing gradient alone is the scaler's to skip), keeping
+    the last good checkpoint; 'skip' finishes, and counts the steps it (or the scaler) skipped."""
+    args = ["--set", "train.steps=6", "--set", "train.lr=1e30", "--set", "train.checkpoint_every=1",
+            "--set", f'train.mixed_precision="{precision}"', "--set", f"train.grad_accum={accum}",
+            "--set", "train.log_every=1", *QUIET]
+    run = tmp_path / "stop"
+    result = cli("run", str(TINY), "--run-dir", str(run), *args)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "non-finite loss or gradient at step" in line
+    step = int(line.split("at step ")[1].split(";")[0])
+    assert 2 <= step <= 6 and f"the last good checkpoint is {run / 'checkpoints'}" in line
+    skip = tmp_path / "skip"
+    result = cli("run", str(TINY), "--run-dir", str(skip), *args, "--set", 'train.on_nonfinite="skip"')
+    assert result.returncode == 0, result.stderr
+    metrics = [json.loads(line) for line in (skip / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["skipped_steps"] >= 1

@@ -86,6 +86,7 @@ class Trainer:
                              components.registry.resolve("backbone", recipe.backbone.name))
         self._build_model()
         self.stats = StepStats(torch.zeros((), device=self.accelerator.device))
+        self.loss_nonfinite = torch.zeros((), device=self.accelerator.device)  # 1.0 after a non-finite loss
 
     def _build_model(self) -> None:
         """The backbone (dropout masks of the global batch: P processes train like one), its EMA,
@@ -190,6 +191,7 @@ class Trainer:
                                                         t=batch.t, noise=batch.noise, weights=batch.weights,
                                                         update=False)
             loss = losses["loss"].mean()
+            self.loss_nonfinite = torch.maximum(self.loss_nonfinite, (~torch.isfinite(loss.detach())).float())
             self.accelerator.backward(loss)
             if self.accelerator.sync_gradients and not self.clip_gradients(step):
                 return
@@ -204,16 +206,24 @@ class Trainer:
     def clip_gradients(self, step: int) -> bool:
         """Clip the all-reduced gradient (its norm is the same on every process); False for a
         non-finite one, which is dropped (``train.on_nonfinite = "skip"``) or stops the run ("stop")
-        before it reaches the weights or the EMA. One host sync per step; under fp16 the gradient
-        scaler skips such steps itself."""
+        before it reaches the weights or the EMA. One host sync per step. Under fp16 an overflowing
+        gradient is the gradient scaler's to skip (it then lowers its scale): counted as skipped,
+        and "stop" stops only when the loss itself is non-finite on some process (divergence, not
+        the scale's calibration)."""
         tr = self.settings
         self.stats.grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), tr.grad_clip or math.inf)
-        if tr.mixed_precision == "fp16" or bool(torch.isfinite(self.stats.grad_norm)):
+        diverged, self.loss_nonfinite = self.loss_nonfinite, torch.zeros_like(self.loss_nonfinite)
+        if bool(torch.isfinite(self.stats.grad_norm)):
             return True
+        self.stats.skipped += 1
+        if tr.mixed_precision == "fp16":
+            if tr.on_nonfinite == "stop" and bool(self.accelerator.reduce(diverged, "max")):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteError(step + 1, self.run)
+            return True  # the scaler skips the optimizer step
         self.optimizer.zero_grad(set_to_none=True)
         if tr.on_nonfinite == "stop":
             raise NonFiniteError(step + 1, self.run)
-        self.stats.skipped += 1
         return False
 
     # -- at the end of a step ------------------------------------------------------------------------
