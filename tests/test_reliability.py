@@ -237,3 +237,32 @@ def test_non_finite_training_does_what_the_recipe_says_under_fp16_and_accumulati
     assert result.returncode == 0, result.stderr
     metrics = [json.loads(line) for line in (skip / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["skipped_steps"] >= 1
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one_and_says_so(tmp_path):
+    """A full disk, simulated by a file size limit (RLIMIT_FSIZE) under which the optimizer state
+    no longer fits: the run stops in one line naming the intact previous checkpoint, which a
+    resume without the limit then continues from."""
+    import resource
+
+    run = tmp_path / "run"
+    args = ["--set", "train.checkpoint_every=2", *QUIET]
+    assert cli("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=2", *args).returncode == 0
+    before = {p.name: p.read_bytes() for p in (run / "checkpoints" / "step_0000002").iterdir()}
+    limit = 2 ** 19  # 512 KiB: below the optimizer state (about 1.6 MB), above the small files
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run([sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(run), "--resume",
+                             "latest", "--set", "train.steps=4", *args], env=ENV, capture_output=True, text=True,
+                            preexec_fn=small_files, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: could not write the checkpoint of step 4 to {run / 'checkpoints'} (File too large); "
+                           f"{run / 'checkpoints' / 'step_0000002'} (step 2) is intact: free space"), line
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000002"]  # no half-written folder
+    assert {p.name: p.read_bytes() for p in (run / "checkpoints" / "step_0000002").iterdir()} == before
+    result = cli("run", str(TINY), "--run-dir", str(run), "--resume", "latest", "--set", "train.steps=4", *args)
+    assert result.returncode == 0 and f"resuming {run} from step 2" in result.stdout

@@ -71,15 +71,33 @@ def save_checkpoint(accelerator, run: RunFolder, step: int, ema, keep: int, fold
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    try:
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            write_manifest(tmp, step)
+    except Exception as exc:  # disk full, a file size limit, a quota (OSError, safetensors' and torch's own
+        shutil.rmtree(tmp, ignore_errors=True)  # errors): the previous checkpoints are untouched
+        last = run.latest_checkpoint(report=lambda _: None)
+        kept = f"{last.path} (step {last.step}) is intact" if last else "no earlier checkpoint exists"
+        raise DdpmKitError(f"could not write the checkpoint of step {step} to {tmp.parent} ({_reason(exc)}); "
+                           f"{kept}: free space, then resume with `ddpm-kit run {run.recipe_file} --run-dir "
+                           f"{run.path} --resume latest`") from exc
     if accelerator.is_main_process:
-        write_manifest(tmp, step)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
         if folder is None:
             run.prune_checkpoints(keep)
     accelerator.wait_for_everyone()
+
+
+def _reason(exc: Exception) -> str:
+    """An I/O error's reason in a few words ("File too large", "No space left on device")."""
+    text = getattr(exc, "strerror", None) or " ".join(str(exc).split())
+    for reason in ("File too large", "No space left on device", "Disk quota exceeded"):
+        if reason in text:
+            return reason
+    return text[:200]
 
 
 def save_final_weights(run: RunFolder, model: torch.nn.Module, ema, step: int | None = None) -> None:
