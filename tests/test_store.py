@@ -2,6 +2,7 @@
 memory, reused by later runs, read row by row, and bad images still named."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +106,43 @@ def test_step_rows_decode_exactly_the_batch_that_training_draws(folder_dataset):
             assert (got[:3] == -1).all()  # another process's rows are not decoded here
     with pytest.raises(RuntimeError, match="another batch"):
         global_batch(steps[0][0], 6, step_generator(3, 99, 0), flip=False)
+
+
+def _build_after_barrier(barrier, results, ds, root):
+    barrier.wait()
+    built = store.prepared_split(ds, SOURCE, "train", 8, 3, "resize", root=root, progress=False)
+    results.put((str(built.folder), built[:].numpy().tobytes()))
+
+
+def test_two_processes_building_the_same_store_at_once_end_with_one_complete_store(folder_dataset, tmp_path,
+                                                                                   monkeypatch):
+    """Both processes find no store (a barrier starts them together; each build waits 0.3 s, so
+    neither finishes before the other has looked), both build it, one rename wins: one complete
+    store, both processes read the same pixels, no temporary folder is left."""
+    import multiprocessing
+    import time
+
+    root, calls = tmp_path / "root", multiprocessing.get_context("fork").Queue()
+    build = store.build_store
+
+    def slow_build(*args, **kwargs):
+        calls.put(1)
+        time.sleep(0.3)
+        return build(*args, workers=1, **{k: v for k, v in kwargs.items() if k != "workers"})
+
+    monkeypatch.setattr(store, "build_store", slow_build)
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(2), context.Queue()
+    procs = [context.Process(target=_build_after_barrier, args=(barrier, results, folder_dataset["train"], root))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert calls.qsize() == 2  # both built it
+    assert got[0] == got[1]
+    assert [p.name for p in root.iterdir()] == [Path(got[0][0]).name]  # one store, no .tmp- or .damaged- left
+    expected = to_uint8_tensor(folder_dataset["train"], 8, 3, "resize")
+    assert got[0][1] == expected.numpy().tobytes() and store.store_problem(Path(got[0][0])) is None
