@@ -4,7 +4,6 @@ refused in one line that says how to write them again; never a traceback, never 
 result. (docs/reliability.md holds the corpus as a table.)"""
 
 import json
-import os
 import shutil
 from pathlib import Path
 

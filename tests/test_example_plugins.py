@@ -5,7 +5,6 @@ a sampler, an objective, a metric, a backbone), pip-installed as a user would, w
 import ast
 import json
 import math
-import os
 import subprocess
 import sys
 import tomllib
