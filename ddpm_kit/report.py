@@ -1,4 +1,7 @@
-"""``ddpm-kit report RUN...``: one markdown table and one HTML page over many runs."""
+"""``ddpm-kit report RUN...``: one markdown table and one HTML page over many runs: the table, the
+runs compared on one figure each (bits per timestep, loss, rate-distortion overlaid; a row of samples
+per run side by side; the progressive x0-hat chains side by side), then each run's own figures. The
+report folder is self-contained: it holds a copy of every image the page shows."""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .recipe import read_toml
 from .runs import RunFolder
@@ -64,14 +69,53 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SIDE_BY_SIDE = 10  # samples per run in the side-by-side rows
+
+
+def compare(rows: list[dict[str, Any]], out: Path) -> list[tuple[Path, str]]:
+    """The runs on shared figures in ``out`` (each with its caption), for those runs that have the
+    data: bits per timestep and rate-distortion from eval/bpd_terms.npy and xstart_mse.npy, the
+    losses from metrics.jsonl, the first samples of samples/final.npz."""
+    from .plots import plot_bpd_terms, plot_loss_curve, plot_rate_distortion, plot_sample_rows
+
+    runs = {row["run"]: RunFolder(row["path"]) for row in rows}
+    terms = {name: np.load(run.eval / "bpd_terms.npy") for name, run in runs.items()
+             if (run.eval / "bpd_terms.npy").is_file()}
+    errors = {name: np.load(runs[name].eval / "xstart_mse.npy") for name in terms
+              if (runs[name].eval / "xstart_mse.npy").is_file()}
+    losses = {row["run"]: tuple(zip(*row["losses"])) for row in rows if row["losses"]}
+    samples = {}
+    for name, run in runs.items():
+        if (run.samples / "final.npz").is_file():
+            with np.load(run.samples / "final.npz") as stored:
+                samples[name] = stored["images"][:SIDE_BY_SIDE]
+    figures = []
+    if terms:
+        figures.append((plot_bpd_terms(terms, out / "compare_bpd_per_timestep.png"),
+                        "bits per timestep L_t and the cumulative bound, every run"))
+    if errors:
+        figures.append((plot_rate_distortion({n: (terms[n], errors[n]) for n in errors}, None,
+                                             out / "compare_rate_distortion.png"), "rate-distortion, every run"))
+    if losses:
+        figures.append((plot_loss_curve(losses, None, out / "compare_loss.png"), "training loss, every run"))
+    if samples:
+        figures.append((plot_sample_rows(samples, out / "compare_samples.png"),
+                        f"the first {SIDE_BY_SIDE} samples of each run (samples/final.npz; the same sample seed "
+                        "gives every run of one data shape the same starting noise)"))
+    return figures
+
+
 def write_report(runs: list[Path], out: Path) -> tuple[Path, Path]:
-    """report.md (the table) and report.html (the table, each run's grids and plots)."""
+    """report.md (the table) and report.html (the table, the runs compared, each run's figures)."""
     from .plots import plot_loss_curve
 
     out.mkdir(parents=True, exist_ok=True)
     rows = [summarize(RunFolder.existing(r)) for r in runs]
     table = markdown_table(rows)
     (out / "report.md").write_text(table)
+    compared = "".join(f'<figure><img src="{f.name}"><figcaption>{html.escape(c)}</figcaption></figure>'
+                       for f, c in compare(rows, out))
+    chains = []
     sections = []
     for row in rows:
         run = RunFolder(row["path"])
@@ -90,6 +134,9 @@ def write_report(runs: list[Path], out: Path) -> tuple[Path, Path]:
                 shown.append(figure)
         images = "".join(f'<figure><img src="{html.escape(row["run"])}/{f.name}"><figcaption>{f.stem}'
                          "</figcaption></figure>" for f in shown)
+        if (copies / "final_progressive.png").is_file():
+            chains.append(f'<figure><img src="{html.escape(row["run"])}/final_progressive.png"><figcaption>'
+                          f'{html.escape(row["run"])}</figcaption></figure>')
         sections.append(f"<h2>{html.escape(row['run'])}</h2><p>{html.escape(row['parameterization'])} / "
                         f"{html.escape(row['variance'])} / {html.escape(row['objective'])}, bits/dim "
                         f"{html.escape(row['bits/dim'])}, FID {html.escape(row['FID'])}</p>{images}")
@@ -98,7 +145,12 @@ def write_report(runs: list[Path], out: Path) -> tuple[Path, Path]:
     page = (
         "<!doctype html><meta charset='utf-8'><title>ddpm-kit report</title><style>"
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-        "padding:4px 8px}figure{display:inline-block;margin:6px}img{max-height:260px}</style>"
-        f"<h1>ddpm-kit report</h1><table><tr>{head}</tr>{body}</table>{''.join(sections)}")
+        "padding:4px 8px}figure{display:inline-block;margin:6px;vertical-align:top}img{max-height:260px;"
+        "max-width:100%}.row{display:flex;flex-wrap:wrap}</style>"
+        f"<h1>ddpm-kit report</h1><table><tr>{head}</tr>{body}</table>"
+        f"<h2>The runs compared</h2>{compared}"
+        + (f"<h3>x0-hat along the reverse chain, side by side</h3><div class='row'>{''.join(chains)}</div>"
+           if chains else "")
+        + f"{''.join(sections)}")
     (out / "report.html").write_text(page)
     return out / "report.md", out / "report.html"

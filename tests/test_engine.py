@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+from pathlib import Path
 import pytest
 import torch
 
@@ -283,3 +284,39 @@ def test_ema_warmup_starts_from_a_low_decay(tmp_path, warmup, decay):
         torch.testing.assert_close(ema[name], decay * first[name] + (1 - decay) * value, rtol=0, atol=1e-6, msg=name)
         moved += int((first[name] - value).abs().max() > 1e-5)
     assert moved > 10  # the second step changed the weights, so the two decays give different EMAs
+
+
+def test_report_compares_runs_on_shared_figures_and_is_self_contained(finished_run, tmp_path, monkeypatch):
+    """Two runs: bits per timestep, rate-distortion and loss overlaid (each figure draws both runs'
+    data), a row of samples per run, the progressive chains side by side; every image the page
+    shows is a file in the report folder (copied: the page still works when the runs move)."""
+    import re
+    import shutil
+
+    from PIL import Image
+
+    from ddpm_kit import plots
+
+    runs = [Path(shutil.copytree(finished_run[0], tmp_path / name)) for name in ("alpha", "beta")]
+    np.save(runs[1] / "eval" / "bpd_terms.npy", np.load(runs[1] / "eval" / "bpd_terms.npy") * 1.1)
+    drawn = {}
+    for name in ("plot_bpd_terms", "plot_rate_distortion", "plot_loss_curve", "plot_sample_rows"):
+        def spy(first, *args, _name=name, _real=getattr(plots, name)):
+            if isinstance(first, dict):
+                drawn[_name] = sorted(first)
+            return _real(first, *args)
+        monkeypatch.setattr(plots, name, spy)
+    out = tmp_path / "report"
+    result = cli("report", *map(str, runs), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert drawn == {name: ["alpha", "beta"] for name in drawn} and len(drawn) == 4
+    page = (out / "report.html").read_text()
+    shown = re.findall(r'<img src="([^"]+)"', page)
+    assert {"compare_bpd_per_timestep.png", "compare_rate_distortion.png", "compare_loss.png",
+            "compare_samples.png", "alpha/final_progressive.png", "beta/final_progressive.png"} <= set(shown)
+    assert all((out / src).is_file() for src in shown)
+    shutil.rmtree(runs[0]), shutil.rmtree(runs[1])  # the report does not need the runs any more
+    assert all((out / src).is_file() for src in shown)
+    two = Image.open(out / "compare_samples.png").size
+    result = cli("report", str(finished_run[0]), "--out", str(tmp_path / "one"))
+    assert Image.open(tmp_path / "one" / "compare_samples.png").size[1] < two[1]  # one row per run
