@@ -15,6 +15,8 @@ The diffusion a sampler, objective or metric is handed
     GaussianDiffusion, PMeanVariance
 What a metric is handed
     EvalContext
+A finished run, for a plugin's own commands (statistics of the trained model)
+    open_run, FinishedRun, weights_digest
 Helpers
     randn_like, NoiseSource  a sampler's Gaussian draws (one generator per image)
     spaced_timesteps, respace, on_original_timesteps   K-step samplers over a trained T-step chain
@@ -51,3 +53,47 @@ __all__ = [
     "mean_flat", "normal_kl", "discretized_gaussian_log_likelihood", "approx_standard_normal_cdf",
     "DdpmKitError", "PluginError",
 ]
+
+
+class FinishedRun:
+    """A finished run as a plugin command sees it (``ddpm_kit.api.open_run``): its folder, its
+    diffusion, its trained network, its data, and a digest of the weights (to tie statistics a
+    plugin computes to the weights they came from)."""
+
+    def __init__(self, run_dir, *, use_ema: bool = True, device=None) -> None:
+        import torch
+
+        from .engine import load_run_model
+        from .workflow import load_run
+
+        self._components, run = load_run(get_registry(), run_dir)
+        self.path, self.use_ema = run.path, use_ema
+        self.device = torch.device(device or "cpu")
+        self.diffusion: GaussianDiffusion = self._components.diffusion
+        self.model = load_run_model(self._components, run, use_ema=use_ema, device=self.device)
+        self.weights_digest: str = weights_digest(run.path, use_ema=use_ema)
+
+    def images(self, split: str = "train", limit: int | None = None):
+        """The first ``limit`` images of a split, in [-1, 1] (as the network was trained on them)."""
+        from .images import to_model_range
+
+        pixels = self._components.data.rows(split)
+        return to_model_range(pixels[: min(limit, len(pixels)) if limit else len(pixels)]).to(self.device)
+
+
+def weights_digest(run_dir, *, use_ema: bool = True) -> str:
+    """SHA-256 of a finished run's final weights (EMA unless ``use_ema=False``), without loading them
+    into a network: what statistics a plugin computed from the weights are tied to."""
+    from pathlib import Path
+
+    from .runs import RunFolder, sha256
+
+    return sha256(RunFolder(Path(run_dir)).model / ("ema.safetensors" if use_ema else "model.safetensors"))
+
+
+def open_run(run_dir, *, use_ema: bool = True, device=None) -> FinishedRun:
+    """A finished run's diffusion, network (EMA weights unless ``use_ema=False``) and data."""
+    return FinishedRun(run_dir, use_ema=use_ema, device=device)
+
+
+__all__ += ["FinishedRun", "open_run", "weights_digest"]

@@ -60,8 +60,10 @@ KINDS: dict[str, Kind] = {
     "parameterization": Kind("register_parameterizations"),
     "variance": Kind("register_variances"),
     "decoder": Kind("register_decoders"),
-    # the run's diffusion lets a sampler factory refuse what it cannot sample (interfaces.CannotSample)
-    "sampler": Kind("register_samplers", ("num_timesteps", "diffusion")),
+    # the run's diffusion lets a sampler factory refuse what it cannot sample (interfaces.CannotSample);
+    # run_dir, the finished run being sampled (None while a run is set up), lets one read statistics
+    # of the trained model that a plugin command computed into it (ddpm-kit-analytic's Gamma)
+    "sampler": Kind("register_samplers", ("num_timesteps", "diffusion", "run_dir")),
     "objective": Kind("register_objectives"),
     # num_classes reaches only conditional runs' backbones; a backbone that can be conditioned declares it
     "backbone": Kind("register_backbones", ("in_channels", "out_channels", "image_size", "num_classes")),

@@ -88,7 +88,7 @@ def load_run(registry: Registry, run_dir: Path,
     run = RunFolder.existing(run_dir)
     source = str(run.recipe_file)
     recipe = override.apply(validate_recipe(read_toml(run.recipe_file), registry, source), registry, source)
-    return build_components(recipe, registry, source), run
+    return build_components(recipe, registry, source, run_dir=run.path), run
 
 
 def sample_from_run(registry: Registry, run_dir: Path, *, num_images: int | None, seed: int | None,

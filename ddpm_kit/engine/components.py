@@ -8,6 +8,7 @@ the key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,8 +80,10 @@ def build_at(recipe: Recipe, registry: Registry, source: str, key: str, **contex
         raise (CannotSample if isinstance(exc, CannotSample) else DdpmKitError)(f"{source}: {key}: {exc}") from None
 
 
-def build_components(recipe: Recipe, registry: Registry, source: str = "recipe") -> Components:
-    """Build the diffusion, objective and sampler; a factory's complaint names ``source`` and the key."""
+def build_components(recipe: Recipe, registry: Registry, source: str = "recipe",
+                     run_dir: Path | None = None) -> Components:
+    """Build the diffusion, objective and sampler; a factory's complaint names ``source`` and the key.
+    ``run_dir``: the finished run being sampled or evaluated (None while a run is set up)."""
     diffusion = GaussianDiffusion(*(build_at(recipe, registry, source, f"diffusion.{part}")
                                     for part in ("schedule", "parameterization", "variance", "decoder")))
     objective = build_at(recipe, registry, source, "objective")
@@ -88,13 +91,14 @@ def build_components(recipe: Recipe, registry: Registry, source: str = "recipe")
         objective.check(diffusion)
     except DdpmKitError as exc:
         raise DdpmKitError(f"{source}: objective: {exc}") from None
-    return Components(recipe, diffusion, objective, build_sampler(recipe, registry, source, diffusion), registry,
-                      source=source)
+    return Components(recipe, diffusion, objective, build_sampler(recipe, registry, source, diffusion, run_dir),
+                      registry, source=source)
 
 
-def build_sampler(recipe: Recipe, registry: Registry, source: str, diffusion: GaussianDiffusion) -> Sampler:
+def build_sampler(recipe: Recipe, registry: Registry, source: str, diffusion: GaussianDiffusion,
+                  run_dir: Path | None = None) -> Sampler:
     """The recipe's sampler for ``diffusion``; one that cannot sample it is refused with those that can."""
-    context = {"num_timesteps": diffusion.num_timesteps, "diffusion": diffusion}
+    context = {"num_timesteps": diffusion.num_timesteps, "diffusion": diffusion, "run_dir": run_dir}
     try:
         return build_at(recipe, registry, source, "sample.sampler", **context)
     except CannotSample as exc:

@@ -1,0 +1,51 @@
+"""Gamma of a finished run: estimated by ``ddpm-kit analytic-gamma RUN`` into RUN/analytic/gamma.json,
+tied to the digest of the weights it was estimated with."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ddpm_kit.api import CannotSample, open_run, weights_digest
+
+from .analytic import estimate_gamma
+
+GAMMA_FILE = Path("analytic") / "gamma.json"
+
+
+def estimate_run_gamma(run_dir: Path, images: int = 256, batch_size: int = 256, seed: int = 0,
+                       progress=None) -> Path:
+    """Gamma_t at every timestep of the run's EMA weights, by Monte Carlo over its first ``images``
+    training images (one x_t per image and t), with standard errors; written to analytic/gamma.json."""
+    run = open_run(run_dir)
+    x0 = run.images("train", images)
+    generator = torch.Generator().manual_seed(seed)
+    T = run.diffusion.num_timesteps
+    means, errors = [], []
+    for t in range(T):
+        mean, error = estimate_gamma(run.diffusion, run.model, x0, [t], batch_size=batch_size, generator=generator)
+        means.append(float(mean[0])), errors.append(float(error[0]))
+        if progress is not None:
+            progress(1)
+    path = Path(run_dir) / GAMMA_FILE
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"weights_sha256": run.weights_digest, "weights": "ema", "images": len(x0),
+                                "seed": seed, "gamma": means, "stderr": errors}))
+    return path
+
+
+def load_run_gamma(run_dir: Path | None, num_timesteps: int) -> torch.Tensor:
+    """The Gamma estimated for this run's current EMA weights; ``CannotSample`` (with what to run)
+    when there is none, or when the weights changed since."""
+    if run_dir is None:
+        raise CannotSample("sampler 'analytic' samples a finished run: `ddpm-kit analytic-gamma RUN`, then "
+                           "`ddpm-kit sample RUN --sampler analytic --steps K`")
+    path = Path(run_dir) / GAMMA_FILE
+    if not path.is_file():
+        raise CannotSample(f"sampler 'analytic' needs {path}: run `ddpm-kit analytic-gamma {run_dir}` first")
+    stored = json.loads(path.read_text())
+    if stored["weights_sha256"] != weights_digest(run_dir) or len(stored["gamma"]) != num_timesteps:
+        raise CannotSample(f"{path} was estimated for other weights: run `ddpm-kit analytic-gamma {run_dir}` again")
+    return torch.tensor(stored["gamma"], dtype=torch.float64)
