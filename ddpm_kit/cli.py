@@ -262,6 +262,22 @@ def _add_plugin_commands() -> PluginSet:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one line and exit 2; --debug shows the traceback."""
+    try:
+        _main(argv)
+    finally:
+        _end_process_group()
+
+
+def _end_process_group() -> None:
+    """Tear the process group of a multi-process command down before the interpreter exits: left to
+    exit, gloo's threads can abort it ('terminate called without an active exception', SIGABRT)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _main(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
