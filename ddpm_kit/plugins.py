@@ -325,7 +325,7 @@ class Registry:
             raise TypeError(f"{kind} factories get no engine context {sorted(unknown)}; see plugins.KINDS")
         values = validate_params(provider, params or {})
         if check:
-            self._run_check(provider, values)
+            run_check(provider, values)
         if not _accepts_var_kwargs(provider.factory):  # context a factory does not declare is not passed
             context = {k: v for k, v in context.items() if provider.takes(k)}
         with plugin_code(provider, "failed to build", error=DdpmKitError):  # its parameters, as a rule: exit 2
@@ -335,13 +335,7 @@ class Registry:
         """Validate ``params`` and run the component's declared ``check`` on them (defaults filled
         in), without building it."""
         provider = self.resolve(kind, name)
-        self._run_check(provider, validate_params(provider, params or {}))
-
-    @staticmethod
-    def _run_check(provider: Provider, values: dict[str, Any]) -> None:
-        if provider.check is not None:
-            with plugin_code(provider, "failed to check its parameters", error=DdpmKitError):
-                provider.check(**values)
+        run_check(provider, validate_params(provider, params or {}))
 
     def _broken_note(self) -> str:
         """For an unknown name: the plugins that failed to load may be where it was meant to be."""
@@ -354,9 +348,7 @@ class Registry:
         """``ok``, ``shadowed`` (a built-in has the name: reach it as ``plugin:name``), or
         ``conflict`` (another third-party plugin has it: a recipe must say which)."""
         others = [p for p in self.providers[provider.kind][provider.name] if p is not provider]
-        if not others:
-            return "ok"
-        if provider.builtin:
+        if not others or provider.builtin:
             return "ok"
         return "shadowed" if any(p.builtin for p in others) else "conflict"
 
@@ -396,6 +388,14 @@ class Registry:
             rows.append({"kind": "-", "name": "-", "plugin": f.plugin, "distribution": f.distribution,
                          "version": f.version, "status": f"broken ({f.stage}): {f.error}"})
         return rows
+
+
+def run_check(provider: Provider, values: dict[str, Any]) -> None:
+    """The component's declared ``check`` on its validated parameters (defaults filled in), if it
+    declared one; what else it raises names the plugin."""
+    if provider.check is not None:
+        with plugin_code(provider, "failed to check its parameters", error=DdpmKitError):
+            provider.check(**values)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import DdpmKitError, did_you_mean
-from .plugins import KINDS, ParamError, Registry, validate_params
+from .plugins import KINDS, ParamError, Registry, run_check, validate_params
 
 
 class Strict(BaseModel):
@@ -286,14 +286,14 @@ def validate_recipe(data: dict[str, Any], registry: Registry, source: str) -> Re
         try:
             provider = registry.resolve(kind, comp.name)
             context = KINDS[kind].engine_context  # the engine supplies these (a recipe may repeat them)
-            validate_params(provider, {k: v for k, v in comp.params.items() if k not in context})
+            values = validate_params(provider, {k: v for k, v in comp.params.items() if k not in context})
         except ParamError as exc:
             raise DdpmKitError(f"{source}: {key}.{exc.key}: {exc}") from None
         except DdpmKitError as exc:
             raise DdpmKitError(f"{source}: {key}.name: {exc}") from None
-        if provider.check is not None and kind != "dataset":  # a dataset's runs when its data are needed
+        if kind != "dataset":  # a dataset's check runs when its data are needed
             try:
-                registry.check(kind, comp.name, comp.params)
+                run_check(provider, values)
             except DdpmKitError as exc:
                 raise DdpmKitError(f"{source}: {key}: {exc}") from None
     return recipe

@@ -56,7 +56,7 @@ def run_recipe(registry: Registry, recipe_file: Path, overrides: list[str], *, r
     except PluginError as exc:  # training is done: say how to finish without training again
         raise PluginError(f"{exc}; training finished and {run.model} holds its weights: finish with `ddpm-kit sample "
                           f"{run.path}` / `ddpm-kit evaluate {run.path}` (--sampler for another), or `ddpm-kit run "
-                          f"{recipe_file} --resume latest`") from exc
+                          f"{recipe_file} --run-dir {run.path} --resume latest`") from exc
     state.wait_for_everyone()
     return run
 

@@ -171,9 +171,9 @@ def compute_metrics(context: EvalContext, specs: list[Component],
     order, on every process; their figures in one dict."""
     results: dict[str, Any] = {}
     owner: dict[str, str] = {}
+    registry = context.components.registry
     for spec in specs:
         params = {**spec.params, **(overrides or {}).get(spec.name, {})}
-        registry = context.components.registry
         metric, provider = registry.build("metric", spec.name, params), registry.resolve("metric", spec.name)
         with torch.inference_mode(), plugin_code(provider, "failed while computing"):
             figures = metric.compute(context)

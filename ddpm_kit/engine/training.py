@@ -86,7 +86,7 @@ class Trainer:
                              components.registry.resolve("backbone", recipe.backbone.name))
         self._build_model()
         self.stats = StepStats(torch.zeros((), device=self.accelerator.device))
-        self.loss_nonfinite = torch.zeros((), device=self.accelerator.device)  # 1.0 after a non-finite loss
+        self.loss_nonfinite = torch.zeros((), device=self.accelerator.device)  # 1.0 after a non-finite fp16 loss
 
     def _build_model(self) -> None:
         """The backbone (dropout masks of the global batch: P processes train like one), its EMA,
@@ -191,7 +191,8 @@ class Trainer:
                                                         t=batch.t, noise=batch.noise, weights=batch.weights,
                                                         update=False)
             loss = losses["loss"].mean()
-            self.loss_nonfinite = torch.maximum(self.loss_nonfinite, (~torch.isfinite(loss.detach())).float())
+            if self.settings.mixed_precision == "fp16":  # read by clip_gradients' "stop" under fp16 only
+                self.loss_nonfinite = torch.maximum(self.loss_nonfinite, (~torch.isfinite(loss.detach())).float())
             self.accelerator.backward(loss)
             if self.accelerator.sync_gradients and not self.clip_gradients(step):
                 return

@@ -3,18 +3,13 @@ Gamma_t = (1 - abar) / (abar s^2 + 1 - abar) in closed form, and the KL-optimal 
 exact Var(x_{n-1} | x_n) of the joint Gaussian of (x_{n-1}, x_n), computed here in numpy from the
 forward process alone."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from ddpm_kit.api import get_registry, on_original_timesteps, sample_ancestral, spaced_timesteps
 from ddpm_kit_analytic import analytic_diffusion, estimate_gamma, trajectory_variances
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
-from oracle import M, S, EpsOracle, linear_betas  # noqa: E402
+from oracle import M, S, EpsOracle, linear_betas  # tests/oracle.py (conftest.py puts tests/ on the path)
 
 T = 1000
 AB = np.cumprod(1 - linear_betas(T))
