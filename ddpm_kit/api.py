@@ -13,8 +13,8 @@ Interfaces (what a factory returns)
     Metric, Model, CannotSample
 The diffusion a sampler, objective or metric is handed
     GaussianDiffusion, PMeanVariance
-What a metric is handed
-    EvalContext
+What a metric is handed, and the bound to subclass for another reverse process
+    EvalContext, BitsPerDim
 A finished run, for a plugin's own commands (statistics of the trained model)
     open_run, FinishedRun, weights_digest
 Helpers
@@ -30,6 +30,7 @@ Errors
 from __future__ import annotations
 
 from . import __version__
+from .builtins.metrics import BitsPerDim
 from .builtins.samplers import sample_ancestral
 from .diffusion import GaussianDiffusion, PMeanVariance
 from .engine.evaluation import EvalContext
@@ -48,7 +49,7 @@ __all__ = [
     "Schedule", "Parameterization", "VarianceChoice", "LearnedVariance", "Decoder", "Sampler", "Objective",
     "Metric", "Model", "CannotSample",
     "GaussianDiffusion", "PMeanVariance",
-    "EvalContext",
+    "EvalContext", "BitsPerDim",
     "randn_like", "NoiseSource", "spaced_timesteps", "respace", "on_original_timesteps", "sample_ancestral",
     "mean_flat", "normal_kl", "discretized_gaussian_log_likelihood", "approx_standard_normal_cdf",
     "DdpmKitError", "PluginError",
@@ -57,18 +58,18 @@ __all__ = [
 
 class FinishedRun:
     """A finished run as a plugin command sees it (``ddpm_kit.api.open_run``): its folder, its
-    diffusion, its trained network, its data, and a digest of the weights (to tie statistics a
-    plugin computes to the weights they came from)."""
+    diffusion, its trained network, its data, a digest of the weights (to tie statistics a plugin
+    computes to the weights they came from), and the processes of the launch to share work with
+    (``map_batches``: under ``accelerate launch`` every process takes its share)."""
 
     def __init__(self, run_dir, *, use_ema: bool = True, device=None) -> None:
-        import torch
-
-        from .engine import load_run_model
-        from .workflow import load_run
+        from .engine import load_run_model, process_state
+        from .workflow import device_for, load_run
 
         self._components, run = load_run(get_registry(), run_dir)
         self.path, self.use_ema = run.path, use_ema
-        self.device = torch.device(device or "cpu")
+        self.state = process_state()
+        self.device = device_for(self.state, device)
         self.diffusion: GaussianDiffusion = self._components.diffusion
         self.model = load_run_model(self._components, run, use_ema=use_ema, device=self.device)
         self.weights_digest: str = weights_digest(run.path, use_ema=use_ema)
@@ -79,6 +80,24 @@ class FinishedRun:
 
         pixels = self._components.data.rows(split)
         return to_model_range(pixels[: min(limit, len(pixels)) if limit else len(pixels)]).to(self.device)
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.state.is_main_process
+
+    def map_batches(self, total: int, batch_size: int, work, progress=None):
+        """``work(rows) -> np.ndarray`` over batches of 0..total-1, split over the launch's processes;
+        every result, in index order, on every process. The batches do not depend on the number of
+        processes, so neither does the answer when ``work`` seeds its randomness by ``rows``.
+        ``progress(n)`` is called on the main process after each of its batches of ``n`` rows."""
+        from .engine.distributed import map_batches
+
+        def each(rows):
+            out = work(rows)
+            if progress is not None and self.is_main_process:
+                progress(len(rows))
+            return out
+        return map_batches(self.state, total, batch_size, each)
 
 
 def weights_digest(run_dir, *, use_ema: bool = True) -> str:

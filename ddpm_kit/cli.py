@@ -80,6 +80,10 @@ def format_details(entry: dict) -> str:
     return "\n".join(lines)
 
 
+sampler_param_option = click.option(
+    "--sampler-param", "sampler_params", multiple=True, metavar="KEY=VALUE",
+    help="Set one of the sampler's parameters, e.g. --sampler respaced --sampler-param variance=fixed_beta_tilde "
+         "(repeatable; `ddpm-kit plugins --details NAME` lists them).")
 steps_option = click.option("--steps", type=int, help="Sampling steps, for samplers with a 'steps' parameter "
                             "(respaced, ddim, diffusers-*, ...; `ddpm-kit plugins --details NAME` lists a sampler's).")
 RECIPE_FILE = click.Path(dir_okay=False, path_type=Path)
@@ -162,6 +166,7 @@ class ClassLabel(click.ParamType):
 @click.option("--seed", type=int, help="Sampling seed (default: the recipe's sample.seed).")
 @click.option("--sampler", help="Sampler plugin name (default: the recipe's); `ddpm-kit plugins` lists them.")
 @steps_option
+@sampler_param_option
 @click.option("--name", help="File name for the grid and array (default: final; final_<sampler>[-<steps>] when "
               "--sampler, --steps or --guidance-scale change the recipe's, so the run's own samples stay).")
 @click.option("--class", "classes", type=ClassLabel(), multiple=True,
@@ -173,30 +178,34 @@ class ClassLabel(click.ParamType):
 @click.option("--device", help="torch device for one process (default: accelerate's: the GPU if there is one).")
 @click.pass_context
 def sample(ctx: click.Context, run_dir: Path, num_images: int | None, seed: int | None, sampler: str | None,
-           steps: int | None, name: str | None, classes: tuple[int, ...], guidance_scale: float | None, raw: bool,
-           device: str | None) -> None:
+           steps: int | None, sampler_params: tuple[str, ...], name: str | None, classes: tuple[int, ...],
+           guidance_scale: float | None, raw: bool, device: str | None) -> None:
     """Draw samples from a trained run: samples/<name>.png and samples/<name>.npz."""
     from .recipe import SamplingOverride
     from .workflow import sample_from_run
 
     sample_from_run(get_registry_from(ctx), run_dir, num_images=num_images, seed=seed, name=name, use_ema=not raw,
-                    device=device, override=SamplingOverride(sampler, steps, classes, guidance_scale))
+                    device=device, override=SamplingOverride(sampler, steps, classes, guidance_scale, sampler_params))
 
 
 @cli.command()
 @click.argument("run_dir", type=RUN_DIR)
-@click.option("--limit", type=int, help="Evaluate bits/dim on the first N test images only.")
+@click.option("--limit", type=int, help="Evaluate bits/dim (and the --metric, if it takes a limit) on the first N test images only.")
 @click.option("--metric", help="Compute this one metric (its recipe settings, else its defaults): eval/<metric>.json.")
 @click.option("--num-samples", type=int, help="With --metric: how many samples it draws (fid, fid_inception).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="With --metric: set one of its parameters, e.g. --metric bpd_analytic --param steps=50 (repeatable).")
 @click.option("--sampler", help="Draw the metric's samples with this sampler instead of the recipe's.")
 @steps_option
+@sampler_param_option
 @click.option("--guidance-scale", type=click.FloatRange(min=0), help="Conditional runs: draw the metric's samples "
               "with this classifier-free guidance w (eval/<metric>_w<w>.json).")
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
 @click.option("--device", help="torch device for one process (default: accelerate's: the GPU if there is one).")
 @click.pass_context
 def evaluate(ctx: click.Context, run_dir: Path, limit: int | None, metric: str | None, num_samples: int | None,
-             sampler: str | None, steps: int | None, guidance_scale: float | None, raw: bool,
+             params: tuple[str, ...], sampler: str | None, steps: int | None, sampler_params: tuple[str, ...],
+             guidance_scale: float | None, raw: bool,
              device: str | None) -> None:
     """Compute the recipe's metrics (bits/dim at least) for a trained run: eval/metrics.json; or one
     metric, e.g. `--metric fid --num-samples 1000 --sampler diffusers-unipc --steps 20`."""
@@ -204,8 +213,9 @@ def evaluate(ctx: click.Context, run_dir: Path, limit: int | None, metric: str |
     from .workflow import evaluate_run
 
     evaluate_run(get_registry_from(ctx), run_dir, limit=limit, use_ema=False if raw else None, device=device,
-                 metric=metric, num_samples=num_samples,
-                 override=SamplingOverride(sampler, steps, guidance_scale=guidance_scale))
+                 metric=metric, num_samples=num_samples, params=list(params),
+                 override=SamplingOverride(sampler, steps, guidance_scale=guidance_scale,
+                                           params=sampler_params))
 
 
 @cli.command()

@@ -212,11 +212,11 @@ def read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return merged
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
+def parse_override(text: str, flag: str = "--set", example: str = "train.steps=200") -> tuple[list[str], Any]:
     """``train.steps=200`` -> (["train", "steps"], 200); values are TOML literals, else strings."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise DdpmKitError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. train.steps=200")
+        raise DdpmKitError(f"{flag} {text!r}: expected {'KEY.PATH' if flag == '--set' else 'KEY'}=VALUE, e.g. {example}")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -315,18 +315,26 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
 @dataclass(frozen=True)
 class SamplingOverride:
     """What ``sample`` and ``evaluate`` may change in a finished run's recipe for one call: the
-    sampler (its name, or only its ``steps``), and for a conditional run the classes and guidance."""
+    sampler (its name, its ``steps``, other parameters as KEY=VALUE texts), and for a conditional
+    run the classes and guidance."""
 
     sampler: str | None = None
     steps: int | None = None
     classes: tuple[int, ...] = ()
     guidance_scale: float | None = None
+    params: tuple[str, ...] = ()
+
+    def sampler_params(self) -> dict[str, Any]:
+        """``params`` (``--sampler-param variance=fixed_beta_tilde``) as a dict of TOML values."""
+        pairs = (parse_override(text, flag="--sampler-param", example="eta=1.0") for text in self.params)
+        return {".".join(key): value for key, value in pairs}
 
     def apply(self, recipe: Recipe, registry: Registry, source: str) -> Recipe:
         """The recipe with these changes, validated again (a sampler's parameters, classes in range)."""
         sampler = recipe.sample.sampler if self.sampler is None else Component(name=self.sampler)
-        if self.steps is not None:
-            sampler = Component(name=sampler.name, **{**sampler.params, "steps": self.steps})
+        if self.steps is not None or self.params:
+            steps = {} if self.steps is None else {"steps": self.steps}
+            sampler = Component(name=sampler.name, **{**sampler.params, **steps, **self.sampler_params()})
         update: dict[str, Any] = {"sampler": sampler}
         if self.classes:
             update["classes"] = list(self.classes)
@@ -339,9 +347,10 @@ class SamplingOverride:
         """What sets files of this call apart from the recipe's own (eval/<metric>_<tag>.json):
         ``<sampler>[-<steps>]`` when the sampler changed, ``w<scale>`` when the guidance did."""
         parts = []
-        if self.sampler is not None or self.steps is not None:
+        if self.sampler is not None or self.steps is not None or self.params:
             s = recipe.sample.sampler
             parts.append(f"{s.name}-{s.params['steps']}" if "steps" in s.params else s.name)
+            parts[-1] += "".join(f"-{key}{value}" for key, value in self.sampler_params().items())
         if self.guidance_scale is not None:
             parts.append(f"w{self.guidance_scale:g}")
         return "_".join(parts) or None

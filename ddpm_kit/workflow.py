@@ -14,7 +14,7 @@ import torch
 from .engine import Components, Trainer, build_components, evaluate, process_state, sample_run
 from .errors import DdpmKitError, PluginError
 from .plugins import Registry
-from .recipe import Component, SamplingOverride, load_recipe, read_toml, validate_recipe
+from .recipe import Component, SamplingOverride, load_recipe, parse_override, read_toml, validate_recipe
 from .runs import RunFolder
 
 # Keys that may change when a run is resumed (e.g. to train longer); the rest must match.
@@ -105,22 +105,28 @@ def sample_from_run(registry: Registry, run_dir: Path, *, num_images: int | None
 
 
 def evaluate_run(registry: Registry, run_dir: Path, *, limit: int | None, use_ema: bool | None, device: str | None,
-                 metric: str | None = None, num_samples: int | None = None,
+                 metric: str | None = None, num_samples: int | None = None, params: list[str] = (),
                  override: SamplingOverride = SamplingOverride()) -> dict:
     """All the recipe's metrics (eval/metrics.json), or one ``metric`` (eval/<metric>[_<tag>].json)
-    with its samples drawn as ``override`` says."""
+    with its samples drawn as ``override`` says and its ``params`` (KEY=VALUE, TOML values) set."""
     if num_samples is not None and metric is None:
         raise DdpmKitError("--num-samples needs --metric (the metric that draws the samples, e.g. --metric fid)")
+    if params and metric is None:
+        raise DdpmKitError("--param needs --metric (the metric whose parameter it sets, e.g. --metric bpd --param limit=64)")
     components, run = load_run(registry, run_dir, override)
-    overrides = {"bpd": {"limit": limit}} if limit else {}
-    metrics = None
+    overrides = {name: {"limit": limit} for name in {"bpd", metric} - {None}} if limit else {}
+    metrics, only = None, metric
     if metric is not None:
         metrics = [next((m for m in components.recipe.eval.metrics if m.name == metric), None) or Component(name=metric)]
         if num_samples is not None:
             overrides.setdefault(metric, {})["num_samples"] = num_samples
+        for text in params:
+            key, value = parse_override(text, flag="--param", example="steps=50")
+            overrides.setdefault(metric, {})[".".join(key)] = value
+            only = f"{only}_{'.'.join(key)}{value}"
     state = process_state()
     return evaluate(components, run, device_for(state, device), use_ema=use_ema, metrics=metrics, overrides=overrides,
-                    state=state, sample_tag=override.tag(components.recipe), only=metric)
+                    state=state, sample_tag=override.tag(components.recipe), only=only)
 
 
 def device_for(state, device: str | None) -> torch.device:

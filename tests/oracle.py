@@ -153,9 +153,10 @@ def _discretized_loglik(x, mean, log_scale, exact: bool = False):
                     np.where(x > 0.999, np.log(np.maximum(1 - cm, 1e-12)), np.log(np.maximum(cp - cm, 1e-12))))
 
 
-def expected_bound(betas: np.ndarray, variance: str, m: float = M, s: float = S,
+def expected_bound(betas: np.ndarray, variance: str | np.ndarray, m: float = M, s: float = S,
                    exact_cdf: bool = True) -> dict[str, float]:
-    """E[L_T + sum L_{t-1} + L_0] in bits/dim for 8-bit quantized N(m, s^2) data and the oracle.
+    """E[L_T + sum L_{t-1} + L_0] in bits/dim for 8-bit quantized N(m, s^2) data and the oracle,
+    with sigma^2 = beta or beta-tilde, or given log sigma_t^2 (an array: see ``log_variances``).
 
     The oracle's x0-hat is linear in x_t, so E(x0 - x0_hat)^2 depends only on the quantized
     data's first two moments (exact); L_0 is integrated by Gauss-Hermite quadrature.
@@ -164,9 +165,7 @@ def expected_bound(betas: np.ndarray, variance: str, m: float = M, s: float = S,
     mq = float((grid * p).sum())
     vq = float(((grid - mq) ** 2 * p).sum())
     ab, ab_prev, c1, c2, a_x0, b_x0 = _coefficients(betas, m, s**2)
-    tilde = betas * (1 - ab_prev) / (1 - ab)
-    log_tilde = np.log(np.append(tilde[1], tilde[1:]))
-    log_sig = {"fixed_beta_tilde": log_tilde, "fixed_beta": np.log(np.append(tilde[1], betas[1:]))}[variance]
+    log_tilde, log_sig = log_variances(betas, variance)
     # x0_hat - x0 = (a sqrt(ab) - 1) x0 + a sqrt(1-ab) eps + b  -> its second moment
     bias = (a_x0 * np.sqrt(ab) - 1) * mq + b_x0
     mse = (a_x0 * np.sqrt(ab) - 1) ** 2 * vq + a_x0**2 * (1 - ab) + bias**2
@@ -184,16 +183,19 @@ def expected_bound(betas: np.ndarray, variance: str, m: float = M, s: float = S,
     return terms
 
 
-def log_variances(betas: np.ndarray, variance: str) -> tuple[np.ndarray, np.ndarray]:
-    """log beta-tilde_t and the model's log sigma_t^2, both with index 0 set to index 1 (Ho's clipping)."""
+def log_variances(betas: np.ndarray, variance: str | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log beta-tilde_t and the model's log sigma_t^2, both with index 0 set to index 1 (Ho's clipping);
+    ``variance`` an array: the model's log sigma_t^2 as given (index 0: the decoder's)."""
     ab = np.cumprod(1 - betas)
     ab_prev = np.append(1.0, ab[:-1])
     tilde = betas * (1 - ab_prev) / (1 - ab)
     log_tilde = np.log(np.append(tilde[1], tilde[1:]))
+    if isinstance(variance, np.ndarray):
+        return log_tilde, variance
     return log_tilde, {"fixed_beta_tilde": log_tilde, "fixed_beta": np.log(np.append(tilde[1], betas[1:]))}[variance]
 
 
-def sampled_bound_terms(betas: np.ndarray, variance: str, x0: np.ndarray, eps, m: float = M,
+def sampled_bound_terms(betas: np.ndarray, variance: str | np.ndarray, x0: np.ndarray, eps, m: float = M,
                         s: float = S, exact_cdf: bool = True) -> np.ndarray:
     """The single-sample estimator of the bound, per image, in bits/dim: [B, T + 1] with columns
     L_0 .. L_{T-1} and L_T, for images ``x0`` [B, D] and the noise ``eps`` [T, B, D] drawn at each t

@@ -173,3 +173,34 @@ def test_encoded_data_decoded_in_loader_workers_trains_like_the_store(tmp_path):
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "store").exists()  # nothing was decoded to disk: the batches came from the workers
     assert_same_weights(weights(stored), weights(encoded))
+
+
+@pytest.mark.slow
+def test_statistics_and_likelihoods_of_the_shipped_plugins_on_two_processes_equal_one_process(tmp_path):
+    """ddpm-kit-analytic's Gamma (timesteps shared by the processes), the bound with its variance,
+    and ddpm-kit-likelihood's ODE bits/dim (batches shared; the adaptive solver runs inside each
+    process, with no collective inside it): the files of 2 processes equal those of 1, bit for bit."""
+    run = tmp_path / "run"
+    assert cli("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=4", "--no-sample", "--no-eval").returncode == 0
+    gamma_file = run / "analytic" / "gamma.json"
+    ode = ("--metric", "bpd_ode", "--param", "limit=6", "--param", "batch_size=2", "--param", "rtol=1e-3",
+           "--param", "atol=1e-3")
+
+    def measure(launch):
+        assert launch("analytic-gamma", str(run), "--images", "16").returncode == 0
+        for args in (ode, ("--metric", "bpd_analytic", "--param", "steps=10", "--limit", "6")):
+            result = launch("evaluate", str(run), *args)
+            assert result.returncode == 0, result.stderr[-3000:]
+        out = {"gamma": json.loads(gamma_file.read_text())}
+        for name in ("bpd_ode_limit6_batch_size2_rtol0.001_atol0.001", "bpd_analytic_steps10"):
+            out[name] = json.loads((run / "eval" / f"{name}.json").read_text())
+        shutil.rmtree(run / "eval"), gamma_file.unlink()
+        return out
+
+    one = measure(lambda *args: cli(*args, threads=1))
+    two = measure(torchrun)
+    assert one["gamma"].pop("processes") == 1 and two["gamma"].pop("processes") == 2
+    assert_two_processes(run, "eval")
+    assert one == two
+    assert one["bpd_analytic_steps10"]["bpd_analytic_10_images"] == 6 and len(one["gamma"]["gamma"]) == 50
+    assert one["bpd_ode_limit6_batch_size2_rtol0.001_atol0.001"]["bpd_ode_images"] == 6

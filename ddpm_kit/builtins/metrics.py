@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..diffusion import GaussianDiffusion
 from ..errors import DdpmKitError
 from ..hookspecs import hookimpl
-from ..interfaces import Metric
+from ..interfaces import Metric, Model
 
 
 class BitsPerDim(Metric):
@@ -19,46 +21,86 @@ class BitsPerDim(Metric):
     Saves per-image terms (eval/bpd_terms.npy: L_0..L_{T-1}, L_T), x0-hat errors, and plots of
     bits per timestep and of rate-distortion (Fig. 5). Image i's noise comes from its own
     generator (seed, i), so its terms do not depend on the batch size or the number of processes.
+
+    ``steps`` K: the bound of the K-step chain over evenly respaced timesteps (Nichol & Dhariwal
+    2021 section 4; the network is called at the original timesteps); ``variance``: a fixed
+    variance plugin (``fixed_beta_tilde``, say) in place of the run's, for runs trained with a
+    fixed one. Either makes the figures and files carry it: ``bpd_fixed_beta_tilde_50``,
+    ``..._stderr``, eval/bpd_fixed_beta_tilde_50_terms.npy.
+
+    A plugin computes the bound of another reverse process of the same network (Analytic-DPM's
+    variance, say) by subclassing it with its own ``name`` and overriding ``chain``; its figures and
+    files are named after ``label`` (the name and its settings).
     """
 
     name = "bpd"
 
     def __init__(self, limit: int | None = 256, batch_size: int = 64, split: str = "test",
-                 timesteps_per_batch: int = 1, clip_denoised: bool = False) -> None:
+                 timesteps_per_batch: int = 1, clip_denoised: bool = False, steps: int | None = None,
+                 variance: str | None = None) -> None:
         self.limit, self.batch_size, self.split = limit, batch_size, split
         self.timesteps_per_batch, self.clip_denoised = timesteps_per_batch, clip_denoised
+        self.steps, self.variance = steps, variance
+
+    @property
+    def label(self) -> str:
+        """The metric's name with its chain settings: what its figures and files are called."""
+        return "_".join([self.name] + [str(v) for v in (self.variance, self.steps) if v is not None])
+
+    def chain(self, context) -> tuple[GaussianDiffusion, Callable[[Model], Model]]:
+        """The diffusion whose bound is computed, and how the network is called on it (a respaced
+        chain's ``on_original_timesteps``): the run's own, respaced to ``steps``, with ``variance``."""
+        from ..respacing import on_original_timesteps, respace
+
+        d = context.diffusion
+        if self.variance is not None:
+            if d.variance.extra_channels(1):
+                raise DdpmKitError(f"metric '{self.name}': variance = '{self.variance}' replaces a fixed variance; "
+                                   f"this run learned its variance ('{d.variance.name}')")
+            fixed = context.components.registry.build("variance", self.variance, {})
+            d = GaussianDiffusion(d.schedule, d.parameterization, fixed, d.decoder)
+        if self.steps is None:
+            return d, lambda model: model
+        if not 1 <= self.steps <= d.num_timesteps:
+            raise DdpmKitError(f"metric '{self.name}': steps must lie in 1..{d.num_timesteps} (the schedule's T), "
+                               f"got {self.steps}")
+        short, timestep_map = respace(d, self.steps)
+        return short, lambda model: on_original_timesteps(model, timestep_map)
+
+    def _file(self, stem: str) -> str:
+        return stem if self.label == "bpd" else f"{self.label}_{stem}"
 
     def compute(self, context) -> dict[str, float]:
         from ..plots import plot_bpd_terms, plot_rate_distortion
-
-        from ..noise import ImageNoise
         from ..progress import progress_bar
 
+        diffusion, call = self.chain(context)
         x = context.images(self.split, self.limit)
-        T = context.diffusion.num_timesteps
+        T = diffusion.num_timesteps
         my_batches = len(context.my_share(len(x), self.batch_size))
-        bar = progress_bar(total=my_batches * T, desc=f"bits/dim ({my_batches} batches x {T} timesteps)",
+        bar = progress_bar(total=my_batches * T, desc=f"{self.label} ({my_batches} batches x {T} timesteps)",
                            unit="t", enabled=context.is_main_process)
 
         def terms_and_mse(rows: range) -> np.ndarray:  # [b, T + 1 + T]: L_0..L_{T-1}, L_T, x0-hat errors
-            out = context.diffusion.calc_bpd_loop(
-                context.model_for(self.split, rows), x[rows.start:rows.stop].to(context.device),
-                clip_denoised=self.clip_denoised, noise=ImageNoise(context.seed, rows, context.device),
+            out = diffusion.calc_bpd_loop(
+                call(context.model_for(self.split, rows)), x[rows.start:rows.stop].to(context.device),
+                clip_denoised=self.clip_denoised, noise=context.image_noise(rows),
                 timesteps_per_batch=self.timesteps_per_batch, progress=bar.update)
             return torch.cat([out["vb"], out["prior_bpd"][:, None], out["xstart_mse"]], dim=1).double().cpu().numpy()
 
         with bar:
             both = context.map_batches(len(x), self.batch_size, terms_and_mse)
         all_terms, all_mse = both[:, :T + 1], both[:, T + 1:]
-        context.save_array("bpd_terms", all_terms)
-        context.save_array("xstart_mse", all_mse)
+        context.save_array(self._file("bpd_terms"), all_terms)
+        context.save_array(self._file("xstart_mse"), all_mse)
         if context.is_main_process:
-            plot_bpd_terms(all_terms, context.eval_dir / "bpd_per_timestep.png")
-            plot_rate_distortion(all_terms, all_mse, context.eval_dir / "rate_distortion.png")
+            plot_bpd_terms(all_terms, context.eval_dir / f"{self._file('bpd_per_timestep')}.png")
+            plot_rate_distortion(all_terms, all_mse, context.eval_dir / f"{self._file('rate_distortion')}.png")
         total = all_terms.sum(1)
-        return {"bpd": float(total.mean()), "bpd_stderr": float(total.std(ddof=1) / math.sqrt(len(total))),
-                "bpd_L0": float(all_terms[:, 0].mean()), "bpd_prior": float(all_terms[:, -1].mean()),
-                "bpd_images": float(len(total))}
+        n = self.label
+        return {n: float(total.mean()), f"{n}_stderr": float(total.std(ddof=1) / math.sqrt(len(total))),
+                f"{n}_L0": float(all_terms[:, 0].mean()), f"{n}_prior": float(all_terms[:, -1].mean()),
+                f"{n}_images": float(len(total))}
 
 
 class ClassifierFID(Metric):

@@ -22,6 +22,7 @@ from ..diffusion import GaussianDiffusion
 from ..errors import DdpmKitError, PluginError
 from ..images import to_model_range
 from ..interfaces import Model
+from ..noise import ImageNoise
 from ..plugins import Provider, plugin_code
 from ..progress import progress_bar
 from ..recipe import Component
@@ -103,6 +104,12 @@ class EvalContext:
             self.run.save_samples(images, name, labels, mine)
         self.state.wait_for_everyone()
         return to_model_range(images), labels
+
+    def image_noise(self, rows: range) -> ImageNoise:
+        """Standard normal draws for the images ``rows`` of a split, each from its own generator
+        (the run's seed, the image's index): an image's noise, and so its figure, is the same
+        whichever batch or process computes it (pass it to a sampler or ``calc_bpd_loop`` as ``noise``)."""
+        return ImageNoise(self.seed, rows, self.device)
 
     def model_for(self, split: str, rows: range) -> Model:
         """The model as a metric calls it on ``rows`` of ``split``: with their class labels bound in a

@@ -2,36 +2,93 @@
 
     ddpm-kit analytic-gamma RUN                          # Gamma_t of the run's EMA weights
     ddpm-kit sample RUN --sampler analytic --steps 10    # K-step sampling with sigma*^2
+    ddpm-kit evaluate RUN --metric bpd_analytic [--param steps=10]   # the bound with sigma*^2
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
-from ddpm_kit.api import hookimpl, on_original_timesteps, sample_ancestral, spaced_timesteps
+from ddpm_kit.api import (BitsPerDim, DdpmKitError, hookimpl, on_original_timesteps, sample_ancestral,
+                          spaced_timesteps)
 
-from .analytic import AnalyticVariance, analytic_diffusion, estimate_gamma, trajectory_variances
+from .analytic import (AnalyticVariance, analytic_diffusion, estimate_gamma, optimal_trajectory, optimal_variance,
+                       trajectory_variances)
 from .runs import estimate_run_gamma, load_run_gamma
 
-__all__ = ["AnalyticVariance", "analytic_diffusion", "estimate_gamma", "trajectory_variances"]
+__all__ = ["AnalyticBitsPerDim", "AnalyticVariance", "analytic_diffusion", "estimate_gamma", "optimal_trajectory",
+           "optimal_variance", "trajectory_variances"]
 
 
-def analytic(steps: int = 50, clip_denoised: bool = True, num_timesteps: int | None = None, diffusion=None,
-             run_dir: Path | None = None):
+TRAJECTORIES = ("even", "optimal")
+
+
+def check_trajectory(kind: str) -> None:
+    if kind not in TRAJECTORIES:
+        raise DdpmKitError(f"trajectory must be one of {', '.join(TRAJECTORIES)}, got {kind!r}")
+
+
+def choose_timesteps(d, gamma, steps: int, kind: str) -> list[int]:
+    """The K timesteps to sample or bound on: evenly spaced, or the KL-optimal path (dynamic programming)."""
+    T = d.num_timesteps
+    if not 1 <= steps <= T:
+        raise DdpmKitError(f"steps must lie in 1..{T} (the schedule's T), got {steps}")
+    check_trajectory(kind)
+    return spaced_timesteps(T, steps) if kind == "even" or steps == 1 else optimal_trajectory(d, gamma, steps)
+
+
+def analytic(steps: int = 50, trajectory: str = "even", clip_denoised: bool = True,
+             num_timesteps: int | None = None, diffusion=None, run_dir: Path | None = None):
     """Ancestral sampling over ``steps`` respaced timesteps with Analytic-DPM's optimal variance,
-    from the Gamma that `ddpm-kit analytic-gamma RUN` estimated for the run's EMA weights."""
+    from the Gamma that `ddpm-kit analytic-gamma RUN` estimated for the run's EMA weights; the
+    timesteps evenly spaced or (``trajectory = "optimal"``) the path of the smallest bound."""
     if num_timesteps is not None and not 1 <= steps <= num_timesteps:
         raise ValueError(f"steps must lie in 1..{num_timesteps} (the schedule's T), got {steps}")
+    check_trajectory(trajectory)
     gamma = load_run_gamma(run_dir, num_timesteps)
-    keep = spaced_timesteps(num_timesteps, steps)
 
     def sample(d, model, x_T, *, generator=None, callback=None, noise=None):
-        short, timestep_map = analytic_diffusion(d, gamma[keep], steps)
+        keep = choose_timesteps(d, gamma, steps, trajectory)
+        short, timestep_map = analytic_diffusion(d, gamma[keep], keep)
         return sample_ancestral(short, on_original_timesteps(model, timestep_map), x_T, generator=generator,
                                 callback=callback, noise=noise, clip_denoised=clip_denoised)
     return sample
+
+
+class AnalyticBitsPerDim(BitsPerDim):
+    """The bound (eq. 5 of Ho et al.) in bits/dim with Analytic-DPM's sigma*^2, on all T steps or on
+    ``steps`` K respaced ones, evenly spaced or the KL-optimal path (``trajectory = "optimal"``):
+    figures ``bpd_analytic[_K][_optimal]``, ``..._stderr``, ..."""
+
+    name = "bpd_analytic"
+
+    def __init__(self, steps: int | None = None, trajectory: str = "even", limit: int | None = 256,
+                 batch_size: int = 64, split: str = "test", timesteps_per_batch: int = 1,
+                 clip_denoised: bool = False) -> None:
+        super().__init__(limit, batch_size, split, timesteps_per_batch, clip_denoised, steps=steps)
+        check_trajectory(trajectory)
+        self.trajectory = trajectory
+
+    @property
+    def label(self) -> str:
+        return super().label + ("_optimal" if self.trajectory == "optimal" else "")
+
+    def chain(self, context):
+        d = context.diffusion
+        if not context.use_ema:
+            raise DdpmKitError("metric 'bpd_analytic': Gamma is estimated for the EMA weights; drop --raw")
+        gamma = load_run_gamma(context.run.path, d.num_timesteps)
+        keep = choose_timesteps(d, gamma, self.steps or d.num_timesteps, self.trajectory)
+        short, timestep_map = analytic_diffusion(d, gamma[keep], keep)
+        return short, lambda model: on_original_timesteps(model, timestep_map)
+
+
+@hookimpl
+def register_metrics(register):
+    register("bpd_analytic", AnalyticBitsPerDim)
 
 
 @hookimpl
@@ -49,6 +106,7 @@ def register_commands(cli):
         """Estimate Gamma_t = E||eps(x_t, t)||^2 / d of RUN's EMA weights (Analytic-DPM) into RUN/analytic/."""
         from tqdm.auto import tqdm
 
-        with tqdm(desc="Gamma_t", unit="t") as bar:
-            path = estimate_run_gamma(run_dir, images, batch_size, progress=bar.update)
+        main = os.environ.get("RANK", "0") == "0"  # one bar, on the main process of a launch
+        with tqdm(desc=f"Gamma_t ({images} images per timestep)", unit="t", disable=not main) as bar:
+            path = estimate_run_gamma(run_dir, images, batch_size, progress=bar)
         click.echo(f"wrote {path}")

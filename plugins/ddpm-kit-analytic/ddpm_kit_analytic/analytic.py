@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from ddpm_kit.api import GaussianDiffusion, Model, VarianceChoice, respace
@@ -33,18 +34,58 @@ def estimate_gamma(d: GaussianDiffusion, model: Model, x0: torch.Tensor, timeste
     return torch.stack(means), torch.stack(errors)
 
 
-def trajectory_variances(d: GaussianDiffusion, gamma: torch.Tensor, timesteps: Sequence[int]) -> torch.Tensor:
-    """sigma*^2 of each step of the trajectory ``timesteps`` (0-based, increasing; the step at
-    timesteps[k] goes to timesteps[k-1], the first to x_0): lambda^2 + (sqrt(bbar_k / alpha_k) -
-    sqrt(bbar_{k-1} - lambda^2))^2 (1 - Gamma_k), with Gamma clipped to [0, 1] (its range: by
-    Jensen, E||E[eps | x_t]||^2 / d <= E||eps||^2 / d = 1), so sigma*^2 lies between lambda^2 and
-    lambda^2 + (...)^2 whatever the estimate."""
-    ab = d.alphas_cumprod[list(timesteps)]
-    ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
+def optimal_variance(ab: torch.Tensor, ab_prev: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """sigma*^2 of the step from alpha-bar ``ab`` to ``ab_prev`` (> ab; 1 for x_0), given Gamma at
+    the step's start: lambda^2 + (sqrt(bbar / alpha) - sqrt(bbar_prev - lambda^2))^2 (1 - Gamma)
+    (Bao et al. Theorem 1, lambda^2 = beta-tilde; alpha = ab / ab_prev), broadcast over its inputs.
+
+    Written through the variance of x_0 given x_t the estimate implies, bbar / abar (1 - Gamma),
+    clipped to [0, 1] as the reference code does (Theorem 2's bounds: at least 0, and at most
+    ((b - a) / 2)^2 = 1 for data in [a, b] = [-1, 1]): so sigma*^2 never falls below lambda^2, and a
+    noisy Gamma at high noise cannot make it larger than data in [-1, 1] allow."""
     alpha, bbar, bbar_prev = ab / ab_prev, 1 - ab, 1 - ab_prev
     lam2 = bbar_prev / bbar * (1 - alpha)  # the DDPM posterior variance of the step (beta-tilde)
     gap = (bbar / alpha).sqrt() - (bbar_prev - lam2).clamp(min=0).sqrt()
-    return lam2 + gap**2 * (1 - gamma.to(ab.dtype).clamp(0, 1))
+    x0_variance = (bbar / ab * (1 - gamma.to(ab.dtype))).clamp(0, 1)
+    return lam2 + gap**2 * ab / bbar * x0_variance
+
+
+def trajectory_variances(d: GaussianDiffusion, gamma: torch.Tensor, timesteps: Sequence[int]) -> torch.Tensor:
+    """sigma*^2 of each step of the trajectory ``timesteps`` (0-based, increasing; the step at
+    timesteps[k] goes to timesteps[k-1], the first to x_0), ``gamma`` at those timesteps."""
+    ab = d.alphas_cumprod[list(timesteps)]
+    return optimal_variance(ab, torch.cat([ab.new_ones(1), ab[:-1]]), gamma)
+
+
+def optimal_trajectory(d: GaussianDiffusion, gamma: torch.Tensor, steps: int) -> list[int]:
+    """The ``steps`` timesteps (0-based, from 0 to T-1, both kept) whose bound with sigma*^2 is
+    smallest (Bao et al. section 4, dynamic programming): with the optimal variance the KL of the
+    step r -> s is d/2 log(sigma*^2 / lambda^2) per image, so the path minimises the sum of those over
+    its steps (the decoder term at timestep 0 and the prior at T-1 are the same for every path).
+    ``gamma`` holds Gamma at all T timesteps. O(steps T^2) time, O(T^2) memory."""
+    T = d.num_timesteps
+    if not 2 <= steps <= T:
+        raise ValueError(f"an optimal trajectory has 2..{T} steps (both ends are kept), got {steps}")
+    if steps == T:
+        return list(range(T))
+    ab = d.alphas_cumprod
+    s, r = torch.meshgrid(torch.arange(T), torch.arange(T), indexing="ij")
+    later = r > s
+    ab_s, ab_r = ab[s], ab[r]
+    lam2 = (1 - ab_s) / (1 - ab_r) * (1 - ab_r / ab_s)
+    sigma2 = optimal_variance(ab_r, ab_s, gamma.to(ab.dtype)[r])
+    cost = torch.where(later, (sigma2 / torch.where(later, lam2, 1.0)).log(), torch.inf).numpy()
+    best = np.full(T, np.inf)
+    best[0] = 0.0  # a one-node path at timestep 0
+    came_from = []
+    for _ in range(steps - 1):
+        total = best[:, None] + cost  # [s, r]: the path to s, then the step r -> s
+        came_from.append(total.argmin(0))
+        best = total.min(0)
+    path = [T - 1]
+    for back in reversed(came_from):
+        path.append(int(back[path[-1]]))
+    return path[::-1]
 
 
 class AnalyticVariance(VarianceChoice):
@@ -66,10 +107,12 @@ class AnalyticVariance(VarianceChoice):
         return self.log_variances.to(x_t.device, x_t.dtype)[t].view(-1, *([1] * (x_t.ndim - 1)))
 
 
-def analytic_diffusion(d: GaussianDiffusion, gamma: torch.Tensor, steps: int) -> tuple[GaussianDiffusion, torch.Tensor]:
-    """The diffusion over ``steps`` respaced timesteps (all T when steps = T) with sigma*^2, and its
-    timestep map (call the network through ``on_original_timesteps``). ``gamma`` holds Gamma at the
-    kept timesteps, in their order."""
+def analytic_diffusion(d: GaussianDiffusion, gamma: torch.Tensor,
+                       steps: int | list[int]) -> tuple[GaussianDiffusion, torch.Tensor]:
+    """The diffusion over ``steps`` respaced timesteps (all T when steps = T; or the given 0-based
+    timesteps, e.g. an ``optimal_trajectory``) with sigma*^2, and its timestep map (call the
+    network through ``on_original_timesteps``). ``gamma`` holds Gamma at the kept timesteps, in
+    their order."""
     short, timestep_map = respace(d, steps)
     variances = trajectory_variances(d, gamma, timestep_map.tolist())
     return (GaussianDiffusion(short.schedule, short.parameterization, AnalyticVariance(variances, d.variance),

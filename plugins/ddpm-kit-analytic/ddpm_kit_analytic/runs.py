@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ddpm_kit.api import CannotSample, open_run, weights_digest
@@ -18,21 +19,31 @@ GAMMA_FILE = Path("analytic") / "gamma.json"
 def estimate_run_gamma(run_dir: Path, images: int = 256, batch_size: int = 256, seed: int = 0,
                        progress=None) -> Path:
     """Gamma_t at every timestep of the run's EMA weights, by Monte Carlo over its first ``images``
-    training images (one x_t per image and t), with standard errors; written to analytic/gamma.json."""
+    training images (one x_t per image and t), with standard errors; written to analytic/gamma.json.
+    The timesteps are shared by the launch's processes; timestep t draws its noise from its own
+    generator (seed, t), so the file is the same on one process and on several. ``progress``: a
+    tqdm bar (its total is set to T; updated on the main process)."""
     run = open_run(run_dir)
     x0 = run.images("train", images)
-    generator = torch.Generator().manual_seed(seed)
     T = run.diffusion.num_timesteps
-    means, errors = [], []
-    for t in range(T):
-        mean, error = estimate_gamma(run.diffusion, run.model, x0, [t], batch_size=batch_size, generator=generator)
-        means.append(float(mean[0])), errors.append(float(error[0]))
-        if progress is not None:
-            progress(1)
+
+    def timesteps(rows: range) -> np.ndarray:  # [len(rows), 2]: Gamma_t and its standard error
+        out = []
+        for t in rows:
+            generator = torch.Generator(device=run.device).manual_seed(seed * 1_000_003 + t)
+            mean, error = estimate_gamma(run.diffusion, run.model, x0, [t], batch_size=batch_size, generator=generator)
+            out.append([float(mean[0]), float(error[0])])
+        return np.asarray(out)
+
+    if progress is not None:
+        progress.total = T
+    both = run.map_batches(T, max(1, T // 100), timesteps, None if progress is None else progress.update)
     path = Path(run_dir) / GAMMA_FILE
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps({"weights_sha256": run.weights_digest, "weights": "ema", "images": len(x0),
-                                "seed": seed, "gamma": means, "stderr": errors}))
+    if run.is_main_process:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps({"weights_sha256": run.weights_digest, "weights": "ema", "images": len(x0),
+                                    "seed": seed, "processes": run.state.num_processes,
+                                    "gamma": both[:, 0].tolist(), "stderr": both[:, 1].tolist()}))
     return path
 
 
@@ -44,7 +55,7 @@ def load_run_gamma(run_dir: Path | None, num_timesteps: int) -> torch.Tensor:
                            "`ddpm-kit sample RUN --sampler analytic --steps K`")
     path = Path(run_dir) / GAMMA_FILE
     if not path.is_file():
-        raise CannotSample(f"sampler 'analytic' needs {path}: run `ddpm-kit analytic-gamma {run_dir}` first")
+        raise CannotSample(f"the analytic variance needs {path}: run `ddpm-kit analytic-gamma {run_dir}` first")
     stored = json.loads(path.read_text())
     if stored["weights_sha256"] != weights_digest(run_dir) or len(stored["gamma"]) != num_timesteps:
         raise CannotSample(f"{path} was estimated for other weights: run `ddpm-kit analytic-gamma {run_dir}` again")

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from ddpm_kit.api import (GaussianDiffusion, NoiseSource, on_original_timesteps, randn_like, respace,
-                          sample_ancestral)
+from ddpm_kit.api import (CannotSample, GaussianDiffusion, NoiseSource, VarianceChoice, get_registry,
+                          on_original_timesteps, randn_like, respace, sample_ancestral)
 
 
 @torch.no_grad()
@@ -33,10 +33,12 @@ def sample_ddim(d: GaussianDiffusion, model, x_T: torch.Tensor, *, generator: to
     return x
 
 
-def _respaced_call(inner, steps: int | None, d, model, x_T, **kw):
+def _respaced_call(inner, steps: int | None, d, model, x_T, variance: VarianceChoice | None = None, **kw):
     if steps is not None and steps < d.num_timesteps:
         d, timestep_map = respace(d, steps)
         model = on_original_timesteps(model, timestep_map)
+    if variance is not None:
+        d = GaussianDiffusion(d.schedule, d.parameterization, variance, d.decoder)
     return inner(d, model, x_T, **kw)
 
 
@@ -51,7 +53,16 @@ def ddim(steps: int | None = None, eta: float = 0.0, clip_denoised: bool = True,
     return partial(_respaced_call, partial(sample_ddim, eta=eta, clip_denoised=clip_denoised), steps)
 
 
-def respaced(steps: int = 100, clip_denoised: bool = True, num_timesteps: int | None = None):
-    """Ancestral sampling over ``steps`` evenly respaced timesteps (Improved DDPM section 4)."""
+def respaced(steps: int = 100, clip_denoised: bool = True, variance: str | None = None,
+             num_timesteps: int | None = None, diffusion: GaussianDiffusion | None = None):
+    """Ancestral sampling over ``steps`` evenly respaced timesteps (Improved DDPM section 4), with the
+    run's variance on the respaced chain, or the fixed ``variance`` named (``fixed_beta_tilde``:
+    the respaced chain's own posterior variance; ``fixed_beta``: its betas) for a fixed-variance run."""
     _check_steps(steps, num_timesteps)
-    return partial(_respaced_call, partial(sample_ancestral, clip_denoised=clip_denoised), steps)
+    fixed = None
+    if variance is not None:
+        if diffusion is not None and diffusion.variance.extra_channels(1):
+            raise CannotSample(f"sampler 'respaced': variance = '{variance}' replaces a fixed variance; this run "
+                               f"learned its own ('{diffusion.variance.name}')")
+        fixed = get_registry().build("variance", variance)
+    return partial(_respaced_call, partial(sample_ancestral, clip_denoised=clip_denoised), steps, variance=fixed)

@@ -177,3 +177,27 @@ def test_respaced_ancestral_sampling_matches_the_respaced_closed_form(registry, 
     mean, std = oracle.sampled_moments(betas, "fixed_beta")
     assert x.mean().item() == pytest.approx(mean, abs=4 * std / math.sqrt(x.numel()))
     assert x.std().item() == pytest.approx(std, abs=4 * std / math.sqrt(2 * x.numel()))
+
+
+@pytest.mark.statistical
+def test_respaced_sampling_with_beta_tilde_on_a_beta_run_is_ddim_eta_1_and_hits_its_closed_form(registry, diffusion):
+    """``variance = "fixed_beta_tilde"`` on a run trained with sigma^2 = beta: the respaced chain
+    with its own posterior variance, which DDIM with eta = 1 is too (a second code path, same
+    noise, to 1e-6), and whose samples have the closed-form std over the respaced betas (within 4
+    standard errors of 65,536 pixels)."""
+    from helpers import test_seed
+
+    d, steps = diffusion(), 37
+    assert d.variance.name == "fixed_beta"
+    respaced = registry.build("sampler", "respaced", {"steps": steps, "clip_denoised": False,
+                                                      "variance": "fixed_beta_tilde"}, diffusion=d)
+    ddim = registry.build("sampler", "ddim", {"steps": steps, "eta": 1.0, "clip_denoised": False})
+    model, seed = oracle.EpsOracle(oracle.linear_betas()), test_seed(13)
+    x_T = torch.randn(64, 1, 32, 32, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x = respaced(d, model, x_T, generator=torch.Generator().manual_seed(seed + 1))
+    torch.testing.assert_close(x, ddim(d, model, x_T, generator=torch.Generator().manual_seed(seed + 1)),
+                               rtol=1e-6, atol=1e-6)
+    ab = np.cumprod(1 - oracle.linear_betas())[respace(d, steps)[1].numpy()]
+    mean, std = oracle.sampled_moments(1 - ab / np.append(1.0, ab[:-1]), "fixed_beta_tilde")
+    assert x.std().item() == pytest.approx(std, abs=4 * std / math.sqrt(2 * x.numel()))
+    assert x.mean().item() == pytest.approx(mean, abs=4 * std / math.sqrt(x.numel()))
