@@ -292,6 +292,7 @@ def test_report_compares_runs_on_shared_figures_and_is_self_contained(finished_r
     shows is a file in the report folder (copied: the page still works when the runs move)."""
     import re
     import shutil
+    from html import escape as html_escape
 
     from PIL import Image
 
@@ -318,5 +319,8 @@ def test_report_compares_runs_on_shared_figures_and_is_self_contained(finished_r
     shutil.rmtree(runs[0]), shutil.rmtree(runs[1])  # the report does not need the runs any more
     assert all((out / src).is_file() for src in shown)
     two = Image.open(out / "compare_samples.png").size
+    alpha = np.load(finished_run[0] / "eval" / "bpd_terms.npy").sum(1)  # beta's terms are 1.1 x alpha's
+    want = f"beta minus alpha: {0.1 * alpha.mean():+.4f} ± {0.1 * alpha.std(ddof=1) / np.sqrt(len(alpha)):.4f} bits/dim"
+    assert want in (out / "report.md").read_text() and html_escape(want) in page
     result = cli("report", str(finished_run[0]), "--out", str(tmp_path / "one"))
     assert Image.open(tmp_path / "one" / "compare_samples.png").size[1] < two[1]  # one row per run
