@@ -43,6 +43,11 @@ for K in 10 20 50 100; do
         $DDPM evaluate "$RUN" --metric fid --num-samples $SAMPLES --sampler analytic --steps $K
     step "fid analytic optimal K=$K" "$RUN/eval/fid_analytic-$K-trajectoryoptimal.json" \
         $DDPM evaluate "$RUN" --metric fid --num-samples $SAMPLES --sampler analytic --steps $K --sampler-param trajectory=optimal
+    step "fid analytic no clip K=$K" "$RUN/eval/fid_analytic-$K-clip_pixel0.json" \
+        $DDPM evaluate "$RUN" --metric fid --num-samples $SAMPLES --sampler analytic --steps $K --sampler-param clip_pixel=0
+    step "fid analytic optimal no clip K=$K" "$RUN/eval/fid_analytic-$K-trajectoryoptimal-clip_pixel0.json" \
+        $DDPM evaluate "$RUN" --metric fid --num-samples $SAMPLES --sampler analytic --steps $K \
+        --sampler-param trajectory=optimal --sampler-param clip_pixel=0
     step "fid respaced beta K=$K" "$RUN/eval/fid_respaced-$K-variancefixed_beta.json" \
         $DDPM evaluate "$RUN" --metric fid --num-samples $SAMPLES --sampler respaced --steps $K --sampler-param variance=fixed_beta
     step "fid respaced beta-tilde K=$K" "$RUN/eval/fid_respaced-$K-variancefixed_beta_tilde.json" \

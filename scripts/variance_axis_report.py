@@ -23,6 +23,8 @@ IMAGES = 64
 SAMPLERS = {  # label -> eval file stem for K steps
     "analytic (Analytic-DPM sigma*^2)": "fid_analytic-{K}",
     "analytic, optimal trajectory": "fid_analytic-{K}-trajectoryoptimal",
+    "analytic, no clip": "fid_analytic-{K}-clip_pixel0",
+    "analytic, optimal trajectory, no clip": "fid_analytic-{K}-trajectoryoptimal-clip_pixel0",
     "respaced, sigma^2 = beta": "fid_respaced-{K}-variancefixed_beta",
     "respaced, sigma^2 = beta-tilde": "fid_respaced-{K}-variancefixed_beta_tilde",
     "DPM-Solver++ SDE (diffusers)": "fid_diffusers-sde-dpm-solver++-{K}",
@@ -138,9 +140,26 @@ def plot(run: Path, out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
+def sample_rows(run: Path, out: Path, K: int = 20, count: int = 12) -> None:
+    """The first samples of every sampler at K steps and of ancestral-1000, one row each: the same
+    sample seeds, so the same starting noise x_T in every row."""
+    from ddpm_kit.plots import plot_sample_rows
+
+    rows = {}
+    for label, stem in {**SAMPLERS, "ancestral, 1000 steps": "fid_ancestral"}.items():
+        tag = stem.format(K=K).removeprefix("fid_")
+        path = run / "samples" / f"eval_1000_{tag}.npz"
+        if path.is_file():
+            with np.load(path) as stored:
+                rows[label if "1000" in label else f"{label}, K = {K}"] = stored["images"][:count]
+    if rows:
+        plot_sample_rows(rows, out)
+
+
 def main(run: Path) -> None:
     doc = ROOT / "docs" / "variance-axis.md"
     plot(run, ROOT / "docs" / "images" / "variance_axis.png")
+    sample_rows(run, ROOT / "docs" / "images" / "variance_axis_samples.png")
     block = "\n".join(["<!-- variance-axis:begin -->", *bits_table(run), "", *fid_table(run), "<!-- variance-axis:end -->"])
     text = doc.read_text()
     start, end = text.index("<!-- variance-axis:begin -->"), text.index("<!-- variance-axis:end -->")

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -40,19 +41,28 @@ def choose_timesteps(d, gamma, steps: int, kind: str) -> list[int]:
     return spaced_timesteps(T, steps) if kind == "even" or steps == 1 else optimal_trajectory(d, gamma, steps)
 
 
-def analytic(steps: int = 50, trajectory: str = "even", clip_denoised: bool = True,
+def analytic(steps: int = 50, trajectory: str = "even", clip_pixel: float = 2.0, clip_denoised: bool = True,
              num_timesteps: int | None = None, diffusion=None, run_dir: Path | None = None):
     """Ancestral sampling over ``steps`` respaced timesteps with Analytic-DPM's optimal variance,
     from the Gamma that `ddpm-kit analytic-gamma RUN` estimated for the run's EMA weights; the
-    timesteps evenly spaced or (``trajectory = "optimal"``) the path of the smallest bound."""
+    timesteps evenly spaced or (``trajectory = "optimal"``) the path of the smallest bound.
+
+    ``clip_pixel``: as the reference code samples, the standard deviation of the step into the
+    first kept timestep is capped at clip_pixel pixel widths of mean absolute deviation,
+    sigma <= clip_pixel (2 / 255) sqrt(pi / 2): the last step returns x0-hat of x at that timestep,
+    which a network trained on little noise there cannot clean of a large sigma*. The reference
+    uses 2 for the linear schedule, 1 for the cosine one; 0 turns it off. The bound is unaffected."""
     if num_timesteps is not None and not 1 <= steps <= num_timesteps:
         raise ValueError(f"steps must lie in 1..{num_timesteps} (the schedule's T), got {steps}")
     check_trajectory(trajectory)
+    if clip_pixel < 0:
+        raise ValueError(f"clip_pixel must be >= 0 (0: no clip), got {clip_pixel}")
     gamma = load_run_gamma(run_dir, num_timesteps)
 
     def sample(d, model, x_T, *, generator=None, callback=None, noise=None):
         keep = choose_timesteps(d, gamma, steps, trajectory)
-        short, timestep_map = analytic_diffusion(d, gamma[keep], keep)
+        short, timestep_map = analytic_diffusion(d, gamma[keep], keep,
+                                                 clip_first=(clip_pixel * 2 / 255) ** 2 * math.pi / 2 or None)
         return sample_ancestral(short, on_original_timesteps(model, timestep_map), x_T, generator=generator,
                                 callback=callback, noise=noise, clip_denoised=clip_denoised)
     return sample

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ddpm_kit.api import GaussianDiffusion, Model, VarianceChoice, respace
+from ddpm_kit.api import GaussianDiffusion, Model, VarianceChoice, respace, spaced_timesteps
 
 
 @torch.no_grad()
@@ -62,27 +62,53 @@ def optimal_trajectory(d: GaussianDiffusion, gamma: torch.Tensor, steps: int) ->
     smallest (Bao et al. section 4, dynamic programming): with the optimal variance the KL of the
     step r -> s is d/2 log(sigma*^2 / lambda^2) per image, so the path minimises the sum of those over
     its steps (the decoder term at timestep 0 and the prior at T-1 are the same for every path).
-    ``gamma`` holds Gamma at all T timesteps. O(steps T^2) time, O(T^2) memory."""
+
+    Where the estimate says Gamma > 1 (x_0 known exactly: noise in the estimate at high noise
+    levels, where the true Gamma is just below 1) a step would cost nothing, and the programme
+    would jump there from timestep 0 in one step. As the reference code does (``_split`` in
+    core/inference/utils.py), the programme runs below T - 2 (T - t_1) only, t_1 the first timestep
+    with Gamma > 1, with its share ceil((1 - 0.8 bad / T) K) of the steps; the rest are evenly
+    spaced up to T-1. ``gamma`` holds Gamma at all T timesteps. O(steps T^2) time, O(T^2) memory."""
     T = d.num_timesteps
     if not 2 <= steps <= T:
         raise ValueError(f"an optimal trajectory has 2..{T} steps (both ends are kept), got {steps}")
     if steps == T:
         return list(range(T))
-    ab = d.alphas_cumprod
-    s, r = torch.meshgrid(torch.arange(T), torch.arange(T), indexing="ij")
+    above = torch.nonzero(gamma > 1)
+    bad = 2 * (T - int(above[0])) if len(above) else 0
+    n1 = T - bad
+    k1 = math.ceil((1 - 0.8 * bad / T) * steps)
+    k1 = max(steps - bad, min(k1, n1))
+    if bad > 0 and k1 == steps:
+        k1 = steps - 1
+    if n1 < 2 or k1 < 2:  # Gamma > 1 over half the chain or more: nothing to optimise
+        return spaced_timesteps(T, steps)
+    k2 = steps - k1
+    rest = [round(T - (T - n1) / k2 * k) - 1 for k in range(k2)][::-1]  # the reference's 1-based round()
+    return _least_kl_path(d, gamma[:n1], k1) + rest
+
+
+def _least_kl_path(d: GaussianDiffusion, gamma: torch.Tensor, steps: int) -> list[int]:
+    """The ``steps``-node path from timestep 0 to len(gamma) - 1 with the least sum of log(sigma*^2
+    / lambda^2) over its steps."""
+    n = len(gamma)
+    if steps == n:
+        return list(range(n))
+    ab = d.alphas_cumprod[:n]
+    s, r = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
     later = r > s
     ab_s, ab_r = ab[s], ab[r]
     lam2 = (1 - ab_s) / (1 - ab_r) * (1 - ab_r / ab_s)
     sigma2 = optimal_variance(ab_r, ab_s, gamma.to(ab.dtype)[r])
     cost = torch.where(later, (sigma2 / torch.where(later, lam2, 1.0)).log(), torch.inf).numpy()
-    best = np.full(T, np.inf)
+    best = np.full(n, np.inf)
     best[0] = 0.0  # a one-node path at timestep 0
     came_from = []
     for _ in range(steps - 1):
         total = best[:, None] + cost  # [s, r]: the path to s, then the step r -> s
         came_from.append(total.argmin(0))
         best = total.min(0)
-    path = [T - 1]
+    path = [n - 1]
     for back in reversed(came_from):
         path.append(int(back[path[-1]]))
     return path[::-1]
@@ -107,13 +133,16 @@ class AnalyticVariance(VarianceChoice):
         return self.log_variances.to(x_t.device, x_t.dtype)[t].view(-1, *([1] * (x_t.ndim - 1)))
 
 
-def analytic_diffusion(d: GaussianDiffusion, gamma: torch.Tensor,
-                       steps: int | list[int]) -> tuple[GaussianDiffusion, torch.Tensor]:
+def analytic_diffusion(d: GaussianDiffusion, gamma: torch.Tensor, steps: int | list[int], *,
+                       clip_first: float | None = None) -> tuple[GaussianDiffusion, torch.Tensor]:
     """The diffusion over ``steps`` respaced timesteps (all T when steps = T; or the given 0-based
     timesteps, e.g. an ``optimal_trajectory``) with sigma*^2, and its timestep map (call the
     network through ``on_original_timesteps``). ``gamma`` holds Gamma at the kept timesteps, in
-    their order."""
+    their order. ``clip_first``: a cap on the variance of the step into the first kept timestep
+    (index 1 of the respaced chain; sampling only, as the reference code's ``clip_sigma_idx = 1``)."""
     short, timestep_map = respace(d, steps)
     variances = trajectory_variances(d, gamma, timestep_map.tolist())
+    if clip_first is not None and len(variances) > 1:
+        variances[1] = variances[1].clamp(max=clip_first)
     return (GaussianDiffusion(short.schedule, short.parameterization, AnalyticVariance(variances, d.variance),
                               short.decoder), timestep_map)

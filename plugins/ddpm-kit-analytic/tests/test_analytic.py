@@ -164,6 +164,19 @@ def test_the_optimal_trajectory_is_the_reference_codes_dynamic_programme(steps, 
     assert optimal_trajectory(diffusion(), gamma, steps) == [n - 1 for n in reference]
 
 
+def test_where_gamma_exceeds_one_the_trajectory_is_split_as_the_reference_code_splits_it():
+    """An estimate above 1 at the 10 noisiest timesteps (the reference's _split: the programme runs
+    below T - 20 with 9 of 10 steps, the last is T): the reference code's path, 1-based
+    [1, 3, 7, 15, 29, 54, 100, 192, 980, 1000]; without the split, the programme jumps from the
+    first Gamma > 1 to timestep 0 in one free step."""
+    from ddpm_kit_analytic import optimal_trajectory
+
+    gamma = (1 - 0.5 * AB).astype(np.float32).astype(np.float64)
+    gamma[990:] = 1.001
+    path = optimal_trajectory(diffusion(), torch.from_numpy(gamma), 10)
+    assert path == [n - 1 for n in [1, 3, 7, 15, 29, 54, 100, 192, 980, 1000]]
+
+
 def test_the_optimal_trajectory_has_the_smallest_bound_of_every_path_tried():
     """With the oracle's Gamma, the bound's KL part (sum of d/2 log(sigma*^2 / lambda^2)) of the
     optimal 10-step path is below that of the even path and of 200 random 10-step paths."""
@@ -182,3 +195,16 @@ def test_the_optimal_trajectory_has_the_smallest_bound_of_every_path_tried():
     others = [spaced_timesteps(T, 10)] + [[0, *sorted(rng.choice(np.arange(1, T - 1), 8, replace=False)), T - 1]
                                           for _ in range(200)]
     assert all(best <= kl(list(map(int, p))) + 1e-12 for p in others)
+
+
+def test_the_sampling_clip_caps_only_the_step_into_the_first_kept_timestep():
+    """The reference code's sigma2_threshold = (clip_pixel * 2 / 255 * (pi / 2) ** 0.5) ** 2
+    (reverse_ddpm.py line 105) on the step ns[1] -> ns[0] only; every other step keeps sigma*^2."""
+    keep = spaced_timesteps(T, 10)
+    gamma = torch.from_numpy(closed_form_gamma(keep))
+    threshold = (2 * 2.0 / 255.0 * (np.pi / 2.0) ** 0.5) ** 2
+    plain, _ = analytic_diffusion(diffusion(), gamma, 10)
+    clipped, _ = analytic_diffusion(diffusion(), gamma, 10, clip_first=threshold)
+    before, after = plain.variance.log_variances.exp(), clipped.variance.log_variances.exp()
+    assert before[1] > threshold and after[1] == pytest.approx(threshold, rel=1e-12)
+    assert torch.equal(torch.cat([before[:1], before[2:]]), torch.cat([after[:1], after[2:]]))

@@ -72,6 +72,7 @@ def test_with_an_exact_trace_the_ode_likelihood_is_the_closed_form_density(param
     assert 10 < out.nfe < 200  # an adaptive solve, not one step; no kinks in time to crawl through
 
 
+@pytest.mark.statistical
 def test_hutchinson_estimates_are_unbiased_within_their_standard_error():
     """Gaussian probes z: the oracle's Jacobian is c(s) I, so z^T J z = c |z|^2 has variance
     2 c^2 D per evaluation: each image's estimate is off by a random amount, and their mean error
