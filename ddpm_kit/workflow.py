@@ -114,7 +114,9 @@ def evaluate_run(registry: Registry, run_dir: Path, *, limit: int | None, use_em
     if params and metric is None:
         raise DdpmKitError("--param needs --metric (the metric whose parameter it sets, e.g. --metric bpd --param limit=64)")
     components, run = load_run(registry, run_dir, override)
-    overrides = {name: {"limit": limit} for name in {"bpd", metric} - {None}} if limit else {}
+    takes_limit = {name for name in {"bpd", metric} - {None}
+                   if name in registry.providers["metric"] and registry.resolve("metric", name).takes("limit")}
+    overrides = {name: {"limit": limit} for name in takes_limit} if limit else {}
     metrics, only = None, metric
     if metric is not None:
         metrics = [next((m for m in components.recipe.eval.metrics if m.name == metric), None) or Component(name=metric)]

@@ -20,6 +20,13 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = (10, 20, 50, 100)
 IMAGES = 64
+TIMING_KEYS = {  # label -> the row's key in RUN/variance_axis_timing.json (scripts/variance_axis_timing.py)
+    "analytic (Analytic-DPM sigma*^2)": "analytic K={K}",
+    "analytic, optimal trajectory": "analytic K={K} trajectory=optimal",
+    "respaced, sigma^2 = beta": "respaced K={K} variance=fixed_beta",
+    "respaced, sigma^2 = beta-tilde": "respaced K={K} variance=fixed_beta_tilde",
+    "DPM-Solver++ SDE (diffusers)": "diffusers-sde-dpm-solver++ K={K}",
+}
 SAMPLERS = {  # label -> eval file stem for K steps
     "analytic (Analytic-DPM sigma*^2)": "fid_analytic-{K}",
     "analytic, optimal trajectory": "fid_analytic-{K}-trajectoryoptimal",
@@ -73,6 +80,11 @@ def bits_table(run: Path) -> list[str]:
                      f"(trace ± {ode['bpd_ode_trace_stderr']:.3f}; {ode['bpd_ode_nfe']:.0f} function evaluations) |"
                      + " |" * len(STEPS))
     lines += ["", "Paired differences on the same images and noise (mean ± standard error of the per-image difference):", ""]
+    ode_file, base = run / "eval" / "bpd_ode.npy", bound(run, "sigma^2 = beta", None)
+    if ode is not None and ode_file.is_file() and base is not None and len(np.load(ode_file)) == len(base[2]):
+        diff = np.load(ode_file).mean(1) - base[2]
+        lines.append(f"- the ODE minus the bound with sigma^2 = beta (same images; the ODE's own dequantization noise): "
+                     f"{diff.mean():+.4f} ± {diff.std(ddof=1) / math.sqrt(len(diff)):.4f} bits/dim")
     for K in (None, *STEPS):
         base = bound(run, "sigma^2 = beta", K)
         for other in [label for label in BOUNDS if label != "sigma^2 = beta"]:
@@ -98,10 +110,38 @@ def fid_table(run: Path) -> list[str]:
         lines += ["", f"Ancestral sampling, all 1000 steps: FID {ancestral['fid']:.2f} ± {ancestral['fid_stderr']:.2f}, "
                   f"{ancestral['confident']:.0%} confident; real-vs-real floor at {ancestral['fid_samples']:.0f}: "
                   f"{ancestral['fid_real_floor']:.2f}; real test digits {ancestral['confident_real']:.0%} confident."]
-    lines += ["", "Wall time of each `ddpm-kit evaluate --metric fid` call (sampling 1,000 images, then features):", "",
-              "| command | seconds |", "|---|---|"]
-    lines += [f"| {name} | {seconds:.0f} |" for name, seconds in wall.items()]
+    timing_file = run / "variance_axis_timing.json"
+    if timing_file.is_file():
+        timing = json.loads(timing_file.read_text())
+        seconds, n = timing["seconds"], timing["images"]
+        lines += ["", f"Wall time to sample {n} images in one process (scripts/variance_axis_timing.py: every row in "
+                  f"turn, {timing['rounds']} rounds, the fastest counts), and the speed-up over ancestral-1000's "
+                  f"{seconds['ancestral']:.1f} s:", "",
+                  "| sampler | " + " | ".join(f"K = {K}" for K in STEPS) + " |", "|---|" + "---|" * len(STEPS)]
+        for label, key in TIMING_KEYS.items():
+            cells = [f"{seconds[key.format(K=K)]:.1f} s ({seconds['ancestral'] / seconds[key.format(K=K)]:.0f}x)"
+                     if key.format(K=K) in seconds else "-" for K in STEPS]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        if ancestral is not None:
+            lines += ["", goal(run, ancestral, seconds)]
     return lines
+
+
+def goal(run: Path, ancestral: dict, seconds: dict[str, float]) -> str:
+    """The issue's goal: a sampler at K <= 50 within 10% of ancestral-1000's FID, at least 20x faster."""
+    met = []
+    for label, stem in SAMPLERS.items():
+        key = TIMING_KEYS.get(label)
+        for K in (K for K in STEPS if K <= 50):
+            f = load(run, stem.format(K=K))
+            if f is None or key is None or key.format(K=K) not in seconds:
+                continue
+            speed = seconds["ancestral"] / seconds[key.format(K=K)]
+            if f["fid"] <= 1.1 * ancestral["fid"] and speed >= 20:
+                met.append(f"{label} at K = {K} (FID {f['fid']:.2f} = {f['fid'] / ancestral['fid']:.2f}x "
+                           f"ancestral-1000's, {speed:.0f}x faster)")
+    return ("Goal (K <= 50, FID within 10% of ancestral-1000's, >= 20x faster): "
+            + ("met by " + "; ".join(met) if met else "not met by any sampler here") + ".")
 
 
 def plot(run: Path, out: Path) -> None:
@@ -145,13 +185,16 @@ def sample_rows(run: Path, out: Path, K: int = 20, count: int = 12) -> None:
     sample seeds, so the same starting noise x_T in every row."""
     from ddpm_kit.plots import plot_sample_rows
 
+    short = {"analytic (Analytic-DPM sigma*^2)": "analytic", "DPM-Solver++ SDE (diffusers)": "DPM-Solver++ SDE",
+             "respaced, sigma^2 = beta": "respaced, beta", "respaced, sigma^2 = beta-tilde": "respaced, beta-tilde"}
     rows = {}
     for label, stem in {**SAMPLERS, "ancestral, 1000 steps": "fid_ancestral"}.items():
         tag = stem.format(K=K).removeprefix("fid_")
         path = run / "samples" / f"eval_1000_{tag}.npz"
         if path.is_file():
             with np.load(path) as stored:
-                rows[label if "1000" in label else f"{label}, K = {K}"] = stored["images"][:count]
+                name = short.get(label, label).replace("optimal trajectory", "optimal")
+                rows[name if "1000" in label else f"{name}, K = {K}"] = stored["images"][:count]
     if rows:
         plot_sample_rows(rows, out)
 

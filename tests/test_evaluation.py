@@ -30,11 +30,16 @@ def fake_context(diffusion, model, x, tmp_path):
     def save_array(name, array):
         np.save(run.eval / f"{name}.npy", array)
 
-    return SimpleNamespace(diffusion=diffusion, model=model, model_for=lambda split, rows: model,
-                           device=torch.device("cpu"), seed=0, run=run,
-                           images=lambda split, limit: x[:limit], save_array=save_array, is_main_process=True, eval_dir=run.eval,
-                           map_batches=lambda total, size, work, desc=None: map_batches(LocalState(), total, size, work),
-                           my_share=lambda total, size: my_batches(LocalState(), total, size))
+    from ddpm_kit.noise import ImageNoise
+
+    context = SimpleNamespace(diffusion=diffusion, model=model, model_for=lambda split, rows: model,
+                              device=torch.device("cpu"), seed=0, run=run,
+                              images=lambda split, limit: x[:limit], save_array=save_array, is_main_process=True,
+                              eval_dir=run.eval,
+                              map_batches=lambda total, size, work, desc=None: map_batches(LocalState(), total, size, work),
+                              my_share=lambda total, size: my_batches(LocalState(), total, size))
+    context.image_noise = lambda rows: ImageNoise(context.seed, rows, context.device)  # as EvalContext's
+    return context
 
 
 @pytest.mark.statistical

@@ -26,7 +26,7 @@ class BitsPerDim(Metric):
     2021 section 4; the network is called at the original timesteps); ``variance``: a fixed
     variance plugin (``fixed_beta_tilde``, say) in place of the run's, for runs trained with a
     fixed one. Either makes the figures and files carry it: ``bpd_fixed_beta_tilde_50``,
-    ``..._stderr``, eval/bpd_fixed_beta_tilde_50_terms.npy.
+    ``..._stderr``, eval/bpd_fixed_beta_tilde_50_bpd_terms.npy.
 
     A plugin computes the bound of another reverse process of the same network (Analytic-DPM's
     variance, say) by subclassing it with its own ``name`` and overriding ``chain``; its figures and
@@ -44,8 +44,11 @@ class BitsPerDim(Metric):
 
     @property
     def label(self) -> str:
-        """The metric's name with its chain settings: what its figures and files are called."""
-        return "_".join([self.name] + [str(v) for v in (self.variance, self.steps) if v is not None])
+        """The metric's name with the settings that change what it measures (variance, steps, a split
+    other than test, clip_denoised): what its figures and files are called."""
+        settings = [self.variance, self.steps, None if self.split == "test" else self.split,
+                    "clip" if self.clip_denoised else None]
+        return "_".join([self.name] + [str(v) for v in settings if v is not None])
 
     def chain(self, context) -> tuple[GaussianDiffusion, Callable[[Model], Model]]:
         """The diffusion whose bound is computed, and how the network is called on it (a respaced
@@ -58,6 +61,9 @@ class BitsPerDim(Metric):
                 raise DdpmKitError(f"metric '{self.name}': variance = '{self.variance}' replaces a fixed variance; "
                                    f"this run learned its variance ('{d.variance.name}')")
             fixed = context.components.registry.build("variance", self.variance, {})
+            if fixed.extra_channels(1):
+                raise DdpmKitError(f"metric '{self.name}': variance = '{self.variance}' is learned; name a fixed "
+                                   "one (fixed_beta, fixed_beta_tilde)")
             d = GaussianDiffusion(d.schedule, d.parameterization, fixed, d.decoder)
         if self.steps is None:
             return d, lambda model: model

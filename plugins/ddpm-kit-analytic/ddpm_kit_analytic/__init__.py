@@ -91,7 +91,7 @@ class AnalyticBitsPerDim(BitsPerDim):
         if not context.use_ema:
             raise DdpmKitError("metric 'bpd_analytic': Gamma is estimated for the EMA weights; drop --raw")
         gamma = load_run_gamma(context.run.path, d.num_timesteps)
-        keep = choose_timesteps(d, gamma, self.steps or d.num_timesteps, self.trajectory)
+        keep = choose_timesteps(d, gamma, d.num_timesteps if self.steps is None else self.steps, self.trajectory)
         short, timestep_map = analytic_diffusion(d, gamma[keep], keep)
         return short, lambda model: on_original_timesteps(model, timestep_map)
 

@@ -4,6 +4,7 @@ the optimal variance on a trajectory, and a respaced diffusion that samples with
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -52,9 +53,15 @@ def optimal_variance(ab: torch.Tensor, ab_prev: torch.Tensor, gamma: torch.Tenso
 
 def trajectory_variances(d: GaussianDiffusion, gamma: torch.Tensor, timesteps: Sequence[int]) -> torch.Tensor:
     """sigma*^2 of each step of the trajectory ``timesteps`` (0-based, increasing; the step at
-    timesteps[k] goes to timesteps[k-1], the first to x_0), ``gamma`` at those timesteps."""
+    timesteps[k] goes to timesteps[k-1], the first to x_0), ``gamma`` at those timesteps.
+
+    The step to x_0 has lambda^2 = 0, so an estimate Gamma >= 1 there would give the decoder a zero
+    variance (an infinite L_0): its variance is at least Ho et al.'s decoder variance, beta-tilde of
+    the second timestep (the reference code's bound uses that one alone)."""
     ab = d.alphas_cumprod[list(timesteps)]
-    return optimal_variance(ab, torch.cat([ab.new_ones(1), ab[:-1]]), gamma)
+    variances = optimal_variance(ab, torch.cat([ab.new_ones(1), ab[:-1]]), gamma)
+    variances[0] = variances[0].clamp(min=float(d.posterior_log_variance_clipped[0].exp()))
+    return variances
 
 
 def optimal_trajectory(d: GaussianDiffusion, gamma: torch.Tensor, steps: int) -> list[int]:
@@ -82,6 +89,8 @@ def optimal_trajectory(d: GaussianDiffusion, gamma: torch.Tensor, steps: int) ->
     if bad > 0 and k1 == steps:
         k1 = steps - 1
     if n1 < 2 or k1 < 2:  # Gamma > 1 over half the chain or more: nothing to optimise
+        warnings.warn(f"Gamma exceeds 1 from timestep {T - bad // 2} on (over half the chain): the estimate is "
+                      f"not usable for a trajectory; {steps} evenly spaced steps instead", stacklevel=2)
         return spaced_timesteps(T, steps)
     k2 = steps - k1
     rest = [round(T - (T - n1) / k2 * k) - 1 for k in range(k2)][::-1]  # the reference's 1-based round()

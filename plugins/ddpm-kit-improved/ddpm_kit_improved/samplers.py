@@ -65,4 +65,6 @@ def respaced(steps: int = 100, clip_denoised: bool = True, variance: str | None 
             raise CannotSample(f"sampler 'respaced': variance = '{variance}' replaces a fixed variance; this run "
                                f"learned its own ('{diffusion.variance.name}')")
         fixed = get_registry().build("variance", variance)
+        if fixed.extra_channels(1):
+            raise ValueError(f"variance '{variance}' is learned; name a fixed one (fixed_beta, fixed_beta_tilde)")
     return partial(_respaced_call, partial(sample_ancestral, clip_denoised=clip_denoised), steps, variance=fixed)

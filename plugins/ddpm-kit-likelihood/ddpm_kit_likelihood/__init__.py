@@ -47,14 +47,21 @@ class ODEBitsPerDim(Metric):
         dims = x[0].numel()
 
         def batch(rows: range) -> np.ndarray:  # [b, probes + 1]: bits/dim per probe, the solver's NFE
+            with torch.inference_mode(False):  # the divergence needs autograd: no inference tensors
+                return solve(rows)
+
+        def solve(rows: range) -> np.ndarray:
             noise = context.image_noise(rows)
-            images = dequantize(x[rows.start:rows.stop].to(context.device), noise(x[rows.start:rows.stop]))
-            draws = torch.stack([noise(images) for _ in range(self.probes)], 1)  # [b, probes, C, H, W]
+            mine = x[rows.start:rows.stop].clone().to(context.device)
+            images = dequantize(mine, noise(mine))
+            # probe-major ([probe 0 of every image], [probe 1 ...]): a conditional run's bound labels
+            # repeat the same way (ConditionedModel tiles them to the batch)
+            draws = torch.cat([noise(images) for _ in range(self.probes)])
             probes = draws.sign() if self.probe == "rademacher" else draws
             out = ode_log_likelihood(context.diffusion, context.model_for(self.split, rows),
-                                     images.repeat_interleave(self.probes, 0), trace=self.trace,
-                                     probes=probes.flatten(0, 1), **self.solver)
-            bpd = bits_per_dim(out.log_p.double().cpu(), dims).reshape(len(rows), self.probes)
+                                     images.repeat(self.probes, *([1] * (images.ndim - 1))), trace=self.trace,
+                                     probes=probes, **self.solver)
+            bpd = bits_per_dim(out.log_p.double().cpu(), dims).reshape(self.probes, len(rows)).T
             return np.concatenate([bpd, np.full((len(rows), 1), out.nfe)], 1)
 
         both = context.map_batches(len(x), self.batch_size, batch, desc=f"{self.name} (probability-flow ODE)")

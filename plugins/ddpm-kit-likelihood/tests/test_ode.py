@@ -100,3 +100,36 @@ def test_dequantized_bits_per_dim_of_gaussian_data():
     out = ode_log_likelihood(diffusion(), ContinuousOracle(), x, trace="exact")
     want = -closed_form_log_p(x) / (4 * math.log(2)) + 7
     np.testing.assert_allclose(bits_per_dim(out.log_p.numpy() + prior_mismatch(out.end), 4), want, atol=5e-4)
+
+
+@pytest.mark.slow
+def test_bpd_ode_on_a_conditional_run_gives_each_image_and_probe_its_own_label(tmp_path, monkeypatch):
+    """`ddpm-kit evaluate RUN --metric bpd_ode` on the tiny recipe made class-conditional: every
+    network call inside the solver sees the labels of its batch's images, probe after probe
+    (the images are stacked probe-major, as the bound's labels repeat), and autograd runs on them."""
+    import json
+
+    from ddpm_kit.builtins.backbones import UNetBackbone
+    from helpers import TINY, cli
+
+    recipe = tmp_path / "c.toml"
+    recipe.write_text(TINY.read_text() + "\n[conditioning]\nnum_classes = 10\nlabel_dropout = 0.25\n")
+    run = tmp_path / "run"
+    assert cli("run", str(recipe), "--run-dir", str(run), "--set", "train.steps=2", "--no-sample", "--no-eval").returncode == 0
+    calls, forward = [], UNetBackbone.forward
+
+    def recording(self, x, t, class_labels=None):
+        calls.append(class_labels.clone())
+        return forward(self, x, t, class_labels)
+
+    monkeypatch.setattr(UNetBackbone, "forward", recording)
+    result = cli("evaluate", str(run), "--metric", "bpd_ode", "--param", "limit=4", "--param", "batch_size=2",
+                 "--param", "rtol=1e-2", "--param", "atol=1e-2")
+    assert result.returncode == 0, result.stderr
+    from ddpm_kit.builtins.datasets import digits
+
+    y = digits()["test"]["label"][:4]  # the tiny recipe's data: the digits plugin's test split
+    figures = json.loads((run / "eval" / "bpd_ode_limit4_batch_size2_rtol0.01_atol0.01.json").read_text())
+    assert figures["bpd_ode_images"] == 4 and len(calls) > 4
+    # one label pattern per batch of 2 images, its probes stacked: [y0, y1, y0, y1], then [y2, y3, y2, y3]
+    assert {tuple(c.tolist()) for c in calls} == {(y[0], y[1], y[0], y[1]), (y[2], y[3], y[2], y[3])}
