@@ -45,7 +45,7 @@ class BitsPerDim(Metric):
     @property
     def label(self) -> str:
         """The metric's name with the settings that change what it measures (variance, steps, a split
-    other than test, clip_denoised): what its figures and files are called."""
+        other than test, clip_denoised): what its figures and files are called."""
         settings = [self.variance, self.steps, None if self.split == "test" else self.split,
                     "clip" if self.clip_denoised else None]
         return "_".join([self.name] + [str(v) for v in settings if v is not None])

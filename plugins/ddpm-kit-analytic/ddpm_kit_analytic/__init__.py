@@ -58,11 +58,14 @@ def analytic(steps: int = 50, trajectory: str = "even", clip_pixel: float = 2.0,
     if clip_pixel < 0:
         raise ValueError(f"clip_pixel must be >= 0 (0: no clip), got {clip_pixel}")
     gamma = load_run_gamma(run_dir, num_timesteps)
+    chains = {}  # the respaced diffusion of each trained one: the trajectory (a dynamic programme) once, not per batch
 
     def sample(d, model, x_T, *, generator=None, callback=None, noise=None):
-        keep = choose_timesteps(d, gamma, steps, trajectory)
-        short, timestep_map = analytic_diffusion(d, gamma[keep], keep,
-                                                 clip_first=(clip_pixel * 2 / 255) ** 2 * math.pi / 2 or None)
+        if d not in chains:
+            keep = choose_timesteps(d, gamma, steps, trajectory)
+            chains[d] = analytic_diffusion(d, gamma[keep], keep,
+                                           clip_first=(clip_pixel * 2 / 255) ** 2 * math.pi / 2 or None)
+        short, timestep_map = chains[d]
         return sample_ancestral(short, on_original_timesteps(model, timestep_map), x_T, generator=generator,
                                 callback=callback, noise=noise, clip_denoised=clip_denoised)
     return sample
