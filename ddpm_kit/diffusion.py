@@ -68,6 +68,11 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
         self._device_cache: dict[tuple[torch.device, torch.dtype, str], torch.Tensor] = {}
 
+    def with_variance(self, variance: VarianceChoice) -> GaussianDiffusion:
+        """The same process (schedule, parameterization, decoder) with another reverse variance:
+        e.g. a run trained with sigma^2 = beta bounded or sampled with beta-tilde."""
+        return GaussianDiffusion(self.schedule, self.parameterization, variance, self.decoder)
+
     # -- helpers -----------------------------------------------------------------------------
     def gather(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``self.<name>[t]`` cast to ``like``'s dtype/device, shaped to broadcast over it."""

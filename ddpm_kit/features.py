@@ -155,9 +155,26 @@ def frechet_distance_stderr(reference: FeatureStats, features: np.ndarray, basel
     return float(np.std(draws, ddof=1))
 
 
+def confident_rows(probs: np.ndarray, threshold: float = 0.9) -> np.ndarray:
+    """Whether each image's most likely class has probability above ``threshold``."""
+    return probs.max(1) > threshold
+
+
 def confident_fraction(probs: np.ndarray, threshold: float = 0.9) -> float:
     """The fraction of images whose most likely class has probability above ``threshold``."""
-    return float((probs.max(1) > threshold).mean())
+    return float(confident_rows(probs, threshold).mean())
+
+
+def paired_difference(reference: FeatureStats, features: np.ndarray, confident: np.ndarray,
+                      baseline: np.ndarray, baseline_confident: np.ndarray) -> dict[str, float]:
+    """FID(features) - FID(baseline) against ``reference`` with its paired bootstrap standard error,
+    and the confident fractions' difference with the standard error of the per-row differences:
+    for two models' samples drawn row by row from the same noise (the same sample seed)."""
+    distance = _distance_from(reference)
+    diff = confident.astype(float) - baseline_confident.astype(float)
+    return {"fid": distance(FeatureStats.fit(features)) - distance(FeatureStats.fit(baseline)),
+            "fid_stderr": frechet_distance_stderr(reference, features, baseline),
+            "confident": float(diff.mean()), "confident_stderr": float(diff.std(ddof=1) / np.sqrt(len(diff)))}
 
 
 def stats_path(key: dict) -> Path:

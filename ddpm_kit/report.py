@@ -16,8 +16,8 @@ import numpy as np
 from .recipe import read_toml
 from .runs import RunFolder
 
-COLUMNS = ["run", "parameterization", "variance", "objective", "steps", "train time", "bits/dim", "FID",
-           "FID floor", "confident (real)", "classifier score"]
+COLUMNS = ["run", "parameterization", "variance", "objective", "steps", "train time", "sample time", "bits/dim",
+           "FID", "FID floor", "confident (real)", "classifier score"]
 
 
 def _fmt(value: float | None, digits: int = 3, stderr: float | None = None) -> str:
@@ -49,11 +49,13 @@ def summarize(run: RunFolder) -> dict[str, Any]:
         "objective": recipe.get("objective", {}).get("name", "simple"),
         "steps": str(done[-1]["step"]) if done else "0",
         "train time": _duration(summary.get("train_seconds")),
+        "sample time": _duration(summary.get("sample_seconds")),
         "bits/dim": _fmt(metrics.get("bpd"), 3, metrics.get("bpd_stderr")),
-        "FID": _fmt(metrics.get("fid"), 2),
+        "FID": _fmt(metrics.get("fid"), 2, metrics.get("fid_stderr")),
         "FID floor": _fmt(metrics.get("fid_real_floor"), 2),
-        "confident (real)": (f"{metrics['confident']:.2f} ({metrics['confident_real']:.2f})"
-                             if "confident" in metrics else "-"),
+        "confident (real)": (f"{_fmt(metrics['confident'], 3, metrics.get('confident_stderr'))} "
+                             f"({metrics['confident_real']:.3f})" if "confident" in metrics else "-"),
+        "fid_samples": int(metrics["fid_samples"]) if "fid_samples" in metrics else None,
         "classifier score": _fmt(metrics.get("classifier_score"), 2),
         "extractor": metrics.get("fid_extractor"),
         "losses": [(m["step"], m["loss"]) for m in done if "loss" in m],  # eval entries have none
@@ -86,6 +88,43 @@ def paired_bpd(rows: list[dict[str, Any]]) -> list[str]:
         diff = b - a
         lines.append(f"- {row['run']} minus {first['run']}: {diff.mean():+.4f} ± "
                      f"{diff.std(ddof=1) / np.sqrt(len(diff)):.4f} bits/dim ({len(diff)} images, paired)")
+    return lines
+
+
+def paired_fid(rows: list[dict[str, Any]]) -> list[str]:
+    """Each run's FID and confident fraction minus the first run's on the same sample indices (the
+    same sample seed gives row i the same starting noise in every run of one data shape): the
+    difference with its paired bootstrap standard error, from eval/fid_features_<N>.npz. Samples
+    drawn from the same noise share much of their error, so the difference is measured more
+    precisely than either FID."""
+    from .features import FeatureStats, paired_difference
+
+    stored = {}
+    for row in rows:
+        path = RunFolder(row["path"]).eval / f"fid_features_{row['fid_samples']}.npz"
+        if row["fid_samples"] and path.is_file():
+            with np.load(path) as arrays:
+                stored[row["run"]] = {k: arrays[k] for k in arrays.files}
+    if len(stored) < 2:
+        return []
+    first = next(row["run"] for row in rows if row["run"] in stored)
+    a = stored[first]
+    reference = FeatureStats(a["reference_mu"], a["reference_sigma"], int(a["reference_n"]))
+    lines = []
+    for row in rows:
+        name = row["run"]
+        if name == first or row["fid_samples"] is None:
+            continue
+        b = stored.get(name)
+        if b is None:
+            lines.append(f"- {name}: no eval/fid_features_{row['fid_samples']}.npz (`ddpm-kit evaluate RUN "
+                         "--metric fid` writes it)")
+        elif str(b["extractor"]) != str(a["extractor"]) or len(b["features"]) != len(a["features"]):
+            lines.append(f"- {name}: not paired with {first} (another feature extractor or sample count)")
+        else:
+            d = paired_difference(reference, b["features"], b["confident"], a["features"], a["confident"])
+            lines.append(f"- {name} minus {first}: FID {d['fid']:+.2f} ± {d['fid_stderr']:.2f}, confident "
+                         f"{d['confident']:+.3f} ± {d['confident_stderr']:.3f} ({len(a['features'])} samples, paired)")
     return lines
 
 
@@ -141,9 +180,11 @@ def write_report(runs: list[Path], out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     rows = [summarize(RunFolder.existing(r)) for r in runs]
     table = markdown_table(rows)
-    paired = paired_bpd(rows)
-    if paired:
-        table += "\nBits/dim differences on the same test images and noise:\n\n" + "\n".join(paired) + "\n"
+    differences = [(heading, lines) for heading, lines in
+                   (("Bits/dim differences on the same test images and noise:", paired_bpd(rows)),
+                    ("Sample-quality differences on the same sample indices:", paired_fid(rows))) if lines]
+    for heading, lines in differences:
+        table += f"\n{heading}\n\n" + "\n".join(lines) + "\n"
     (out / "report.md").write_text(table)
     compared = "".join(f'<figure><img src="{f.name}"><figcaption>{html.escape(c)}</figcaption></figure>'
                        for f, c in compare(rows, out))
@@ -173,7 +214,8 @@ def write_report(runs: list[Path], out: Path) -> tuple[Path, Path]:
                         f"{html.escape(row['variance'])} / {html.escape(row['objective'])}, bits/dim "
                         f"{html.escape(row['bits/dim'])}, FID {html.escape(row['FID'])}</p>{images}")
     head = "".join(f"<th>{c}</th>" for c in COLUMNS)
-    paired_items = "".join(f"<li>{html.escape(line[2:])}</li>" for line in paired)
+    paired = "".join(f"<p>{html.escape(heading)}</p><ul>" + "".join(f"<li>{html.escape(line[2:])}</li>" for line in lines)
+                     + "</ul>" for heading, lines in differences)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in COLUMNS) + "</tr>" for r in rows)
     page = (
         "<!doctype html><meta charset='utf-8'><title>ddpm-kit report</title><style>"
@@ -181,7 +223,7 @@ def write_report(runs: list[Path], out: Path) -> tuple[Path, Path]:
         "padding:4px 8px}figure{display:inline-block;margin:6px;vertical-align:top}img{max-height:260px;"
         "max-width:100%}.row{display:flex;flex-wrap:wrap}</style>"
         f"<h1>ddpm-kit report</h1><table><tr>{head}</tr>{body}</table>"
-        + (f"<p>Bits/dim differences on the same test images and noise:</p><ul>{paired_items}</ul>" if paired else "")
+        + paired
         + f"<h2>The runs compared</h2>{compared}"
         + (f"<h3>x0-hat along the reverse chain, side by side</h3><div class='row'>{''.join(chains)}</div>"
            if chains else "")

@@ -298,8 +298,17 @@ def test_report_compares_runs_on_shared_figures_and_is_self_contained(finished_r
 
     from ddpm_kit import plots
 
+    from ddpm_kit.features import FeatureStats, frechet_distance
+
     runs = [Path(shutil.copytree(finished_run[0], tmp_path / name)) for name in ("alpha", "beta")]
     np.save(runs[1] / "eval" / "bpd_terms.npy", np.load(runs[1] / "eval" / "bpd_terms.npy") * 1.1)
+    kept = runs[1] / "eval" / "fid_features_8.npz"  # beta's samples: alpha's moved, all confident
+    with np.load(kept) as arrays:
+        features = dict(arrays)
+    features["features"] = features["features"] + np.linspace(0, 1, features["features"].shape[1])
+    alpha_confident = features["confident"].astype(float)
+    features["confident"] = np.ones_like(features["confident"])
+    np.savez(kept, **features)
     drawn = {}
     for name in ("plot_bpd_terms", "plot_rate_distortion", "plot_loss_curve", "plot_sample_rows"):
         def spy(first, *args, _name=name, _real=getattr(plots, name)):
@@ -322,5 +331,14 @@ def test_report_compares_runs_on_shared_figures_and_is_self_contained(finished_r
     alpha = np.load(finished_run[0] / "eval" / "bpd_terms.npy").sum(1)  # beta's terms are 1.1 x alpha's
     want = f"beta minus alpha: {0.1 * alpha.mean():+.4f} ± {0.1 * alpha.std(ddof=1) / np.sqrt(len(alpha)):.4f} bits/dim"
     assert want in (out / "report.md").read_text() and html_escape(want) in page
+    alpha_fid = json.loads((finished_run[0] / "eval" / "metrics.json").read_text())["fid"]
+    reference = FeatureStats(features["reference_mu"], features["reference_sigma"], int(features["reference_n"]))
+    moved = frechet_distance(reference, features["features"]) - alpha_fid
+    confident = 1 - alpha_confident
+    want = (f"beta minus alpha: FID {moved:+.2f} ± ")
+    line = next(line for line in (out / "report.md").read_text().splitlines() if want in line)
+    assert line.endswith(f"confident {confident.mean():+.3f} ± {confident.std(ddof=1) / np.sqrt(8):.3f} "
+                         "(8 samples, paired)"), line
+    assert moved > 1 and float(line.split("± ")[1].split(",")[0]) > 0
     result = cli("report", str(finished_run[0]), "--out", str(tmp_path / "one"))
     assert Image.open(tmp_path / "one" / "compare_samples.png").size[1] < two[1]  # one row per run

@@ -178,6 +178,11 @@ def test_fid_caches_the_real_statistics_and_measures_the_floor_at_the_sample_cou
     assert figures["fid_stderr"] > 0
     assert figures["confident_real"] == confident_fraction(p_test)
     assert figures["classifier_score_real"] == pytest.approx(classifier_score(p_test), rel=1e-9)
+    with np.load(run / "eval" / "fid_features_12.npz") as kept:  # what `ddpm-kit report` pairs runs by
+        np.testing.assert_allclose(kept["features"], f_fake, rtol=1e-6, atol=1e-9)
+        np.testing.assert_array_equal(kept["confident"], p_fake.max(1) > 0.9)
+        np.testing.assert_allclose(kept["reference_mu"], f_test.mean(0), rtol=1e-6, atol=1e-9)
+        assert int(kept["reference_n"]) == len(f_test) and str(kept["extractor"]) == f"classifier-{digest}"
 
 
 def test_fid_of_training_images_against_themselves_is_near_zero_and_noise_is_far(registry):

@@ -161,6 +161,7 @@ def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_the_run_resumes_exactly(tmp_p
     reference = tmp_path / "reference"
     assert cli("run", str(TINY), "--run-dir", str(reference), *args, threads=1).returncode == 0
     run = tmp_path / "run"
+    started = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(run), *args],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -174,9 +175,14 @@ def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_the_run_resumes_exactly(tmp_p
     step = int(err.split(f"{said} after step ")[1].split(";")[0])
     assert (run / "checkpoints" / f"step_{step:07d}" / "manifest.json").is_file()
     assert step < 40
+    interrupted = json.loads((run / "summary.json").read_text())["train_seconds"]  # the stopped segment counts
+    assert 0 < interrupted < time.time() - started
+    started = time.time()
     result = cli("run", str(TINY), "--run-dir", str(run), "--resume", "latest", *args, threads=1)
     assert result.returncode == 0, result.stderr
     assert f"resuming {run} from step {step}" in result.stdout
+    total = json.loads((run / "summary.json").read_text())["train_seconds"]
+    assert interrupted < total < interrupted + (time.time() - started)  # both segments, each once
     assert [m["step"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == \
         list(range(1, 41))
     assert_same_weights(weights(reference), weights(run))

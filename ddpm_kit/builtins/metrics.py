@@ -64,7 +64,7 @@ class BitsPerDim(Metric):
             if fixed.extra_channels(1):
                 raise DdpmKitError(f"metric '{self.name}': variance = '{self.variance}' is learned; name a fixed "
                                    "one (fixed_beta, fixed_beta_tilde)")
-            d = GaussianDiffusion(d.schedule, d.parameterization, fixed, d.decoder)
+            d = d.with_variance(fixed)
         if self.steps is None:
             return d, lambda model: model
         if not 1 <= self.steps <= d.num_timesteps:
@@ -120,7 +120,9 @@ class ClassifierFID(Metric):
     test split (images the classifier has not seen, like the samples). ``fid_stderr``: the
     bootstrap standard error of ``fid`` over the draw of the samples; ``confident_stderr``: the
     binomial one, sqrt(p (1 - p) / N). The test split's and the floor's statistics depend only on
-    the extractor and the data settings and are cached.
+    the extractor and the data settings and are cached. Writes eval/fid_features_<N>[_<sampler
+    tag>].npz: the samples' features and confident flags beside the test split's statistics, what
+    ``ddpm-kit report`` needs to compare two runs' samples index by index.
     """
 
     name = "fid"
@@ -129,7 +131,8 @@ class ClassifierFID(Metric):
         self.num_samples, self.split, self.label_column = num_samples, split, label_column
 
     def compute(self, context) -> dict[str, float]:
-        from ..features import FeatureStats, cached_classifier, frechet_distance, frechet_distance_stderr
+        from ..features import (FeatureStats, cached_classifier, frechet_distance, frechet_distance_stderr,
+                                save_arrays)
 
         train_x, train_y = context.labelled("train", self.label_column)
         with context.state.main_process_first():  # the main process trains and caches it, the others load it
@@ -146,6 +149,12 @@ class ClassifierFID(Metric):
         samples = summary(fake, "features: samples", fake_y, keep_features=True)
         test_stats, train_stats, sample_stats = (FeatureStats.from_arrays(a) for a in (test, train, samples))
         confident = float(samples["confident"])
+        if context.is_main_process:  # for paired comparisons between runs (ddpm-kit report)
+            name = "_".join(filter(None, [f"fid_features_{len(fake)}", context.sample_tag]))
+            save_arrays(context.eval_dir / f"{name}.npz", {
+                "features": samples["features"], "confident": samples["confident_rows"],
+                **{f"reference_{k}": v for k, v in test_stats.arrays().items()},
+                "extractor": np.asarray(f"classifier-{digest}")})
         return {**class_accuracy(samples, fake_y), "fid": frechet_distance(test_stats, sample_stats),
                 "fid_stderr": frechet_distance_stderr(test_stats, samples["features"]),
                 "fid_real_floor": frechet_distance(test_stats, train_stats),
@@ -166,14 +175,14 @@ class _FeatureSummary:
 
     def __call__(self, x: torch.Tensor, what: str, labels: torch.Tensor | None = None,
                  keep_features: bool = False) -> dict[str, np.ndarray]:
-        from ..features import FeatureStats, classifier_score, confident_fraction, features_and_probs
+        from ..features import FeatureStats, classifier_score, confident_fraction, confident_rows, features_and_probs
 
         both = self.context.map_rows(x, lambda b: np.concatenate(features_and_probs(self.net, b), 1), desc=what)
         feats, probs = both[:, :-self.num_classes], both[:, -self.num_classes:]
         out = {**FeatureStats.fit(feats).arrays(), "confident": np.asarray(confident_fraction(probs)),
                "classifier_score": np.asarray(classifier_score(probs))}
         if keep_features:
-            out["features"] = feats
+            out["features"], out["confident_rows"] = feats, confident_rows(probs)
         if labels is not None:
             out["accuracy"] = np.asarray((probs.argmax(1) == labels.numpy()).mean())
             out["predicted"] = probs.argmax(1)

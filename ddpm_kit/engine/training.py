@@ -246,6 +246,8 @@ class Trainer:
             bar.close()
             if not checkpoint_due:
                 self.checkpoint(done)
+            if self.is_main_process:  # this segment's time; the resumed one adds its own in finish()
+                self.run.add_to_summary(train_seconds=time.time() - self.created)
             raise Interrupted(done, self.run, signum)
 
     def log(self, done: int, bar) -> None:

@@ -153,5 +153,4 @@ def analytic_diffusion(d: GaussianDiffusion, gamma: torch.Tensor, steps: int | l
     variances = trajectory_variances(d, gamma, timestep_map.tolist())
     if clip_first is not None and len(variances) > 1:
         variances[1] = variances[1].clamp(max=clip_first)
-    return (GaussianDiffusion(short.schedule, short.parameterization, AnalyticVariance(variances, d.variance),
-                              short.decoder), timestep_map)
+    return short.with_variance(AnalyticVariance(variances, d.variance)), timestep_map

@@ -38,7 +38,7 @@ def _respaced_call(inner, steps: int | None, d, model, x_T, variance: VarianceCh
         d, timestep_map = respace(d, steps)
         model = on_original_timesteps(model, timestep_map)
     if variance is not None:
-        d = GaussianDiffusion(d.schedule, d.parameterization, variance, d.decoder)
+        d = d.with_variance(variance)
     return inner(d, model, x_T, **kw)
 
 
