@@ -10,5 +10,5 @@ exec .venv/bin/ddpm-kit sweep \
   $m/eps_fixed_beta.toml $m/eps_vlb_fixed_beta.toml $m/eps_fixed_beta_tilde.toml $m/x0_fixed_beta.toml \
   $m/mu_vlb_fixed_beta.toml $m/mu_mse_fixed_beta.toml $m/eps_vlb_learned.toml $m/mu_vlb_fixed_beta_tilde.toml \
   $m/mu_vlb_learned.toml $m/improved_hybrid.toml \
-  $m/eps_fixed_beta_seed1.toml $m/eps_vlb_fixed_beta_seed1.toml $m/eps_fixed_beta_tilde_seed1.toml \
+  $m/seeds/eps_fixed_beta_seed1.toml $m/seeds/eps_vlb_fixed_beta_seed1.toml $m/seeds/eps_fixed_beta_tilde_seed1.toml \
   --report-dir docs/results/mini --doc docs/reproducing-the-paper.md "$@"
