@@ -56,6 +56,7 @@ def summarize(run: RunFolder) -> dict[str, Any]:
         "confident (real)": (f"{_fmt(metrics['confident'], 3, metrics.get('confident_stderr'))} "
                              f"({metrics['confident_real']:.3f})" if "confident" in metrics else "-"),
         "fid_samples": int(metrics["fid_samples"]) if "fid_samples" in metrics else None,
+        "sampler": metrics.get("sampler"),  # samples of another sampler than the recipe's (evaluate --sampler)
         "classifier score": _fmt(metrics.get("classifier_score"), 2),
         "extractor": metrics.get("fid_extractor"),
         "losses": [(m["step"], m["loss"]) for m in done if "loss" in m],  # eval entries have none
@@ -97,11 +98,11 @@ def paired_fid(rows: list[dict[str, Any]]) -> list[str]:
     difference with its paired bootstrap standard error, from eval/fid_features_<N>.npz. Samples
     drawn from the same noise share much of their error, so the difference is measured more
     precisely than either FID."""
-    from .features import FeatureStats, paired_difference
+    from .features import FeatureStats, features_file, paired_difference
 
     stored = {}
     for row in rows:
-        path = RunFolder(row["path"]).eval / f"fid_features_{row['fid_samples']}.npz"
+        path = RunFolder(row["path"]).eval / features_file(row["fid_samples"] or 0, row["sampler"])
         if row["fid_samples"] and path.is_file():
             with np.load(path) as arrays:
                 stored[row["run"]] = {k: arrays[k] for k in arrays.files}
@@ -117,10 +118,12 @@ def paired_fid(rows: list[dict[str, Any]]) -> list[str]:
             continue
         b = stored.get(name)
         if b is None:
-            lines.append(f"- {name}: no eval/fid_features_{row['fid_samples']}.npz (`ddpm-kit evaluate RUN "
-                         "--metric fid` writes it)")
+            lines.append(f"- {name}: no eval/{features_file(row['fid_samples'], row['sampler'])} (ddpm-kit "
+                         f"evaluate {row['path']} --metric fid writes it)")
         elif str(b["extractor"]) != str(a["extractor"]) or len(b["features"]) != len(a["features"]):
             lines.append(f"- {name}: not paired with {first} (another feature extractor or sample count)")
+        elif b["sample_seed"].item() != a["sample_seed"].item():
+            lines.append(f"- {name}: not paired with {first} (samples from another seed)")
         else:
             d = paired_difference(reference, b["features"], b["confident"], a["features"], a["confident"])
             lines.append(f"- {name} minus {first}: FID {d['fid']:+.2f} ± {d['fid_stderr']:.2f}, confident "

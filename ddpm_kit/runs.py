@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import tomli_w
 
+from .cache import atomic_file
 from .errors import DdpmKitError
 
 CHECKPOINT = re.compile(r"^step_(\d{7})$")
@@ -202,13 +203,17 @@ class RunFolder:
         summary = self.read_summary()
         for key, value in values.items():
             summary[key] = summary.get(key, 0.0) + value
-        self.summary_file.write_text(json.dumps(summary, indent=2))
+        self._write_summary(summary)
 
     def set_in_summary(self, **values: Any) -> None:
         """Record values such as the processes a stage ran on (replacing earlier ones)."""
         summary = self.read_summary()
         summary.update(values)
-        self.summary_file.write_text(json.dumps(summary, indent=2))
+        self._write_summary(summary)
+
+    def _write_summary(self, summary: dict[str, Any]) -> None:
+        with atomic_file(self.summary_file) as tmp:  # a kill mid-write leaves the previous file whole
+            tmp.write_text(json.dumps(summary, indent=2))
 
     def save_weights(self, step: int | None = None, **weights: dict[str, torch.Tensor]) -> None:
         """model/<name>.safetensors for each state dict given (``model``: raw, ``ema``), on the CPU,

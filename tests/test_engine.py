@@ -109,12 +109,15 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "model").exists()  # it really was stopped mid-way
+    before = json.loads((killed / "summary.json").read_text())["train_seconds"]  # counted up to its checkpoints
+    assert 0 < before < time.time() - (deadline - 120)
     result = cli("run", str(TINY), "--run-dir", str(killed), "--resume", "latest", *args, threads=1)
     assert result.returncode == 0, result.stderr
     loaded = int(result.stdout.split(f"resuming {killed} from step ")[1].split()[0])
     assert loaded >= 8 and loaded % 4 == 0  # the latest checkpoint it had written, not a fresh start
     assert [m["step"] for m in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())] == \
         list(range(2, 41, 2))  # no step logged twice
+    assert json.loads((killed / "summary.json").read_text())["train_seconds"] > before
     assert_same_weights(weights(reference), weights(killed))
     assert_same_weights(weights(reference, "ema"), weights(killed, "ema"))
     ref_losses = [m["loss"] for m in map(json.loads, (reference / "metrics.jsonl").read_text().splitlines())]
@@ -305,7 +308,8 @@ def test_report_compares_runs_on_shared_figures_and_is_self_contained(finished_r
     kept = runs[1] / "eval" / "fid_features_8.npz"  # beta's samples: alpha's moved, all confident
     with np.load(kept) as arrays:
         features = dict(arrays)
-    features["features"] = features["features"] + np.linspace(0, 1, features["features"].shape[1])
+    shift = features["features"].mean(0) - features["reference_mu"]  # away from the test split's mean
+    features["features"] = features["features"] + shift
     alpha_confident = features["confident"].astype(float)
     features["confident"] = np.ones_like(features["confident"])
     np.savez(kept, **features)
@@ -339,6 +343,15 @@ def test_report_compares_runs_on_shared_figures_and_is_self_contained(finished_r
     line = next(line for line in (out / "report.md").read_text().splitlines() if want in line)
     assert line.endswith(f"confident {confident.mean():+.3f} ± {confident.std(ddof=1) / np.sqrt(8):.3f} "
                          "(8 samples, paired)"), line
-    assert moved > 1 and float(line.split("± ")[1].split(",")[0]) > 0
+    assert html_escape(line[2:]) in page and moved > 0
+    # Shifted rows keep their covariance, so each bootstrap round's difference is 2 shift . (its mean -
+    # reference mean) + |shift|^2: a standard error of 2 sqrt(shift' S shift / n), S the rows' covariance
+    # (ddof 0, as resampling with replacement has it); 100 rounds estimate it to ~7%.
+    rows = features["features"]
+    expected = 2 * np.sqrt(shift @ np.cov(rows, rowvar=False, ddof=0) @ shift / len(rows))
+    assert float(line.split("± ")[1].split(",")[0]) == pytest.approx(expected, rel=0.3)
+    header = (out / "report.md").read_text().splitlines()[0].split(" | ")
+    cells = dict(zip(header, (out / "report.md").read_text().splitlines()[2].split(" | ")))
+    assert cells["sample time"].endswith("s") and " ± " in cells["FID"] and " ± " in cells["confident (real)"]
     result = cli("report", str(finished_run[0]), "--out", str(tmp_path / "one"))
     assert Image.open(tmp_path / "one" / "compare_samples.png").size[1] < two[1]  # one row per run

@@ -182,7 +182,9 @@ def test_fid_caches_the_real_statistics_and_measures_the_floor_at_the_sample_cou
         np.testing.assert_allclose(kept["features"], f_fake, rtol=1e-6, atol=1e-9)
         np.testing.assert_array_equal(kept["confident"], p_fake.max(1) > 0.9)
         np.testing.assert_allclose(kept["reference_mu"], f_test.mean(0), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(kept["reference_sigma"], np.cov(f_test, rowvar=False), rtol=1e-6, atol=1e-9)
         assert int(kept["reference_n"]) == len(f_test) and str(kept["extractor"]) == f"classifier-{digest}"
+        assert int(kept["sample_seed"]) == 1  # drawn now (eval_12.npz), with the run's seed 0 + 1
 
 
 def test_fid_of_training_images_against_themselves_is_near_zero_and_noise_is_far(registry):

@@ -121,7 +121,7 @@ class ClassifierFID(Metric):
     bootstrap standard error of ``fid`` over the draw of the samples; ``confident_stderr``: the
     binomial one, sqrt(p (1 - p) / N). The test split's and the floor's statistics depend only on
     the extractor and the data settings and are cached. Writes eval/fid_features_<N>[_<sampler
-    tag>].npz: the samples' features and confident flags beside the test split's statistics, what
+    tag>].npz: the samples' features, confident flags and seed beside the test split's statistics, what
     ``ddpm-kit report`` needs to compare two runs' samples index by index.
     """
 
@@ -131,8 +131,8 @@ class ClassifierFID(Metric):
         self.num_samples, self.split, self.label_column = num_samples, split, label_column
 
     def compute(self, context) -> dict[str, float]:
-        from ..features import (FeatureStats, cached_classifier, frechet_distance, frechet_distance_stderr,
-                                save_arrays)
+        from ..features import (FeatureStats, cached_classifier, features_file, frechet_distance,
+                                frechet_distance_stderr, save_arrays)
 
         train_x, train_y = context.labelled("train", self.label_column)
         with context.state.main_process_first():  # the main process trains and caches it, the others load it
@@ -150,11 +150,10 @@ class ClassifierFID(Metric):
         test_stats, train_stats, sample_stats = (FeatureStats.from_arrays(a) for a in (test, train, samples))
         confident = float(samples["confident"])
         if context.is_main_process:  # for paired comparisons between runs (ddpm-kit report)
-            name = "_".join(filter(None, [f"fid_features_{len(fake)}", context.sample_tag]))
-            save_arrays(context.eval_dir / f"{name}.npz", {
+            save_arrays(context.eval_dir / features_file(len(fake), context.sample_tag), {
                 "features": samples["features"], "confident": samples["confident_rows"],
                 **{f"reference_{k}": v for k, v in test_stats.arrays().items()},
-                "extractor": np.asarray(f"classifier-{digest}")})
+                "extractor": np.asarray(f"classifier-{digest}"), "sample_seed": np.asarray(context.samples_seed)})
         return {**class_accuracy(samples, fake_y), "fid": frechet_distance(test_stats, sample_stats),
                 "fid_stderr": frechet_distance_stderr(test_stats, samples["features"]),
                 "fid_real_floor": frechet_distance(test_stats, train_stats),

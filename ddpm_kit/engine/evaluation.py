@@ -49,6 +49,7 @@ class EvalContext:
     out: Path | None = None  # where arrays and plots go (default: the run's eval/)
     keep_samples: bool = True  # False during training: weights change, so samples are never reused
     use_ema: bool = True  # which weights ``model`` holds (samples drawn from the others are not reused)
+    samples_seed: int | None = field(default=None, init=False)  # the seed of the last samples handed out
 
     @property
     def eval_dir(self) -> Path:
@@ -88,15 +89,17 @@ class EvalContext:
         unconditional run): the run's final samples if there are enough and the same sampler,
         guidance and weights drew them, else drawn now by all processes together (and kept as
         samples/eval_<n>[_<tag>].npz, reused on the same condition)."""
-        seed = evaluation_sample_seed(self.seed)
+        seed = self.samples_seed = evaluation_sample_seed(self.seed)
         if not self.keep_samples:
             images = sample_images(self.components, self.model, n, self.device, seed=seed, state=self.state)
             return to_model_range(images), sample_labels(self.components, n)
         mine = drawn_by(self.components, self.use_ema)
         name = f"eval_{n}" if self.sample_tag is None else f"eval_{n}_{self.sample_tag}"
-        for path in (self.run.samples / "final.npz", self.run.samples / f"{name}.npz"):
+        for path, drawn_with in ((self.run.samples / "final.npz", self.components.recipe.sample.seed),
+                                 (self.run.samples / f"{name}.npz", seed)):
             images, labels, by = _read_samples(path)
             if by == mine and len(images) >= n:
+                self.samples_seed = drawn_with
                 return to_model_range(images[:n]), None if labels is None else labels[:n]
         images = sample_images(self.components, self.model, n, self.device, seed=seed, state=self.state)
         labels = sample_labels(self.components, n)

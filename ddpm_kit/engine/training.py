@@ -64,6 +64,7 @@ class Trainer:
 
         self.components, self.run, self.settings = components, run, components.recipe.train
         self.seed, tr, self.created = components.recipe.run.seed, components.recipe.train, time.time()
+        self.timed_from = self.created
         process_state()  # the shared state first: only so do several CPU processes join one group
         self.accelerator = Accelerator(mixed_precision=tr.mixed_precision, step_scheduler_with_optimizer=False,
                                        gradient_accumulation_steps=tr.grad_accum, project_dir=str(run.path),
@@ -246,8 +247,6 @@ class Trainer:
             bar.close()
             if not checkpoint_due:
                 self.checkpoint(done)
-            if self.is_main_process:  # this segment's time; the resumed one adds its own in finish()
-                self.run.add_to_summary(train_seconds=time.time() - self.created)
             raise Interrupted(done, self.run, signum)
 
     def log(self, done: int, bar) -> None:
@@ -268,6 +267,16 @@ class Trainer:
     def checkpoint(self, done: int) -> None:
         """checkpoints/step_<done>: the full training state, complete or absent."""
         save_checkpoint(self.accelerator, self.run, done, self.ema, keep=self.settings.keep_checkpoints)
+        self.count_train_time()
+
+    def count_train_time(self) -> None:
+        """Add the seconds since the last count to summary.json's train_seconds: at every checkpoint
+        and at the end, so a stopped or killed run, resumed from its checkpoint, counts each segment's
+        time up to what it kept (the steps a kill throws away are counted when they are redone)."""
+        now = time.time()
+        if self.is_main_process:
+            self.run.add_to_summary(train_seconds=now - self.timed_from)
+        self.timed_from = now
 
     def sample_grid(self, done: int) -> None:
         """samples/step_<done>.png: 16 samples of the EMA weights, also sent to the trackers."""
@@ -289,8 +298,8 @@ class Trainer:
         """The final weights (raw and EMA) and the training's figures in summary.json."""
         if self.is_main_process:
             save_final_weights(self.run, self.unwrapped(), self.ema, self.settings.steps)
+            self.count_train_time()
             seconds = time.time() - self.created
-            self.run.add_to_summary(train_seconds=seconds)
             self.run.set_in_summary(trained_steps=self.settings.steps, train_processes=describe(self.accelerator.state),
                                     train_paths=paths_taken(self.accelerator, self.model, self.first_conv,
                                                             self.graphs_before))
