@@ -63,72 +63,78 @@ def summarize(run: RunFolder) -> dict[str, Any]:
     }
 
 
-def paired_bpd(rows: list[dict[str, Any]]) -> list[str]:
-    """Each run's bits/dim minus the first run's, image by image, for the runs that bounded the same
-    test images with the same noise (the same data settings, seed and number of images: image i's
-    noise comes from (seed, i)): the mean difference and its standard error. The images' and the
-    noise's variance cancel in the difference, so it resolves far smaller gaps than the two runs'
-    own standard errors would."""
-    def key(row):
-        recipe = read_toml(RunFolder(row["path"]).recipe_file)
-        return json.dumps([recipe.get("data"), recipe.get("run", {}).get("seed", 0)], sort_keys=True, default=str)
-
-    totals = {row["run"]: np.load(RunFolder(row["path"]).eval / "bpd_terms.npy").sum(1) for row in rows
-              if (RunFolder(row["path"]).eval / "bpd_terms.npy").is_file()}
-    if len(totals) < 2:
-        return []
-    first = next(row for row in rows if row["run"] in totals)
+def _against_first_of_group(rows: list[dict[str, Any]], data: dict[str, Any], group, difference,
+                             missing) -> list[str]:
+    """One line per run that has ``data``: its difference from the first earlier run of the same
+    ``group(data)`` (the first run of each group is the baseline of the others); ``missing(row)``
+    explains a run without data (or None to pass over it in silence)."""
+    base: dict[str, str] = {}
     lines = []
     for row in rows:
-        if row["run"] == first["run"] or row["run"] not in totals:
+        name = row["run"]
+        if name not in data:
+            if (why := missing(row)) is not None:
+                lines.append(f"- {name}: {why}")
             continue
-        a, b = totals[first["run"]], totals[row["run"]]
-        if len(a) != len(b) or key(row) != key(first):
-            lines.append(f"- {row['run']}: not paired with {first['run']} (other test images or seed)")
-            continue
-        diff = b - a
-        lines.append(f"- {row['run']} minus {first['run']}: {diff.mean():+.4f} ± "
-                     f"{diff.std(ddof=1) / np.sqrt(len(diff)):.4f} bits/dim ({len(diff)} images, paired)")
-    return lines
+        first = base.setdefault(group(data[name]), name)
+        if first != name:
+            lines.append(f"- {name} minus {first}: {difference(data[name], data[first])}")
+    return lines if len(data) > 1 else []
+
+
+def paired_bpd(rows: list[dict[str, Any]]) -> list[str]:
+    """Each run's bits/dim minus that of the first run that bounded the same test images with the
+    same noise (the same data settings, seed and number of images: image i's noise comes from
+    (seed, i)), image by image: the mean difference and its standard error. The images' and the
+    noise's variance cancel in the difference, so it resolves far smaller gaps than the two runs'
+    own standard errors would."""
+    data = {}
+    for row in rows:
+        run = RunFolder(row["path"])
+        if (run.eval / "bpd_terms.npy").is_file():
+            recipe = read_toml(run.recipe_file)
+            data[row["run"]] = (json.dumps([recipe.get("data"), recipe.get("run", {}).get("seed", 0)], sort_keys=True,
+                                           default=str), np.load(run.eval / "bpd_terms.npy").sum(1))
+
+    def difference(b, a):
+        diff = b[1] - a[1]
+        return (f"{diff.mean():+.4f} ± {diff.std(ddof=1) / np.sqrt(len(diff)):.4f} bits/dim "
+                f"({len(diff)} images, paired)")
+
+    return _against_first_of_group(rows, data, lambda d: (d[0], len(d[1])), difference, lambda row: None)
 
 
 def paired_fid(rows: list[dict[str, Any]]) -> list[str]:
-    """Each run's FID and confident fraction minus the first run's on the same sample indices (the
-    same sample seed gives row i the same starting noise in every run of one data shape): the
-    difference with its paired bootstrap standard error, from eval/fid_features_<N>.npz. Samples
-    drawn from the same noise share much of their error, so the difference is measured more
-    precisely than either FID."""
+    """Each run's FID and confident fraction minus those of the first run whose samples it can be
+    paired with (the same feature extractor, number of samples and sample seed: sample i starts
+    from the same noise in every run of one data shape): the difference with its paired bootstrap
+    standard error, from eval/fid_features_<N>.npz. Samples drawn from the same noise share much of
+    their error, so the difference is measured more precisely than either FID."""
     from .features import FeatureStats, features_file, paired_difference
 
-    stored = {}
+    data = {}
     for row in rows:
         path = RunFolder(row["path"]).eval / features_file(row["fid_samples"] or 0, row["sampler"])
         if row["fid_samples"] and path.is_file():
             with np.load(path) as arrays:
-                stored[row["run"]] = {k: arrays[k] for k in arrays.files}
-    if len(stored) < 2:
-        return []
-    first = next(row["run"] for row in rows if row["run"] in stored)
-    a = stored[first]
-    reference = FeatureStats(a["reference_mu"], a["reference_sigma"], int(a["reference_n"]))
-    lines = []
-    for row in rows:
-        name = row["run"]
-        if name == first or row["fid_samples"] is None:
-            continue
-        b = stored.get(name)
-        if b is None:
-            lines.append(f"- {name}: no eval/{features_file(row['fid_samples'], row['sampler'])} (ddpm-kit "
-                         f"evaluate {row['path']} --metric fid writes it)")
-        elif str(b["extractor"]) != str(a["extractor"]) or len(b["features"]) != len(a["features"]):
-            lines.append(f"- {name}: not paired with {first} (another feature extractor or sample count)")
-        elif b["sample_seed"].item() != a["sample_seed"].item():
-            lines.append(f"- {name}: not paired with {first} (samples from another seed)")
-        else:
-            d = paired_difference(reference, b["features"], b["confident"], a["features"], a["confident"])
-            lines.append(f"- {name} minus {first}: FID {d['fid']:+.2f} ± {d['fid_stderr']:.2f}, confident "
-                         f"{d['confident']:+.3f} ± {d['confident_stderr']:.3f} ({len(a['features'])} samples, paired)")
-    return lines
+                data[row["run"]] = {k: arrays[k] for k in arrays.files}
+
+    def group(d):
+        return str(d["extractor"]), len(d["features"]), d["sample_seed"].item()
+
+    def difference(b, a):
+        reference = FeatureStats(a["reference_mu"], a["reference_sigma"], int(a["reference_n"]))
+        d = paired_difference(reference, b["features"], b["confident"], a["features"], a["confident"])
+        return (f"FID {d['fid']:+.2f} ± {d['fid_stderr']:.2f}, confident {d['confident']:+.3f} ± "
+                f"{d['confident_stderr']:.3f} ({len(a['features'])} samples, paired)")
+
+    def missing(row):
+        if row["fid_samples"] is None:
+            return None
+        return (f"no eval/{features_file(row['fid_samples'], row['sampler'])} (ddpm-kit evaluate {row['path']} "
+                "--metric fid writes it)")
+
+    return _against_first_of_group(rows, data, group, difference, missing)
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

@@ -289,6 +289,31 @@ def test_ema_warmup_starts_from_a_low_decay(tmp_path, warmup, decay):
     assert moved > 10  # the second step changed the weights, so the two decays give different EMAs
 
 
+def test_report_pairs_each_run_with_the_first_run_on_the_same_test_noise(finished_run, tmp_path):
+    """Runs of another seed bound other noise: they form their own group, paired with its first run,
+    never with a run of the first seed."""
+    import shutil
+    import tomllib
+
+    import tomli_w
+
+    from ddpm_kit.report import paired_bpd
+
+    alpha = np.load(finished_run[0] / "eval" / "bpd_terms.npy")
+    rows = []
+    for name, seed, scale in (("a", 0, 1.0), ("b", 0, 1.5), ("c", 7, 2.0), ("d", 7, 2.5)):
+        run = Path(shutil.copytree(finished_run[0], tmp_path / name))
+        recipe = tomllib.loads((run / "recipe.toml").read_text())
+        recipe["run"]["seed"] = seed
+        (run / "recipe.toml").write_text(tomli_w.dumps(recipe))
+        np.save(run / "eval" / "bpd_terms.npy", alpha * scale)
+        rows.append({"run": name, "path": run})
+    total = alpha.sum(1)
+    half = f"{0.5 * total.mean():+.4f} ± {0.5 * total.std(ddof=1) / np.sqrt(len(total)):.4f} bits/dim"
+    assert paired_bpd(rows) == [f"- b minus a: {half} ({len(total)} images, paired)",
+                                f"- d minus c: {half} ({len(total)} images, paired)"]
+
+
 def test_report_compares_runs_on_shared_figures_and_is_self_contained(finished_run, tmp_path, monkeypatch):
     """Two runs: bits per timestep, rate-distortion and loss overlaid (each figure draws both runs'
     data), a row of samples per run, the progressive chains side by side; every image the page
