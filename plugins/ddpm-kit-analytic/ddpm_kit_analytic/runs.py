@@ -41,9 +41,11 @@ def estimate_run_gamma(run_dir: Path, images: int = 256, batch_size: int = 256, 
     path = Path(run_dir) / GAMMA_FILE
     if run.is_main_process:
         path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps({"weights_sha256": run.weights_digest, "weights": "ema", "images": len(x0),
-                                    "seed": seed, "processes": run.state.num_processes,
-                                    "gamma": both[:, 0].tolist(), "stderr": both[:, 1].tolist()}))
+        tmp = path.with_suffix(".tmp")  # renamed into place: a kill mid-write leaves no half file
+        tmp.write_text(json.dumps({"weights_sha256": run.weights_digest, "weights": "ema", "images": len(x0),
+                                   "seed": seed, "processes": run.state.num_processes,
+                                   "gamma": both[:, 0].tolist(), "stderr": both[:, 1].tolist()}))
+        tmp.replace(path)
     return path
 
 
@@ -56,7 +58,12 @@ def load_run_gamma(run_dir: Path | None, num_timesteps: int) -> torch.Tensor:
     path = Path(run_dir) / GAMMA_FILE
     if not path.is_file():
         raise CannotSample(f"the analytic variance needs {path}: run `ddpm-kit analytic-gamma {run_dir}` first")
-    stored = json.loads(path.read_text())
-    if stored["weights_sha256"] != weights_digest(run_dir) or len(stored["gamma"]) != num_timesteps:
+    try:
+        stored = json.loads(path.read_text())
+        gamma, digest = stored["gamma"], stored["weights_sha256"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:  # a truncated or foreign file
+        raise CannotSample(f"{path} is damaged ({type(exc).__name__}): run `ddpm-kit analytic-gamma {run_dir}` "
+                           "again") from exc
+    if digest != weights_digest(run_dir) or len(gamma) != num_timesteps:
         raise CannotSample(f"{path} was estimated for other weights: run `ddpm-kit analytic-gamma {run_dir}` again")
-    return torch.tensor(stored["gamma"], dtype=torch.float64)
+    return torch.tensor(gamma, dtype=torch.float64)

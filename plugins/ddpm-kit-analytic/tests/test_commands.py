@@ -29,6 +29,11 @@ def test_gamma_of_a_run_then_k_step_sampling_with_the_optimal_variance(run):
     result = cli("sample", str(run), "--sampler", "analytic", "--steps", "10", "-n", "4")
     assert result.returncode == 2
     assert "was estimated for other weights: run `ddpm-kit analytic-gamma" in result.stderr
+    (run / "analytic" / "gamma.json").write_text(json.dumps(stored)[:40])  # cut off mid-write
+    result = cli("sample", str(run), "--sampler", "analytic", "--steps", "10", "-n", "4")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "gamma.json is damaged (JSONDecodeError): run `ddpm-kit analytic-gamma" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_a_recipe_cannot_train_with_the_analytic_sampler(tmp_path):
