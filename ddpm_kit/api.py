@@ -32,6 +32,7 @@ from __future__ import annotations
 from . import __version__
 from .builtins.metrics import BitsPerDim
 from .builtins.samplers import sample_ancestral
+from .cache import atomic_file
 from .diffusion import GaussianDiffusion, PMeanVariance
 from .engine.evaluation import EvalContext
 from .errors import DdpmKitError, PluginError
@@ -52,7 +53,7 @@ __all__ = [
     "EvalContext", "BitsPerDim",
     "randn_like", "NoiseSource", "spaced_timesteps", "respace", "on_original_timesteps", "sample_ancestral",
     "mean_flat", "normal_kl", "discretized_gaussian_log_likelihood", "approx_standard_normal_cdf",
-    "DdpmKitError", "PluginError",
+    "DdpmKitError", "PluginError", "atomic_file",
 ]
 
 

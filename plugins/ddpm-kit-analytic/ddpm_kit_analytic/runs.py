@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm_kit.api import CannotSample, open_run, weights_digest
+from ddpm_kit.api import CannotSample, atomic_file, open_run, weights_digest
 
 from .analytic import estimate_gamma
 
@@ -40,12 +40,10 @@ def estimate_run_gamma(run_dir: Path, images: int = 256, batch_size: int = 256, 
     both = run.map_batches(T, max(1, T // 100), timesteps, None if progress is None else progress.update)
     path = Path(run_dir) / GAMMA_FILE
     if run.is_main_process:
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix(".tmp")  # renamed into place: a kill mid-write leaves no half file
-        tmp.write_text(json.dumps({"weights_sha256": run.weights_digest, "weights": "ema", "images": len(x0),
-                                   "seed": seed, "processes": run.state.num_processes,
-                                   "gamma": both[:, 0].tolist(), "stderr": both[:, 1].tolist()}))
-        tmp.replace(path)
+        with atomic_file(path) as tmp:  # a kill mid-write leaves no half file
+            tmp.write_text(json.dumps({"weights_sha256": run.weights_digest, "weights": "ema", "images": len(x0),
+                                       "seed": seed, "processes": run.state.num_processes,
+                                       "gamma": both[:, 0].tolist(), "stderr": both[:, 1].tolist()}))
     return path
 
 
