@@ -18,11 +18,11 @@ def local_targets(page: Path) -> list[str]:
     targets = []
     for block in MarkdownIt("commonmark").parse(page.read_text()):
         for token in block.children or []:
-            target = token.attrGet("href" if token.type == "link_open" else "src")
-            if token.type in ("link_open", "image") and target:
-                parts = urlsplit(target)
-                if not parts.scheme and parts.path:
-                    targets.append(unquote(parts.path))
+            if token.type not in ("link_open", "image"):
+                continue
+            parts = urlsplit(token.attrGet("href" if token.type == "link_open" else "src") or "")
+            if not parts.scheme and parts.path:
+                targets.append(unquote(parts.path))
     return targets
 
 
