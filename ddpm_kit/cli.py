@@ -218,14 +218,36 @@ def evaluate(ctx: click.Context, run_dir: Path, limit: int | None, metric: str |
                                            params=sampler_params))
 
 
+class RunPair(click.ParamType):
+    """B:A, two run folder names: the report adds B's paired differences from A."""
+
+    name = "B:A"
+
+    def convert(self, value, param, ctx) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        b, colon, a = str(value).partition(":")
+        if not (b and colon and a) or ":" in a or a == b:
+            self.fail(f"{value!r} is not two different run names B:A (B minus A), e.g. "
+                      "mu_mse_fixed_beta:mu_vlb_fixed_beta", param, ctx)
+        return b, a
+
+
+pair_option = click.option("--pair", "pairs", multiple=True, type=RunPair(),
+                           help="Also pair run B with run A (their folder names): the paired bits/dim and FID "
+                                "differences B minus A, beside each run's default baseline (the first run it "
+                                "can be paired with). Repeatable.")
+
+
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=RUN_DIR)
 @click.option("--out", type=RUN_DIR, default=Path("report"), show_default=True, help="Folder for report.md/html.")
-def report(run_dirs: tuple[Path, ...], out: Path) -> None:
+@pair_option
+def report(run_dirs: tuple[Path, ...], out: Path, pairs: tuple[tuple[str, str], ...]) -> None:
     """One markdown table and an HTML page with grids and plots for RUN_DIRS."""
     from .report import write_report
 
-    md, page = write_report(list(run_dirs), out)
+    md, page = write_report(list(run_dirs), out, list(pairs))
     click.echo(md.read_text(), nl=False)
     click.echo(f"wrote {md} and {page}")
 
@@ -236,13 +258,14 @@ def report(run_dirs: tuple[Path, ...], out: Path) -> None:
 @click.option("--report-dir", type=RUN_DIR, default=Path("report"), show_default=True)
 @click.option("--doc", type=click.Path(dir_okay=False, path_type=Path),
               help="Markdown file whose <!-- sweep:begin/end --> block receives the table.")
+@pair_option
 @click.pass_context
 def sweep_command(ctx: click.Context, recipe_files: tuple[Path, ...], overrides: tuple[str, ...], report_dir: Path,
-                  doc: Path | None) -> None:
+                  doc: Path | None, pairs: tuple[tuple[str, str], ...]) -> None:
     """Run RECIPE_FILES one after another (resuming unfinished ones) and report them together."""
     from .workflow import sweep
 
-    sweep(get_registry_from(ctx), list(recipe_files), list(overrides), report_dir, doc)
+    sweep(get_registry_from(ctx), list(recipe_files), list(overrides), report_dir, doc, list(pairs))
 
 
 @cli.command("export")

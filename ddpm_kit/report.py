@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import DdpmKitError
 from .recipe import read_toml
 from .runs import RunFolder
 
@@ -64,11 +65,15 @@ def summarize(run: RunFolder) -> dict[str, Any]:
 
 
 def _against_first_of_group(rows: list[dict[str, Any]], data: dict[str, Any], group, difference,
-                             missing) -> list[str]:
+                             missing, pairs: list[tuple[str, str]] = (), unpaired: str = "",
+                             source: str = "") -> list[str]:
     """One line per run that has ``data``: its difference from the first earlier run of the same
     ``group(data)`` (the first run of each group is the baseline of the others); ``missing(row)``
-    explains a run without data (or None to pass over it in silence)."""
+    explains a run without data (or None to pass over it in silence). Each ``(b, a)`` of ``pairs``
+    adds the line "b minus a" unless it is there already: the difference when the two runs can be
+    paired (the same group), else why not (``unpaired``, or a run without its ``source`` file)."""
     base: dict[str, str] = {}
+    shown = set()
     lines = []
     for row in rows:
         name = row["run"]
@@ -78,11 +83,20 @@ def _against_first_of_group(rows: list[dict[str, Any]], data: dict[str, Any], gr
             continue
         first = base.setdefault(group(data[name]), name)
         if first != name:
+            shown.add((name, first))
             lines.append(f"- {name} minus {first}: {difference(data[name], data[first])}")
-    return lines if len(data) > 1 else []
+    for b, a in dict.fromkeys(pairs):
+        if (b, a) in shown:
+            continue
+        if without := [run for run in (b, a) if run not in data]:
+            why = f"{without[0]} has no {source}"
+        else:
+            why = difference(data[b], data[a]) if group(data[b]) == group(data[a]) else f"not paired: {unpaired}"
+        lines.append(f"- {b} minus {a}: {why}")
+    return lines if len(data) > 1 or pairs else []
 
 
-def paired_bpd(rows: list[dict[str, Any]]) -> list[str]:
+def paired_bpd(rows: list[dict[str, Any]], pairs: list[tuple[str, str]] = ()) -> list[str]:
     """Each run's bits/dim minus that of the first run that bounded the same test images with the
     same noise (the same data settings, seed and number of images: image i's noise comes from
     (seed, i)), image by image: the mean difference and its standard error. The images' and the
@@ -101,10 +115,12 @@ def paired_bpd(rows: list[dict[str, Any]]) -> list[str]:
         return (f"{diff.mean():+.4f} ± {diff.std(ddof=1) / np.sqrt(len(diff)):.4f} bits/dim "
                 f"({len(diff)} images, paired)")
 
-    return _against_first_of_group(rows, data, lambda d: (d[0], len(d[1])), difference, lambda row: None)
+    return _against_first_of_group(rows, data, lambda d: (d[0], len(d[1])), difference, lambda row: None, pairs,
+                                   "other test images, noise (the run's seed) or number of images",
+                                   "eval/bpd_terms.npy")
 
 
-def paired_fid(rows: list[dict[str, Any]]) -> list[str]:
+def paired_fid(rows: list[dict[str, Any]], pairs: list[tuple[str, str]] = ()) -> list[str]:
     """Each run's FID and confident fraction minus those of the first run whose samples it can be
     paired with (the same feature extractor, number of samples and sample seed: sample i starts
     from the same noise in every run of one data shape): the difference with its paired bootstrap
@@ -134,7 +150,9 @@ def paired_fid(rows: list[dict[str, Any]]) -> list[str]:
         return (f"no eval/{features_file(row['fid_samples'], row['sampler'])} (ddpm-kit evaluate {row['path']} "
                 "--metric fid writes it)")
 
-    return _against_first_of_group(rows, data, group, difference, missing)
+    return _against_first_of_group(rows, data, group, difference, missing, pairs,
+                                   "another feature extractor, number of samples or sample seed",
+                                   "FID features (eval/fid_features_<N>.npz)")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -182,16 +200,28 @@ def compare(rows: list[dict[str, Any]], out: Path) -> list[tuple[Path, str]]:
     return figures
 
 
-def write_report(runs: list[Path], out: Path) -> tuple[Path, Path]:
-    """report.md (the table) and report.html (the table, the runs compared, each run's figures)."""
+def check_pairs(pairs: list[tuple[str, str]], names: list[str]) -> None:
+    """Every run a pair names is one of the reported runs (their folder names)."""
+    for pair in pairs:
+        for name in pair:
+            if name not in names:
+                raise DdpmKitError(f"--pair {pair[0]}:{pair[1]}: no run named {name!r}; "
+                                   f"the runs are {', '.join(names)}")
+
+
+def write_report(runs: list[Path], out: Path, pairs: list[tuple[str, str]] = ()) -> tuple[Path, Path]:
+    """report.md (the table) and report.html (the table, the runs compared, each run's figures).
+    Each run is paired with the first run it can be paired with; each ``(b, a)`` of ``pairs`` adds
+    "b minus a" (folder names)."""
     from .plots import plot_loss_curve
 
-    out.mkdir(parents=True, exist_ok=True)
     rows = [summarize(RunFolder.existing(r)) for r in runs]
+    check_pairs(pairs, [row["run"] for row in rows])
+    out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
     differences = [(heading, lines) for heading, lines in
-                   (("Bits/dim differences on the same test images and noise:", paired_bpd(rows)),
-                    ("Sample-quality differences on the same sample indices:", paired_fid(rows))) if lines]
+                   (("Bits/dim differences on the same test images and noise:", paired_bpd(rows, pairs)),
+                    ("Sample-quality differences on the same sample indices:", paired_fid(rows, pairs))) if lines]
     for heading, lines in differences:
         table += f"\n{heading}\n\n" + "\n".join(lines) + "\n"
     (out / "report.md").write_text(table)

@@ -141,26 +141,29 @@ def device_for(state, device: str | None) -> torch.device:
 
 
 def sweep(registry: Registry, recipe_files: list[Path], overrides: list[str], report_dir: Path,
-          doc: Path | None = None) -> Path:
+          doc: Path | None = None, pairs: list[tuple[str, str]] = ()) -> Path:
     """Run every recipe (finished runs are kept, interrupted ones resumed), then one report.
 
     With ``doc``, the report's table replaces the block between ``<!-- sweep:begin -->`` and
     ``<!-- sweep:end -->`` in that markdown file, so published tables come from the command.
+    ``pairs`` (run folder names, B minus A) are checked before any recipe runs.
     """
-    from .report import write_report
+    from .report import check_pairs, write_report
 
     runs = []
     for file in recipe_files:
         recipe, _ = load_recipe(file, registry, overrides)
-        run = RunFolder(Path(recipe.run.output_dir) / (recipe.run.name or file.stem))
-        runs.append(run.path)
+        runs.append(RunFolder(Path(recipe.run.output_dir) / (recipe.run.name or file.stem)).path)
+    check_pairs(pairs, [run.name for run in runs])
+    for file, path in zip(recipe_files, runs):
+        run = RunFolder(path)
         if (run.eval / "metrics.json").is_file():
             click.echo(f"[sweep] {file}: finished earlier, kept ({run.path})")
             continue
         click.echo(f"[sweep] {file} -> {run.path}")
         run_recipe(registry, file, overrides, resume=run.recipe_file.is_file(), overwrite=False, run_dir=run.path,
                    do_sample=True, do_evaluate=True)
-    table, page = write_report(runs, report_dir)
+    table, page = write_report(runs, report_dir, pairs)
     if doc is not None:
         _replace_block(doc, table.read_text())
     click.echo(table.read_text(), nl=False)

@@ -62,6 +62,9 @@ def test_a_sweep_keeps_finished_rows_resumes_an_interrupted_one_and_replaces_its
     doc = tmp_path / "doc.md"
     doc.write_text("# Results\n\nbefore\n<!-- sweep:begin -->\nold table\n<!-- sweep:end -->\nafter\n")
     common = ["--set", "eval.metrics=[{name=\"bpd\", limit=4, batch_size=4, timesteps_per_batch=25}]"]
+    result = cli("sweep", *map(str, recipes), "--pair", "second:frist", "--report-dir", str(tmp_path / "report"))
+    assert result.returncode != 0 and "no run named 'frist'; the runs are first, second" in result.stderr
+    assert not (tmp_path / "runs").exists()  # the pairs are checked before any recipe runs
     assert cli("sweep", str(recipes[0]), *common, "--report-dir", str(tmp_path / "report")).returncode == 0
     first = tmp_path / "runs" / "first"
     kept = (first / "model" / "ema.safetensors").read_bytes(), (first / "eval" / "metrics.json").read_text()
@@ -69,7 +72,8 @@ def test_a_sweep_keeps_finished_rows_resumes_an_interrupted_one_and_replaces_its
     second = tmp_path / "runs" / "second"
     assert cli("run", str(recipes[1]), *common, "--set", "train.steps=4", "--no-sample", "--no-eval").returncode == 0
     shutil.rmtree(second / "model")
-    result = cli("sweep", *map(str, recipes), *common, "--report-dir", str(tmp_path / "report"), "--doc", str(doc))
+    result = cli("sweep", *map(str, recipes), *common, "--report-dir", str(tmp_path / "report"), "--doc", str(doc),
+                 "--pair", "first:second")  # the reverse of the baseline line "second minus first"
     assert result.returncode == 0, result.stderr
     assert f"finished earlier, kept ({first})" in result.stdout and f"resuming {second} from step 4" in result.stdout
     assert ((first / "model" / "ema.safetensors").read_bytes(), (first / "eval" / "metrics.json").read_text()) == kept
@@ -77,4 +81,5 @@ def test_a_sweep_keeps_finished_rows_resumes_an_interrupted_one_and_replaces_its
     assert text.startswith("# Results\n\nbefore\n<!-- sweep:begin -->\n") and text.endswith("<!-- sweep:end -->\nafter\n")
     block = text.split("<!-- sweep:begin -->\n")[1].split("<!-- sweep:end -->")[0]
     assert "old table" not in block and "first" in block and "second" in block
+    assert "- second minus first: " in block and "- first minus second: " in block
     assert block == (tmp_path / "report" / "report.md").read_text()

@@ -291,7 +291,8 @@ def test_ema_warmup_starts_from_a_low_decay(tmp_path, warmup, decay):
 
 def test_report_pairs_each_run_with_the_first_run_on_the_same_test_noise(finished_run, tmp_path):
     """Runs of another seed bound other noise: they form their own group, paired with its first run,
-    never with a run of the first seed."""
+    never with a run of the first seed. A pair asked for (--pair B:A) adds B minus A when the two
+    can be paired, says why not when they cannot, and never repeats a baseline line."""
     import shutil
     import tomllib
 
@@ -301,7 +302,7 @@ def test_report_pairs_each_run_with_the_first_run_on_the_same_test_noise(finishe
 
     alpha = np.load(finished_run[0] / "eval" / "bpd_terms.npy")
     rows = []
-    for name, seed, scale in (("a", 0, 1.0), ("b", 0, 1.5), ("c", 7, 2.0), ("d", 7, 2.5)):
+    for name, seed, scale in (("a", 0, 1.0), ("b", 0, 1.5), ("c", 7, 2.0), ("d", 7, 2.5), ("e", 0, 3.0)):
         run = Path(shutil.copytree(finished_run[0], tmp_path / name))
         recipe = tomllib.loads((run / "recipe.toml").read_text())
         recipe["run"]["seed"] = seed
@@ -309,9 +310,37 @@ def test_report_pairs_each_run_with_the_first_run_on_the_same_test_noise(finishe
         np.save(run / "eval" / "bpd_terms.npy", alpha * scale)
         rows.append({"run": name, "path": run})
     total = alpha.sum(1)
-    half = f"{0.5 * total.mean():+.4f} ± {0.5 * total.std(ddof=1) / np.sqrt(len(total)):.4f} bits/dim"
-    assert paired_bpd(rows) == [f"- b minus a: {half} ({len(total)} images, paired)",
-                                f"- d minus c: {half} ({len(total)} images, paired)"]
+    def scaled(k):
+        return f"{k * total.mean():+.4f} ± {abs(k) * total.std(ddof=1) / np.sqrt(len(total)):.4f} bits/dim"
+
+    half = scaled(0.5)
+    default = [f"- b minus a: {half} ({len(total)} images, paired)", f"- d minus c: {half} ({len(total)} images, "
+               f"paired)", f"- e minus a: {scaled(2.0)} ({len(total)} images, paired)"]
+    assert paired_bpd(rows) == default
+    (tmp_path / "e" / "eval" / "bpd_terms.npy").rename(tmp_path / "e" / "eval" / "kept.npy")
+    without_e = paired_bpd(rows, [("e", "a")])
+    (tmp_path / "e" / "eval" / "kept.npy").rename(tmp_path / "e" / "eval" / "bpd_terms.npy")
+    assert without_e == default[:2] + ["- e minus a: e has no eval/bpd_terms.npy"]
+    # pairable (asked twice); a baseline line already; another seed; a baseline line reversed
+    asked = [("e", "b"), ("e", "b"), ("d", "c"), ("b", "d"), ("a", "b")]
+    assert paired_bpd(rows, asked) == default + [
+        f"- e minus b: {scaled(1.5)} ({len(total)} images, paired)",
+        "- b minus d: not paired: other test images, noise (the run's seed) or number of images",
+        f"- a minus b: {scaled(-0.5)} ({len(total)} images, paired)"]
+    result = cli("report", *(str(r["path"]) for r in rows), "--out", str(tmp_path / "report"), "--pair", "e:f")
+    assert result.returncode != 0 and "--pair e:f: no run named 'f'; the runs are a, b, c, d, e" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("value", ["ab", "a:", ":b", "a:a", "a:b:c"])
+def test_a_pair_is_two_different_run_names(value):
+    import click
+
+    from ddpm_kit.cli import RunPair
+
+    assert RunPair().convert("mu_mse:mu_vlb", None, None) == ("mu_mse", "mu_vlb")
+    with pytest.raises(click.BadParameter, match="is not two different run names B:A"):
+        RunPair().convert(value, None, None)
 
 
 def test_report_compares_runs_on_shared_figures_and_is_self_contained(finished_run, tmp_path, monkeypatch):
@@ -346,8 +375,10 @@ def test_report_compares_runs_on_shared_figures_and_is_self_contained(finished_r
             return _real(first, *args)
         monkeypatch.setattr(plots, name, spy)
     out = tmp_path / "report"
-    result = cli("report", *map(str, runs), "--out", str(out))
+    # beta:alpha is the baseline line anyway; alpha:beta is asked for
+    result = cli("report", *map(str, runs), "--out", str(out), "--pair", "beta:alpha", "--pair", "alpha:beta")
     assert result.returncode == 0, result.stderr
+    assert (out / "report.md").read_text().count("beta minus alpha: FID") == 1
     assert drawn == {name: ["alpha", "beta"] for name in drawn} and len(drawn) == 4
     page = (out / "report.html").read_text()
     shown = re.findall(r'<img src="([^"]+)"', page)
@@ -369,6 +400,7 @@ def test_report_compares_runs_on_shared_figures_and_is_self_contained(finished_r
     assert line.endswith(f"confident {confident.mean():+.3f} ± {confident.std(ddof=1) / np.sqrt(8):.3f} "
                          "(8 samples, paired)"), line
     assert html_escape(line[2:]) in page and moved > 0
+    assert f"- alpha minus beta: FID {-moved:+.2f} ± " in (out / "report.md").read_text()
     # Shifted rows keep their covariance, so each bootstrap round's difference is 2 shift . (its mean -
     # reference mean) + |shift|^2: a standard error of 2 sqrt(shift' S shift / n), S the rows' covariance
     # (ddof 0, as resampling with replacement has it); 100 rounds estimate it to ~7%.
