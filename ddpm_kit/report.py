@@ -116,8 +116,8 @@ def paired_bpd(rows: list[dict[str, Any]], pairs: list[tuple[str, str]] = ()) ->
                 f"({len(diff)} images, paired)")
 
     return _against_first_of_group(rows, data, lambda d: (d[0], len(d[1])), difference, lambda row: None, pairs,
-                                   "other test images, noise (the run's seed) or number of images",
-                                   "eval/bpd_terms.npy")
+                                   unpaired="other test images, noise (the run's seed) or number of images",
+                                   source="eval/bpd_terms.npy")
 
 
 def paired_fid(rows: list[dict[str, Any]], pairs: list[tuple[str, str]] = ()) -> list[str]:
@@ -151,8 +151,8 @@ def paired_fid(rows: list[dict[str, Any]], pairs: list[tuple[str, str]] = ()) ->
                 "--metric fid writes it)")
 
     return _against_first_of_group(rows, data, group, difference, missing, pairs,
-                                   "another feature extractor, number of samples or sample seed",
-                                   "FID features (eval/fid_features_<N>.npz)")
+                                   unpaired="another feature extractor, number of samples or sample seed",
+                                   source="FID features (eval/fid_features_<N>.npz)")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

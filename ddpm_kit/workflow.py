@@ -153,17 +153,16 @@ def sweep(registry: Registry, recipe_files: list[Path], overrides: list[str], re
     runs = []
     for file in recipe_files:
         recipe, _ = load_recipe(file, registry, overrides)
-        runs.append(RunFolder(Path(recipe.run.output_dir) / (recipe.run.name or file.stem)).path)
-    check_pairs(pairs, [run.name for run in runs])
-    for file, path in zip(recipe_files, runs):
-        run = RunFolder(path)
+        runs.append(RunFolder(Path(recipe.run.output_dir) / (recipe.run.name or file.stem)))
+    check_pairs(pairs, [run.path.name for run in runs])
+    for file, run in zip(recipe_files, runs):
         if (run.eval / "metrics.json").is_file():
             click.echo(f"[sweep] {file}: finished earlier, kept ({run.path})")
             continue
         click.echo(f"[sweep] {file} -> {run.path}")
         run_recipe(registry, file, overrides, resume=run.recipe_file.is_file(), overwrite=False, run_dir=run.path,
                    do_sample=True, do_evaluate=True)
-    table, page = write_report(runs, report_dir, pairs)
+    table, page = write_report([run.path for run in runs], report_dir, pairs)
     if doc is not None:
         _replace_block(doc, table.read_text())
     click.echo(table.read_text(), nl=False)
