@@ -148,6 +148,7 @@ class Trainer:
             return 0
         refuse_unsafe_pickles(checkpoint.path)
         self.accelerator.load_state(str(checkpoint.path))
+        self.ema.to(self.accelerator.device)  # accelerate loads registered objects' state on the CPU
         self.accelerator.print(f"resuming {self.run.path} from step {checkpoint.step}")
         return checkpoint.step
 
