@@ -19,7 +19,7 @@ A finished run, for a plugin's own commands (statistics of the trained model)
     open_run, FinishedRun, weights_digest
 Helpers
     randn_like, NoiseSource  a sampler's Gaussian draws (one generator per image)
-    spaced_timesteps, respace, on_original_timesteps   K-step samplers over a trained T-step chain
+    spaced_timesteps, validate_steps, respace, on_original_timesteps   K-step samplers over a trained T-step chain
     sample_ancestral         Algorithm 2, to wrap or to run on a respaced diffusion
     mean_flat, normal_kl, discretized_gaussian_log_likelihood, approx_standard_normal_cdf
 Errors
@@ -42,7 +42,7 @@ from .interfaces import (CannotSample, Decoder, LearnedVariance, Metric, Model, 
                          Schedule, VarianceChoice)
 from .noise import NoiseSource, randn_like
 from .plugins import get_registry
-from .respacing import on_original_timesteps, respace, spaced_timesteps
+from .respacing import on_original_timesteps, respace, spaced_timesteps, validate_steps
 
 __all__ = [
     "__version__",
@@ -51,9 +51,11 @@ __all__ = [
     "Metric", "Model", "CannotSample",
     "GaussianDiffusion", "PMeanVariance",
     "EvalContext", "BitsPerDim",
-    "randn_like", "NoiseSource", "spaced_timesteps", "respace", "on_original_timesteps", "sample_ancestral",
+    "randn_like", "NoiseSource", "spaced_timesteps", "validate_steps", "respace", "on_original_timesteps",
+    "sample_ancestral",
     "mean_flat", "normal_kl", "discretized_gaussian_log_likelihood", "approx_standard_normal_cdf",
     "DdpmKitError", "PluginError", "atomic_file",
+    "FinishedRun", "open_run", "weights_digest",
 ]
 
 
@@ -108,12 +110,10 @@ def weights_digest(run_dir, *, use_ema: bool = True) -> str:
 
     from .runs import RunFolder, sha256
 
-    return sha256(RunFolder(Path(run_dir)).model / ("ema.safetensors" if use_ema else "model.safetensors"))
+    return sha256(RunFolder(Path(run_dir)).weights_file(use_ema))
 
 
 def open_run(run_dir, *, use_ema: bool = True, device=None) -> FinishedRun:
     """A finished run's diffusion, network (EMA weights unless ``use_ema=False``) and data."""
     return FinishedRun(run_dir, use_ema=use_ema, device=device)
 
-
-__all__ += ["FinishedRun", "open_run", "weights_digest"]

@@ -10,7 +10,8 @@ import click
 
 from . import __version__
 from .errors import DdpmKitError, PluginError
-from .plugins import PluginSet, Registry, call_each, get_plugin_manager
+from .plugins import Registry
+from .plugins.loading import PluginSet, call_each, get_plugin_manager
 
 
 def get_registry_from(ctx: click.Context) -> Registry:
@@ -115,15 +116,15 @@ def recipe_check(ctx: click.Context, files: tuple[Path, ...], overrides: tuple[s
     for file in files:
         r, _ = load_recipe(file, registry, overrides)
         components = build_components(r, registry, str(file))
-        components.data.check()
+        components.data.validate()
         components.data.labels("train")  # conditional recipes: loads the data to check the label column
         with torch.device("meta"):
             parameters = sum(p.numel() for p in components.build_backbone().parameters())
-        d, c = r.diffusion, r.conditioning
+        chosen, c = r.diffusion, r.conditioning
         classes = "" if c is None else f"{c.num_classes} classes ('{c.label}', dropout {c.label_dropout}), "
         click.echo(f"ok: {file} ({r.data.dataset.name} {r.data.image_size}px, {classes}{r.backbone.name} "
-                   f"{parameters / 1e6:.1f}M parameters, {d.parameterization.name}/{d.variance.name}/{r.objective.name}, "
-                   f"T={d.schedule.params.get('T', 1000)}, {r.train.steps} steps)")
+                   f"{parameters / 1e6:.1f}M parameters, {chosen.parameterization.name}/{chosen.variance.name}/"
+                   f"{r.objective.name}, T={chosen.schedule.params.get('T', 1000)}, {r.train.steps} steps)")
 
 
 @cli.command()
@@ -181,7 +182,7 @@ def sample(ctx: click.Context, run_dir: Path, num_images: int | None, seed: int 
            steps: int | None, sampler_params: tuple[str, ...], name: str | None, classes: tuple[int, ...],
            guidance_scale: float | None, raw: bool, device: str | None) -> None:
     """Draw samples from a trained run: samples/<name>.png and samples/<name>.npz."""
-    from .recipe import SamplingOverride
+    from .engine.sampling import SamplingOverride
     from .workflow import sample_from_run
 
     sample_from_run(get_registry_from(ctx), run_dir, num_images=num_images, seed=seed, name=name, use_ema=not raw,
@@ -209,7 +210,7 @@ def evaluate(ctx: click.Context, run_dir: Path, limit: int | None, metric: str |
              device: str | None) -> None:
     """Compute the recipe's metrics (bits/dim at least) for a trained run: eval/metrics.json; or one
     metric, e.g. `--metric fid --num-samples 1000 --sampler diffusers-unipc --steps 20`."""
-    from .recipe import SamplingOverride
+    from .engine.sampling import SamplingOverride
     from .workflow import evaluate_run
 
     evaluate_run(get_registry_from(ctx), run_dir, limit=limit, use_ema=False if raw else None, device=device,

@@ -70,7 +70,17 @@ class GaussianDiffusion:
 
     def with_variance(self, variance: VarianceChoice) -> GaussianDiffusion:
         """The same process (schedule, parameterization, decoder) with another reverse variance:
-        e.g. a run trained with sigma^2 = beta bounded or sampled with beta-tilde."""
+        e.g. a run trained with sigma^2 = beta bounded or sampled with beta-tilde. The replacement
+        must read the network's output as the run's own variance does (the same extra channels):
+        a learned variance gives way only to one that reads its channels, and a fixed one never to
+        a learned one."""
+        mine, theirs = self.variance.extra_channels(1), variance.extra_channels(1)
+        if mine != theirs and mine:
+            raise DdpmKitError(f"variance '{variance.name}' cannot replace this run's learned variance "
+                               f"'{self.variance.name}' (its channels would go unread); it replaces a fixed one")
+        if mine != theirs:
+            raise DdpmKitError(f"variance '{variance.name}' is learned and this run's network has no channels for "
+                               "it; name a fixed one (fixed_beta, fixed_beta_tilde)")
         return GaussianDiffusion(self.schedule, self.parameterization, variance, self.decoder)
 
     # -- helpers -----------------------------------------------------------------------------

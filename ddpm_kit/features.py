@@ -165,11 +165,6 @@ def confident_fraction(probs: np.ndarray, threshold: float = 0.9) -> float:
     return float(confident_rows(probs, threshold).mean())
 
 
-def features_file(num_samples: int, sample_tag: str | None = None) -> str:
-    """The name under eval/ of the ``fid`` metric's per-sample features (for ``ddpm-kit report``)."""
-    return "_".join(filter(None, [f"fid_features_{num_samples}", sample_tag])) + ".npz"
-
-
 def paired_difference(reference: FeatureStats, features: np.ndarray, confident: np.ndarray,
                       baseline: np.ndarray, baseline_confident: np.ndarray) -> dict[str, float]:
     """FID(features) - FID(baseline) against ``reference`` with its paired bootstrap standard error,

@@ -35,7 +35,8 @@ def register_decoders(register):
 
 @hookspec
 def register_samplers(register):
-    """Register samplers: factory(**params) -> Sampler (a callable, see interfaces.Sampler)."""
+    """Register samplers: factory(**params) -> Sampler (a callable, see interfaces.Sampler); the
+    engine also passes num_timesteps, diffusion, run_dir and registry to a factory that declares them."""
 
 
 @hookspec
@@ -45,7 +46,8 @@ def register_objectives(register):
 
 @hookspec
 def register_backbones(register):
-    """Register networks: factory(in_channels, out_channels, image_size, **params) -> nn.Module."""
+    """Register networks: factory(in_channels, out_channels, image_size, **params) -> nn.Module; a
+    class-conditional run also passes num_classes to a factory that declares it."""
 
 
 @hookspec

@@ -6,6 +6,8 @@ Data stay on the 8-bit grid (x / 127.5 - 1), so the discretized decoder's bits/d
 from __future__ import annotations
 
 import io
+import math
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -87,3 +89,31 @@ def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """float in [-1, 1] -> uint8 0..255 (rounded to the 8-bit grid)."""
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def block_width(labels: torch.Tensor | None) -> int | None:
+    """The length of the equal blocks of consecutive equal labels (one grid row per class), if any."""
+    if labels is None or len(labels) == 0:
+        return None
+    _, counts = torch.unique_consecutive(labels, return_counts=True)
+    return int(counts[0]) if bool((counts == counts[0]).all()) and len(counts) > 1 else None
+
+
+def save_grid(images: torch.Tensor, path: Path, cols: int | None = None, min_width: int = 320) -> Path:
+    """uint8 [N, C, H, W] -> one PNG grid (diffusers' make_image_grid), ``cols`` wide (default:
+    square), upscaled by a whole factor to at least ``min_width`` pixels."""
+    from diffusers.utils import make_image_grid
+
+    arrays = images.permute(0, 2, 3, 1).numpy()
+    mode = "L" if arrays.shape[-1] == 1 else "RGB"
+    pil = [Image.fromarray(a[..., 0] if mode == "L" else a, mode) for a in arrays]
+    cols = cols or math.ceil(math.sqrt(len(pil)))
+    rows = math.ceil(len(pil) / cols)
+    pil += [Image.new(mode, pil[0].size)] * (rows * cols - len(pil))
+    grid = make_image_grid(pil, rows=rows, cols=cols)
+    scale = max(1, -(-min_width // (cols * pil[0].size[0])))
+    if scale > 1:
+        grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path

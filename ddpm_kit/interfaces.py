@@ -135,11 +135,12 @@ class Decoder(ABC):
 
 
 class Sampler(Protocol):
-    """A flat sampling function (k-diffusion style): x_T in, x_0 out (a tensor of x_T's shape).
+    """A flat sampling function, like k-diffusion's samplers: x_T in, x_0 out (a tensor of x_T's shape).
 
     ``callback`` (optional to call) takes one dict after each reverse step: ``i``, the number of
     steps still to take after this one (K-1, K-2, ..., 0 for a K-step sampler, whatever timesteps
-    it visits), ``x`` (the sample after the step) and ``x0_hat`` (the prediction of x0 it used).
+    it visits; k-diffusion's callback ``i`` counts the steps taken instead), ``x`` (the sample after
+    the step) and ``x0_hat`` (the prediction of x0 it used: k-diffusion's ``denoised``).
     The engine reads the number of steps from the first ``i`` for its progress bar and the
     progressive grid; a sampler that reports another ``i`` gets a warning and both count its
     reports instead; one that never calls it still samples (no progressive grid).
@@ -168,8 +169,14 @@ class Objective(ABC):
 
     name: str = ""
 
-    def check(self, d: GaussianDiffusion) -> None:
-        """Raise ``DdpmKitError`` if this objective cannot train ``d`` (e.g. cannot learn variance)."""
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "check" in cls.__dict__ and "validate_diffusion" not in cls.__dict__:  # the method's former name
+            cls.validate_diffusion = cls.check
+
+    def validate_diffusion(self, d: GaussianDiffusion) -> None:
+        """Raise ``DdpmKitError`` if this objective cannot train ``d`` (e.g. cannot learn variance);
+        the engine calls it before any training."""
 
     def sample_t(self, d: GaussianDiffusion, batch_size: int, device: torch.device,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:

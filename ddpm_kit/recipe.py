@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +16,9 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import DdpmKitError, did_you_mean
-from .plugins import KINDS, ParamError, Registry, run_check, validate_params
+from .plugins import Registry
+from .plugins.parameters import ParamError, validate_params
+from .plugins.registry import run_check
 
 
 class Strict(BaseModel):
@@ -285,12 +286,12 @@ def validate_recipe(data: dict[str, Any], registry: Registry, source: str) -> Re
     for key, kind, comp in recipe.components():
         try:
             provider = registry.resolve(kind, comp.name)
-            context = KINDS[kind].engine_context  # the engine supplies these (a recipe may repeat them)
-            values = validate_params(provider, {k: v for k, v in comp.params.items() if k not in context})
-        except ParamError as exc:
-            raise DdpmKitError(f"{source}: {key}.{exc.key}: {exc}") from None
         except DdpmKitError as exc:
             raise DdpmKitError(f"{source}: {key}.name: {exc}") from None
+        try:
+            values = validate_params(provider, comp.params)
+        except ParamError as exc:
+            raise DdpmKitError(f"{source}: {key}.{exc.key}: {exc}") from None
         if kind != "dataset":  # a dataset's check runs when its data are needed
             try:
                 run_check(provider, values)
@@ -310,47 +311,3 @@ def load_recipe(path: str | Path, registry: Registry, overrides: list[str] = ())
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     """The resolved recipe (defaults filled in, ``extends`` applied) as TOML-ready data."""
     return recipe.model_dump(mode="json", exclude_none=True, exclude={"extends"})
-
-
-@dataclass(frozen=True)
-class SamplingOverride:
-    """What ``sample`` and ``evaluate`` may change in a finished run's recipe for one call: the
-    sampler (its name, its ``steps``, other parameters as KEY=VALUE texts), and for a conditional
-    run the classes and guidance."""
-
-    sampler: str | None = None
-    steps: int | None = None
-    classes: tuple[int, ...] = ()
-    guidance_scale: float | None = None
-    params: tuple[str, ...] = ()
-
-    def sampler_params(self) -> dict[str, Any]:
-        """``params`` (``--sampler-param variance=fixed_beta_tilde``) as a dict of TOML values."""
-        pairs = (parse_override(text, flag="--sampler-param", example="eta=1.0") for text in self.params)
-        return {".".join(key): value for key, value in pairs}
-
-    def apply(self, recipe: Recipe, registry: Registry, source: str) -> Recipe:
-        """The recipe with these changes, validated again (a sampler's parameters, classes in range)."""
-        sampler = recipe.sample.sampler if self.sampler is None else Component(name=self.sampler)
-        if self.steps is not None or self.params:
-            steps = {} if self.steps is None else {"steps": self.steps}
-            sampler = Component(name=sampler.name, **{**sampler.params, **steps, **self.sampler_params()})
-        update: dict[str, Any] = {"sampler": sampler}
-        if self.classes:
-            update["classes"] = list(self.classes)
-        if self.guidance_scale is not None:
-            update["guidance_scale"] = self.guidance_scale
-        changed = recipe.model_copy(update={"sample": recipe.sample.model_copy(update=update)})
-        return validate_recipe(recipe_to_dict(changed), registry, source)
-
-    def tag(self, recipe: Recipe) -> str | None:
-        """What sets files of this call apart from the recipe's own (eval/<metric>_<tag>.json):
-        ``<sampler>[-<steps>]`` when the sampler changed, ``w<scale>`` when the guidance did."""
-        parts = []
-        if self.sampler is not None or self.steps is not None or self.params:
-            s = recipe.sample.sampler
-            parts.append(f"{s.name}-{s.params['steps']}" if "steps" in s.params else s.name)
-            parts[-1] += "".join(f"-{key}{value}" for key, value in self.sampler_params().items())
-        if self.guidance_scale is not None:
-            parts.append(f"w{self.guidance_scale:g}")
-        return "_".join(parts) or None

@@ -35,12 +35,21 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _array(run: RunFolder, path: Path) -> np.ndarray | None:
+    """The array of a run's .npy file (None when absent; a damaged one is an error naming it)."""
+    arrays = run.read_arrays(path)
+    return None if arrays is None else arrays["array"]
+
+
+def _relative(run: RunFolder, path: Path) -> str:
+    return path.relative_to(run.path).as_posix()
+
+
 def summarize(run: RunFolder) -> dict[str, Any]:
     """One row of the report: what the recipe chose and what the run measured."""
     recipe = read_toml(run.recipe_file)
     diffusion = recipe.get("diffusion", {})
-    metrics_file = run.eval / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    metrics = run.read_json(run.results_file())
     summary = run.read_summary()
     done = run.read_metrics()
     return {
@@ -105,10 +114,10 @@ def paired_bpd(rows: list[dict[str, Any]], pairs: list[tuple[str, str]] = ()) ->
     data = {}
     for row in rows:
         run = RunFolder(row["path"])
-        if (run.eval / "bpd_terms.npy").is_file():
+        if (terms := _array(run, run.bpd_file("bpd_terms"))) is not None:
             recipe = read_toml(run.recipe_file)
             data[row["run"]] = (json.dumps([recipe.get("data"), recipe.get("run", {}).get("seed", 0)], sort_keys=True,
-                                           default=str), np.load(run.eval / "bpd_terms.npy").sum(1))
+                                           default=str), terms.sum(1))
 
     def difference(b, a):
         diff = b[1] - a[1]
@@ -117,7 +126,7 @@ def paired_bpd(rows: list[dict[str, Any]], pairs: list[tuple[str, str]] = ()) ->
 
     return _against_first_of_group(rows, data, lambda d: (d[0], len(d[1])), difference, lambda row: None, pairs,
                                    unpaired="other test images, noise (the run's seed) or number of images",
-                                   source="eval/bpd_terms.npy")
+                                   source=RunFolder("").bpd_file("bpd_terms").as_posix())
 
 
 def paired_fid(rows: list[dict[str, Any]], pairs: list[tuple[str, str]] = ()) -> list[str]:
@@ -126,29 +135,29 @@ def paired_fid(rows: list[dict[str, Any]], pairs: list[tuple[str, str]] = ()) ->
     from the same noise in every run of one data shape): the difference with its paired bootstrap
     standard error, from eval/fid_features_<N>.npz. Samples drawn from the same noise share much of
     their error, so the difference is measured more precisely than either FID."""
-    from .features import FeatureStats, features_file, paired_difference
+    from .features import FeatureStats, paired_difference
 
     data = {}
     for row in rows:
-        path = RunFolder(row["path"]).eval / features_file(row["fid_samples"] or 0, row["sampler"])
-        if row["fid_samples"] and path.is_file():
-            with np.load(path) as arrays:
-                data[row["run"]] = {k: arrays[k] for k in arrays.files}
+        run = RunFolder(row["path"])
+        if row["fid_samples"] and (arrays := run.read_arrays(run.features_file(row["fid_samples"], row["sampler"]))):
+            data[row["run"]] = arrays
 
     def group(d):
         return str(d["extractor"]), len(d["features"]), d["sample_seed"].item()
 
     def difference(b, a):
         reference = FeatureStats(a["reference_mu"], a["reference_sigma"], int(a["reference_n"]))
-        d = paired_difference(reference, b["features"], b["confident"], a["features"], a["confident"])
-        return (f"FID {d['fid']:+.2f} ± {d['fid_stderr']:.2f}, confident {d['confident']:+.3f} ± "
-                f"{d['confident_stderr']:.3f} ({len(a['features'])} samples, paired)")
+        paired = paired_difference(reference, b["features"], b["confident"], a["features"], a["confident"])
+        return (f"FID {paired['fid']:+.2f} ± {paired['fid_stderr']:.2f}, confident {paired['confident']:+.3f} ± "
+                f"{paired['confident_stderr']:.3f} ({len(a['features'])} samples, paired)")
 
     def missing(row):
         if row["fid_samples"] is None:
             return None
-        return (f"no eval/{features_file(row['fid_samples'], row['sampler'])} (ddpm-kit evaluate {row['path']} "
-                "--metric fid writes it)")
+        run = RunFolder(row["path"])
+        return (f"no {_relative(run, run.features_file(row['fid_samples'], row['sampler']))} (ddpm-kit evaluate "
+                f"{row['path']} --metric fid writes it)")
 
     return _against_first_of_group(rows, data, group, difference, missing, pairs,
                                    unpaired="another feature extractor, number of samples or sample seed",
@@ -174,16 +183,11 @@ def compare(rows: list[dict[str, Any]], out: Path) -> list[tuple[Path, str]]:
     from .plots import plot_bpd_terms, plot_loss_curve, plot_rate_distortion, plot_sample_rows
 
     runs = {row["run"]: RunFolder(row["path"]) for row in rows}
-    terms = {name: np.load(run.eval / "bpd_terms.npy") for name, run in runs.items()
-             if (run.eval / "bpd_terms.npy").is_file()}
-    errors = {name: np.load(runs[name].eval / "xstart_mse.npy") for name in terms
-              if (runs[name].eval / "xstart_mse.npy").is_file()}
+    terms = {name: a for name, run in runs.items() if (a := _array(run, run.bpd_file("bpd_terms"))) is not None}
+    errors = {name: a for name in terms if (a := _array(runs[name], runs[name].bpd_file("xstart_mse"))) is not None}
     losses = {row["run"]: tuple(zip(*row["losses"])) for row in rows if row["losses"]}
-    samples = {}
-    for name, run in runs.items():
-        if (run.samples / "final.npz").is_file():
-            with np.load(run.samples / "final.npz") as stored:
-                samples[name] = stored["images"][:SIDE_BY_SIDE]
+    samples = {name: stored.images[:SIDE_BY_SIDE].numpy() for name, run in runs.items()
+               if (stored := run.read_samples()) is not None}
     figures = []
     if terms:
         figures.append((plot_bpd_terms(terms, out / "compare_bpd_per_timestep.png"),
@@ -234,8 +238,8 @@ def write_report(runs: list[Path], out: Path, pairs: list[tuple[str, str]] = ())
         copies = out / row["run"]  # the report folder is self-contained (run folders may be elsewhere)
         copies.mkdir(exist_ok=True)
         shown = []
-        for figure in (run.samples / "final.png", run.samples / "final_progressive.png", "loss",
-                       run.eval / "bpd_per_timestep.png", run.eval / "rate_distortion.png"):
+        for figure in (run.grid_file(), run.progressive_file(), "loss", run.bpd_file("bpd_per_timestep", suffix=".png"),
+                       run.bpd_file("rate_distortion", suffix=".png")):
             if figure == "loss":  # drawn here from metrics.jsonl; the report never writes into a run
                 if row["losses"]:
                     steps, losses = zip(*row["losses"])
@@ -246,8 +250,8 @@ def write_report(runs: list[Path], out: Path, pairs: list[tuple[str, str]] = ())
                 shown.append(figure)
         images = "".join(f'<figure><img src="{html.escape(row["run"])}/{f.name}"><figcaption>{f.stem}'
                          "</figcaption></figure>" for f in shown)
-        if (copies / "final_progressive.png").is_file():
-            chains.append(f'<figure><img src="{html.escape(row["run"])}/final_progressive.png"><figcaption>'
+        if (copies / run.progressive_file().name).is_file():
+            chains.append(f'<figure><img src="{html.escape(row["run"])}/{run.progressive_file().name}"><figcaption>'
                           f'{html.escape(row["run"])}</figcaption></figure>')
         sections.append(f"<h2>{html.escape(row['run'])}</h2><p>{html.escape(row['parameterization'])} / "
                         f"{html.escape(row['variance'])} / {html.escape(row['objective'])}, bits/dim "

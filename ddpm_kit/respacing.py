@@ -10,13 +10,22 @@ from __future__ import annotations
 import torch
 
 from .diffusion import GaussianDiffusion
+from .errors import DdpmKitError
 from .interfaces import Model, Parameterization, Schedule
+
+
+def validate_steps(steps: int, num_timesteps: int | None) -> int:
+    """``steps``, if K steps out of a T-step chain can be taken (1 <= K <= T; K >= 1 when T is not
+    known yet, as when a factory is called without the engine's ``num_timesteps``)."""
+    if steps < 1 or (num_timesteps is not None and steps > num_timesteps):
+        most = "T" if num_timesteps is None else f"{num_timesteps} (the schedule's T)"
+        raise DdpmKitError(f"steps must lie in 1..{most}, got {steps}")
+    return steps
 
 
 def spaced_timesteps(T: int, steps: int) -> list[int]:
     """``steps`` evenly spaced 0-based indices from 0 to T-1, both ends included."""
-    if not 1 <= steps <= T:
-        raise ValueError(f"steps must lie in 1..{T}, got {steps}")
+    validate_steps(steps, T)
     return sorted({round(i * (T - 1) / max(steps - 1, 1)) for i in range(steps)})
 
 

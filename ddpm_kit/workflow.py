@@ -12,9 +12,10 @@ import click
 import torch
 
 from .engine import Components, Trainer, build_components, evaluate, process_state, sample_run
+from .engine.sampling import SamplingOverride
 from .errors import DdpmKitError, PluginError
 from .plugins import Registry
-from .recipe import Component, SamplingOverride, load_recipe, parse_override, read_toml, validate_recipe
+from .recipe import Component, load_recipe, parse_override, read_toml, validate_recipe
 from .runs import RunFolder
 
 # Keys that may change when a run is resumed (e.g. to train longer); the rest must match.
@@ -97,8 +98,7 @@ def sample_from_run(registry: Registry, run_dir: Path, *, num_images: int | None
     """``ddpm-kit sample``: samples/<name>.png/.npz from a finished run (by default final, or
     final_<tag> when ``override`` changes the sampler or the guidance)."""
     components, run = load_run(registry, run_dir, override)
-    tag = override.tag(components.recipe)
-    name = name or ("final" if tag is None else f"final_{tag}")
+    name = name or run.sample_name(override.tag(components.recipe))
     state = process_state()
     sample_run(components, run, num_images or components.recipe.sample.num_images, device_for(state, device),
                name=name, seed=seed, use_ema=use_ema, state=state)
@@ -156,7 +156,7 @@ def sweep(registry: Registry, recipe_files: list[Path], overrides: list[str], re
         runs.append(RunFolder(Path(recipe.run.output_dir) / (recipe.run.name or file.stem)))
     check_pairs(pairs, [run.path.name for run in runs])
     for file, run in zip(recipe_files, runs):
-        if (run.eval / "metrics.json").is_file():
+        if run.results_file().is_file():
             click.echo(f"[sweep] {file}: finished earlier, kept ({run.path})")
             continue
         click.echo(f"[sweep] {file} -> {run.path}")

@@ -28,14 +28,14 @@ def fake_context(diffusion, model, x, tmp_path):
     run.eval.mkdir(parents=True)
 
     def save_array(name, array):
-        np.save(run.eval / f"{name}.npy", array)
+        np.save(name if isinstance(name, Path) else run.eval / f"{name}.npy", array)
 
     from ddpm_kit.noise import ImageNoise
 
     context = SimpleNamespace(diffusion=diffusion, model=model, model_for=lambda split, rows: model,
                               device=torch.device("cpu"), seed=0, run=run,
                               images=lambda split, limit: x[:limit], save_array=save_array, is_main_process=True,
-                              eval_dir=run.eval,
+                              eval_dir=run.eval, out=None,
                               map_batches=lambda total, size, work, desc=None: map_batches(LocalState(), total, size, work),
                               my_share=lambda total, size: my_batches(LocalState(), total, size))
     context.image_noise = lambda rows: ImageNoise(context.seed, rows, context.device)  # as EvalContext's

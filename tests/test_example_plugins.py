@@ -152,7 +152,8 @@ def test_recipe_check_refuses_what_the_examples_cannot_do(examples):
         return result.stderr.strip()
 
     assert check('sample.sampler={name="heun", steps=60}') == (
-        f"error: {TINY}: sample.sampler: sampler 'heun': steps must lie in 1..50 (the schedule's T), got 60")
+        f"error: {TINY}: sample.sampler: sampler 'heun' (plugin 'heun', ddpm-kit-heun 0.1.0): steps must lie in "
+        "1..50 (the schedule's T), got 60")
     assert "Input should be a valid integer (got '10')" in check('sample.sampler={name="heun", steps="10"}')
     refused = check('sample.sampler.name="heun"', 'diffusion.schedule={name="jsd", T=50}')
     assert "sampler 'heun' needs alpha-bar > 0" in refused and "samplers that can: ancestral" in refused
@@ -289,7 +290,7 @@ def test_huber_refuses_a_bad_delta_and_a_learned_variance(examples):
     with pytest.raises(DdpmKitError, match="needs delta > 0, got 0"):
         examples.build("objective", "huber", {"delta": 0})
     with pytest.raises(DdpmKitError, match="cannot train variance 'learned'"):
-        examples.build("objective", "huber").check(make_diffusion(examples, variance="learned", T=10))
+        examples.build("objective", "huber").validate_diffusion(make_diffusion(examples, variance="learned", T=10))
 
 
 class StubContext:

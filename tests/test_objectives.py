@@ -50,8 +50,8 @@ def test_vlb_objective_is_the_bound_term_at_t(registry, index):
 def test_simple_objective_refuses_a_learned_variance(registry):
     d = make_diffusion(registry, variance="learned")
     with pytest.raises(DdpmKitError, match="objective 'simple' cannot train variance 'learned'"):
-        registry.build("objective", "simple").check(d)
-    registry.build("objective", "vlb").check(d)  # the bound trains it
+        registry.build("objective", "simple").validate_diffusion(d)
+    registry.build("objective", "vlb").validate_diffusion(d)  # the bound trains it
 
 
 def test_vlb_trains_a_learned_variance_towards_beta_tilde(registry):

@@ -249,6 +249,6 @@ def test_a_declared_check_of_any_other_kind_runs_when_the_recipe_is_validated(re
                                                         check=lambda **params: seen.append(params))]
     recipe, _ = load_recipe(TINY, registry, ['data.dataset={name="digits"}'])
     data = RunData(recipe, registry, "r.toml")
-    data.check()
+    data.validate()
     data.split("train"), data.split("test")
     assert seen == [{"test_fraction": 0.1, "seed": 0}]  # once, with the defaults filled in

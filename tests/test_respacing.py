@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_kit.api import on_original_timesteps, respace, sample_ancestral, spaced_timesteps
+from ddpm_kit.api import DdpmKitError, on_original_timesteps, respace, sample_ancestral, spaced_timesteps
 from oracle import M, S, EpsOracle, linear_betas
 
 
 def test_spaced_timesteps_are_even_and_keep_both_ends():
     assert spaced_timesteps(1000, 5) == [0, 250, 500, 749, 999]
     assert spaced_timesteps(10, 10) == list(range(10))
-    with pytest.raises(ValueError, match=r"steps must lie in 1\.\.10, got 11"):
+    with pytest.raises(DdpmKitError, match=r"steps must lie in 1\.\.10 \(the schedule's T\), got 11"):
         spaced_timesteps(10, 11)
 
 

@@ -10,7 +10,7 @@ import torch
 
 import oracle
 from helpers import TINY, cli, make_diffusion, test_seed
-from ddpm_kit.builtins.schedulers import NAMES, VARIANTS
+from ddpm_kit.builtins.diffusers_samplers import NAMES, VARIANTS
 from ddpm_kit.errors import DdpmKitError
 
 ALL = [f"diffusers-{n}" for n in [*NAMES.values(), *VARIANTS]]

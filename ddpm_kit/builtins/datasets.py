@@ -42,9 +42,9 @@ def digits(test_fraction: float = 0.1, seed: int = 0) -> datasets.DatasetDict:
     """scikit-learn's 1,797 8x8 digits (16 gray levels, scaled to 0..255)."""
     from sklearn.datasets import load_digits
 
-    d = load_digits()
-    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
-    return _split(_from_arrays(images, d.target), test_fraction, seed)
+    data = load_digits()
+    images = np.round(data.images * (255.0 / 16.0)).astype(np.uint8)
+    return _split(_from_arrays(images, data.target), test_fraction, seed)
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

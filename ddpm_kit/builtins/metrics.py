@@ -53,28 +53,19 @@ class BitsPerDim(Metric):
     def chain(self, context) -> tuple[GaussianDiffusion, Callable[[Model], Model]]:
         """The diffusion whose bound is computed, and how the network is called on it (a respaced
         chain's ``on_original_timesteps``): the run's own, respaced to ``steps``, with ``variance``."""
-        from ..respacing import on_original_timesteps, respace
+        from ..respacing import on_original_timesteps, respace, validate_steps
 
         d = context.diffusion
-        if self.variance is not None:
-            if d.variance.extra_channels(1):
-                raise DdpmKitError(f"metric '{self.name}': variance = '{self.variance}' replaces a fixed variance; "
-                                   f"this run learned its variance ('{d.variance.name}')")
-            fixed = context.components.registry.build("variance", self.variance, {})
-            if fixed.extra_channels(1):
-                raise DdpmKitError(f"metric '{self.name}': variance = '{self.variance}' is learned; name a fixed "
-                                   "one (fixed_beta, fixed_beta_tilde)")
-            d = d.with_variance(fixed)
-        if self.steps is None:
-            return d, lambda model: model
-        if not 1 <= self.steps <= d.num_timesteps:
-            raise DdpmKitError(f"metric '{self.name}': steps must lie in 1..{d.num_timesteps} (the schedule's T), "
-                               f"got {self.steps}")
+        try:
+            if self.variance is not None:
+                d = d.with_variance(context.components.registry.build("variance", self.variance, {}))
+            if self.steps is None:
+                return d, lambda model: model
+            validate_steps(self.steps, d.num_timesteps)
+        except DdpmKitError as exc:
+            raise DdpmKitError(f"metric '{self.name}': {exc}") from None
         short, timestep_map = respace(d, self.steps)
         return short, lambda model: on_original_timesteps(model, timestep_map)
-
-    def _file(self, stem: str) -> str:
-        return stem if self.label == "bpd" else f"{self.label}_{stem}"
 
     def compute(self, context) -> dict[str, float]:
         from ..plots import plot_bpd_terms, plot_rate_distortion
@@ -97,11 +88,14 @@ class BitsPerDim(Metric):
         with bar:
             both = context.map_batches(len(x), self.batch_size, terms_and_mse)
         all_terms, all_mse = both[:, :T + 1], both[:, T + 1:]
-        context.save_array(self._file("bpd_terms"), all_terms)
-        context.save_array(self._file("xstart_mse"), all_mse)
+        def file(kind: str, suffix: str = ".npy"):
+            return context.run.bpd_file(kind, self.label, suffix, out=context.out)
+
+        context.save_array(file("bpd_terms"), all_terms)
+        context.save_array(file("xstart_mse"), all_mse)
         if context.is_main_process:
-            plot_bpd_terms(all_terms, context.eval_dir / f"{self._file('bpd_per_timestep')}.png")
-            plot_rate_distortion(all_terms, all_mse, context.eval_dir / f"{self._file('rate_distortion')}.png")
+            plot_bpd_terms(all_terms, file("bpd_per_timestep", ".png"))
+            plot_rate_distortion(all_terms, all_mse, file("rate_distortion", ".png"))
         total = all_terms.sum(1)
         n = self.label
         return {n: float(total.mean()), f"{n}_stderr": float(total.std(ddof=1) / math.sqrt(len(total))),
@@ -131,8 +125,8 @@ class ClassifierFID(Metric):
         self.num_samples, self.split, self.label_column = num_samples, split, label_column
 
     def compute(self, context) -> dict[str, float]:
-        from ..features import (FeatureStats, cached_classifier, features_file, frechet_distance,
-                                frechet_distance_stderr, save_arrays)
+        from ..features import (FeatureStats, cached_classifier, frechet_distance, frechet_distance_stderr,
+                                save_arrays)
 
         train_x, train_y = context.labelled("train", self.label_column)
         with context.state.main_process_first():  # the main process trains and caches it, the others load it
@@ -150,7 +144,7 @@ class ClassifierFID(Metric):
         test_stats, train_stats, sample_stats = (FeatureStats.from_arrays(a) for a in (test, train, samples))
         confident = float(samples["confident"])
         if context.is_main_process:  # for paired comparisons between runs (ddpm-kit report)
-            save_arrays(context.eval_dir / features_file(len(fake), context.sample_tag), {
+            save_arrays(context.run.features_file(len(fake), context.sample_tag, out=context.out), {
                 "features": samples["features"], "confident": samples["confident_rows"],
                 **{f"reference_{k}": v for k, v in test_stats.arrays().items()},
                 "extractor": np.asarray(f"classifier-{digest}"), "sample_seed": np.asarray(context.samples_seed)})

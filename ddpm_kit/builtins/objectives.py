@@ -14,7 +14,7 @@ class SimpleLoss(Objective):
 
     name = "simple"
 
-    def check(self, d):
+    def validate_diffusion(self, d):
         if d.variance.learned:
             raise DdpmKitError(
                 f"objective 'simple' cannot train variance '{d.variance.name}' (its channels get no "

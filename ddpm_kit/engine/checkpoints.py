@@ -110,7 +110,7 @@ def load_run_model(components: Components, run: RunFolder, *, use_ema: bool, dev
     from safetensors.torch import load_file
 
     model = components.build_backbone()
-    weights = run.model / ("ema.safetensors" if use_ema else "model.safetensors")
+    weights = run.weights_file(use_ema)
     again = f"`ddpm-kit run {run.recipe_file} --run-dir {run.path} --resume latest`"
     problem = run.weights_problem(weights)
     if problem == "missing":

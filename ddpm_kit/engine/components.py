@@ -16,7 +16,7 @@ import torch
 from ..diffusion import GaussianDiffusion
 from ..errors import DdpmKitError
 from ..interfaces import CannotSample, Objective, Sampler
-from ..plugins import KINDS, Registry
+from ..plugins import Registry
 from ..recipe import COMPONENT_KEYS, Recipe
 from .splits import RunData
 
@@ -52,15 +52,8 @@ class Components:
         if "num_classes" in context and not self.registry.resolve("backbone", r.backbone.name).takes("num_classes"):
             raise DdpmKitError(f"{self.source}: conditioning: backbone '{r.backbone.name}' takes no class labels (its "
                                "factory has no num_classes parameter); use unet2d, or drop [conditioning]")
-        for key in KINDS["backbone"].engine_context:
-            if key in r.backbone.params and r.backbone.params[key] != context.get(key):
-                raise DdpmKitError(
-                    f"{self.source}: backbone.{key} = {r.backbone.params[key]!r} but the recipe needs "
-                    f"{context.get(key)} (data.channels={r.data.channels}, variance '{self.diffusion.variance.name}', "
-                    "conditioning.num_classes); remove the key to size the backbone automatically")
-        params = {k: v for k, v in r.backbone.params.items() if k not in KINDS["backbone"].engine_context}
         try:
-            return self.registry.build("backbone", r.backbone.name, params, **context)
+            return self.registry.build("backbone", r.backbone.name, r.backbone.params, **context)
         except DdpmKitError as exc:
             raise DdpmKitError(f"{self.source}: backbone: {exc}") from None
 
@@ -71,11 +64,12 @@ class Components:
         return None if c is None else c.num_classes
 
 
-def build_at(recipe: Recipe, registry: Registry, source: str, key: str, **context: Any) -> Any:
-    """Build the plugin that ``recipe`` names at ``key``; its complaint names ``source`` and the key."""
+def build_at(recipe: Recipe, registry: Registry, source: str, key: str, context: dict[str, Any] | None = None) -> Any:
+    """Build the plugin that ``recipe`` names at ``key`` with the engine's ``context``; its
+    complaint names ``source`` and the key."""
     component = recipe.component(key)
     try:
-        return registry.build(COMPONENT_KEYS[key], component.name, component.params, **context)
+        return registry.build(COMPONENT_KEYS[key], component.name, component.params, **(context or {}))
     except DdpmKitError as exc:
         raise (CannotSample if isinstance(exc, CannotSample) else DdpmKitError)(f"{source}: {key}: {exc}") from None
 
@@ -88,7 +82,7 @@ def build_components(recipe: Recipe, registry: Registry, source: str = "recipe",
                                     for part in ("schedule", "parameterization", "variance", "decoder")))
     objective = build_at(recipe, registry, source, "objective")
     try:
-        objective.check(diffusion)
+        objective.validate_diffusion(diffusion)
     except DdpmKitError as exc:
         raise DdpmKitError(f"{source}: objective: {exc}") from None
     return Components(recipe, diffusion, objective, build_sampler(recipe, registry, source, diffusion, run_dir),
@@ -98,9 +92,10 @@ def build_components(recipe: Recipe, registry: Registry, source: str = "recipe",
 def build_sampler(recipe: Recipe, registry: Registry, source: str, diffusion: GaussianDiffusion,
                   run_dir: Path | None = None) -> Sampler:
     """The recipe's sampler for ``diffusion``; one that cannot sample it is refused with those that can."""
-    context = {"num_timesteps": diffusion.num_timesteps, "diffusion": diffusion, "run_dir": run_dir}
+    context = {"num_timesteps": diffusion.num_timesteps, "diffusion": diffusion, "run_dir": run_dir,
+               "registry": registry}
     try:
-        return build_at(recipe, registry, source, "sample.sampler", **context)
+        return build_at(recipe, registry, source, "sample.sampler", context)
     except CannotSample as exc:
         able = ", ".join(registry.buildable("sampler", **context)) or "(none installed)"
         raise CannotSample(f"{exc}; samplers that can: {able}") from None

@@ -94,13 +94,13 @@ class EvalContext:
             images = sample_images(self.components, self.model, n, self.device, seed=seed, state=self.state)
             return to_model_range(images), sample_labels(self.components, n)
         mine = drawn_by(self.components, self.use_ema)
-        name = f"eval_{n}" if self.sample_tag is None else f"eval_{n}_{self.sample_tag}"
-        for path, drawn_with in ((self.run.samples / "final.npz", self.components.recipe.sample.seed),
-                                 (self.run.samples / f"{name}.npz", seed)):
-            images, labels, by = _read_samples(path)
-            if by == mine and len(images) >= n:
+        name = self.run.metric_sample_name(n, self.sample_tag)
+        for stored, drawn_with in ((self.run.read_samples(), self.components.recipe.sample.seed),
+                                   (self.run.read_samples(name), seed)):
+            if stored is not None and stored.drawn_by == mine and len(stored.images) >= n:
                 self.samples_seed = drawn_with
-                return to_model_range(images[:n]), None if labels is None else labels[:n]
+                labels = stored.labels
+                return to_model_range(stored.images[:n]), None if labels is None else labels[:n]
         images = sample_images(self.components, self.model, n, self.device, seed=seed, state=self.state)
         labels = sample_labels(self.components, n)
         if self.is_main_process:
@@ -157,22 +157,12 @@ class EvalContext:
             save_arrays(path, arrays)
         return arrays
 
-    def save_array(self, name: str, array: np.ndarray) -> Path:
-        """<eval_dir>/<name>.npy, written by the main process."""
-        path = self.eval_dir / f"{name}.npy"
+    def save_array(self, name: str | Path, array: np.ndarray) -> Path:
+        """<eval_dir>/<name>.npy (or the path a ``RunFolder`` method named), written by the main process."""
+        path = name if isinstance(name, Path) else self.run.eval_file(f"{name}.npy", self.out)
         if self.is_main_process:
             self.run.save_array(path, array)
         return path
-
-
-def _read_samples(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, str | None]:
-    """A samples file's images, labels and what drew them (None for each when there is none)."""
-    if not path.is_file():
-        return torch.empty(0), None, None
-    with np.load(path) as stored:
-        labels = torch.from_numpy(stored["labels"]) if "labels" in stored else None
-        by = str(stored["drawn_by"]) if "drawn_by" in stored else None
-        return torch.from_numpy(stored["images"]), labels, by
 
 
 def compute_metrics(context: EvalContext, specs: list[Component],
@@ -237,7 +227,7 @@ def evaluate(components: Components, run: RunFolder, device: torch.device, *, us
     if state.is_main_process:
         for key, value in results.items():
             click.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
-        run.save_eval("metrics" if only is None else "_".join(filter(None, [only, sample_tag])), results)
+        run.save_results(results, only, None if only is None else sample_tag)
         run.add_to_summary(eval_seconds=time.time() - started)
         run.set_in_summary(eval_processes=describe(state))
     state.wait_for_everyone()

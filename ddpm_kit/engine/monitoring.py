@@ -59,7 +59,7 @@ class TrainingEvaluation:
     def __call__(self, accelerator, model: torch.nn.Module, ema, step: int, keep: int) -> dict[str, Any]:
         """Evaluate at ``step``; log to metrics.jsonl and the trackers; save ``best`` if it improved."""
         unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-        out = self.run.eval / "during-training" / f"step_{step:07d}"
+        out = self.run.training_eval_dir(step)
         with ema_weights(unwrapped, ema), torch.random.fork_rng(devices=[]), torch.inference_mode():
             unwrapped.eval()
             context = EvalContext(self.components, unwrapped, accelerator.device, self.run,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -19,15 +20,67 @@ import torch
 
 from ..conditioning import class_rows, guided
 from ..errors import PluginError
-from ..images import to_uint8
+from ..images import save_grid, to_uint8
 from ..noise import ImageNoise
-from ..plugins import plugin_code
+from ..plugins import Registry, plugin_code
+from ..recipe import Component, Recipe, parse_override, recipe_to_dict, validate_recipe
 from ..progress import progress_bar
 from ..runs import RunFolder
 from .checkpoints import load_run_model
 from .components import Components
 from .distributed import LocalState, describe, map_batches, my_batches
 from .fast_paths import autocast_for, quiet_known_dynamo_warnings
+
+
+@dataclass(frozen=True)
+class SamplingOverride:
+    """What ``sample`` and ``evaluate`` may change in a finished run's recipe for one call: the
+    sampler (its name, its ``steps``, other parameters as KEY=VALUE texts), and for a conditional
+    run the classes and guidance."""
+
+    sampler: str | None = None
+    steps: int | None = None
+    classes: tuple[int, ...] = ()
+    guidance_scale: float | None = None
+    params: tuple[str, ...] = ()
+
+    def sampler_params(self) -> dict[str, Any]:
+        """``params`` (``--sampler-param variance=fixed_beta_tilde``) as a dict of TOML values."""
+        pairs = (parse_override(text, flag="--sampler-param", example="eta=1.0") for text in self.params)
+        return {".".join(key): value for key, value in pairs}
+
+    def flags(self) -> str:
+        """These changes as the command-line options that ask for them (what an error names)."""
+        options = [("--sampler", self.sampler), ("--steps", self.steps), *(("--class", c) for c in self.classes),
+                   ("--guidance-scale", self.guidance_scale), *(("--sampler-param", p) for p in self.params)]
+        return " ".join(f"{flag} {value}" for flag, value in options if value is not None)
+
+    def apply(self, recipe: Recipe, registry: Registry, source: str) -> Recipe:
+        """The recipe (already valid, from ``source``) with these changes, validated again (a
+        sampler's parameters, classes in range): what fails now is the options', and names them."""
+        sampler = recipe.sample.sampler if self.sampler is None else Component(name=self.sampler)
+        if self.steps is not None or self.params:
+            steps = {} if self.steps is None else {"steps": self.steps}
+            sampler = Component(name=sampler.name, **{**sampler.params, **steps, **self.sampler_params()})
+        update: dict[str, Any] = {"sampler": sampler}
+        if self.classes:
+            update["classes"] = list(self.classes)
+        if self.guidance_scale is not None:
+            update["guidance_scale"] = self.guidance_scale
+        changed = recipe.model_copy(update={"sample": recipe.sample.model_copy(update=update)})
+        return validate_recipe(recipe_to_dict(changed), registry, self.flags() or source)
+
+    def tag(self, recipe: Recipe) -> str | None:
+        """What sets files of this call apart from the recipe's own (eval/<metric>_<tag>.json):
+        ``<sampler>[-<steps>]`` when the sampler changed, ``w<scale>`` when the guidance did."""
+        parts = []
+        if self.sampler is not None or self.steps is not None or self.params:
+            s = recipe.sample.sampler
+            parts.append(f"{s.name}-{s.params['steps']}" if "steps" in s.params else s.name)
+            parts[-1] += "".join(f"-{key}{value}" for key, value in self.sampler_params().items())
+        if self.guidance_scale is not None:
+            parts.append(f"w{self.guidance_scale:g}")
+        return "_".join(parts) or None
 
 
 def prepare_for_sampling(model: torch.nn.Module, components: Components) -> torch.nn.Module:
@@ -115,7 +168,7 @@ def sample_images(components: Components, model: torch.nn.Module, num_images: in
     in this process alone. ``callback`` sees the steps of the batch that holds image 0. A
     conditional run draws image i of class ``sample_labels(...)[i]`` with ``sample.guidance_scale``.
     """
-    s, d = components.recipe.sample, components.recipe.data
+    s, data = components.recipe.sample, components.recipe.data
     labels = sample_labels(components, num_images)
     seed = s.seed if seed is None else seed
     state = state or LocalState()
@@ -127,7 +180,7 @@ def sample_images(components: Components, model: torch.nn.Module, num_images: in
 
     def draw(rows: range) -> np.ndarray:
         noise = ImageNoise(seed, rows, device)
-        x_T = noise(torch.empty(len(rows), d.channels, d.image_size, d.image_size, device=device))
+        x_T = noise(torch.empty(len(rows), data.channels, data.image_size, data.image_size, device=device))
         countdown = Countdown()
 
         def steps(step: dict[str, Any]) -> None:
@@ -211,7 +264,7 @@ def sample_run(components: Components, run: RunFolder, num_images: int, device: 
     grid, array = run.save_samples(images, name, sample_labels(components, num_images), drawn_by(components, use_ema))
     rows, written = chain.grid_rows(), [grid, array]
     if rows is not None:
-        written.append(run.save_grid(rows.flatten(0, 1), run.samples / f"{name}_progressive.png", cols=rows.shape[1]))
+        written.append(save_grid(rows.flatten(0, 1), run.progressive_file(name), cols=rows.shape[1]))
     click.echo(f"sampled {num_images} images in {time.time() - started:.0f} s -> {', '.join(map(str, written))}"
                + ("" if rows is not None else " (no progressive grid: the sampler reported no steps)"))
     run.add_to_summary(sample_seconds=time.time() - started)

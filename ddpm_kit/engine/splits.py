@@ -14,6 +14,7 @@ import torch
 
 from ..errors import DdpmKitError
 from ..plugins import Registry
+from ..plugins.registry import Validated
 from ..recipe import Recipe
 from ..store import EncodedSplit, PixelStore, prepared_split, store_root
 from .distributed import process_state
@@ -29,27 +30,26 @@ class RunData:
         self.recipe, self.registry, self.source = recipe, registry, source
         self._rows: dict[str, Rows] = {}
         self._labels: dict[str, torch.Tensor] = {}
-        self._checked = False
 
-    def check(self) -> None:
-        """The dataset plugin's declared cheap check (a folder that exists, say); nothing is loaded.
-        Runs once per RunData."""
-        if self._checked:
-            return
+    @cached_property
+    def validated(self) -> Validated:
+        """The dataset's parameters, through its plugin's declared cheap check (a folder that exists,
+        say) once; nothing is loaded."""
         dataset = self.recipe.data.dataset
         try:
-            self.registry.check("dataset", dataset.name, dataset.params)
+            return self.registry.validate("dataset", dataset.name, dataset.params)
         except DdpmKitError as exc:
             raise DdpmKitError(f"{self.source}: data.dataset: {exc}") from None
-        self._checked = True
+
+    def validate(self) -> None:
+        self.validated  # noqa: B018 (computed once)
 
     @cached_property
     def dataset(self) -> Any:
-        """The dataset plugin's DatasetDict (its declared check first)."""
-        self.check()
-        dataset = self.recipe.data.dataset
+        """The dataset plugin's DatasetDict."""
+        validated = self.validated
         try:
-            return self.registry.build("dataset", dataset.name, dataset.params, check=False)  # checked above
+            return validated.build()
         except DdpmKitError as exc:
             raise DdpmKitError(f"{self.source}: data.dataset: {exc}") from None
 

@@ -18,11 +18,7 @@ class GracefulStop:
     """Turn the first Ctrl-C (SIGINT) or SIGTERM into a request to stop after the current step
     (``signum`` says which); a second one acts at once (SIGINT interrupts, SIGTERM terminates)."""
 
-    signum = 0
-
-    @property
-    def requested(self) -> bool:
-        return self.signum != 0
+    signum = 0  # the signal received, 0 for none
 
     def _handle(self, signum, frame) -> None:
         self.signum = signum

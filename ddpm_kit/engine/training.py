@@ -20,6 +20,7 @@ import torch
 
 from ..conditioning import bind
 from ..errors import DdpmKitError
+from ..images import save_grid
 from ..plugins import plugin_code
 from ..progress import progress_bar
 from ..runs import RunFolder
@@ -284,7 +285,7 @@ class Trainer:
         model = self.unwrapped()
         with ema_weights(model, self.ema):
             images = sample_images(self.components, model, 16, self.accelerator.device)
-        log_grid(self.accelerator, done, self.run.save_grid(images, self.run.samples / f"step_{done:07d}.png"))
+        log_grid(self.accelerator, done, save_grid(images, self.run.training_grid_file(done)))
 
     def stop_requested(self, stop: GracefulStop, done: int) -> int:
         """The signal that asks to stop between steps (Ctrl-C, SIGTERM), or 0. Several processes

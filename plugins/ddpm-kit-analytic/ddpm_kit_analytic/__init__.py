@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from ddpm_kit.api import (BitsPerDim, DdpmKitError, hookimpl, on_original_timesteps, sample_ancestral,
-                          spaced_timesteps)
+                          spaced_timesteps, validate_steps)
 
 from .analytic import (AnalyticVariance, analytic_diffusion, estimate_gamma, optimal_trajectory, optimal_variance,
                        trajectory_variances)
@@ -34,9 +34,7 @@ def check_trajectory(kind: str) -> None:
 
 def choose_timesteps(d, gamma, steps: int, kind: str) -> list[int]:
     """The K timesteps to sample or bound on: evenly spaced, or the KL-optimal path (dynamic programming)."""
-    T = d.num_timesteps
-    if not 1 <= steps <= T:
-        raise DdpmKitError(f"steps must lie in 1..{T} (the schedule's T), got {steps}")
+    T = validate_steps(steps, d.num_timesteps) and d.num_timesteps
     check_trajectory(kind)
     return spaced_timesteps(T, steps) if kind == "even" or steps == 1 else optimal_trajectory(d, gamma, steps)
 
@@ -52,8 +50,7 @@ def analytic(steps: int = 50, trajectory: str = "even", clip_pixel: float = 2.0,
     sigma <= clip_pixel (2 / 255) sqrt(pi / 2): the last step returns x0-hat of x at that timestep,
     which a network trained on little noise there cannot clean of a large sigma*. The reference
     uses 2 for the linear schedule, 1 for the cosine one; 0 turns it off. The bound is unaffected."""
-    if num_timesteps is not None and not 1 <= steps <= num_timesteps:
-        raise ValueError(f"steps must lie in 1..{num_timesteps} (the schedule's T), got {steps}")
+    validate_steps(steps, num_timesteps)
     check_trajectory(trajectory)
     if clip_pixel < 0:
         raise ValueError(f"clip_pixel must be >= 0 (0: no clip), got {clip_pixel}")

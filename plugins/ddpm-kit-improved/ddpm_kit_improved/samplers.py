@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from ddpm_kit.api import (CannotSample, GaussianDiffusion, NoiseSource, VarianceChoice, get_registry,
-                          on_original_timesteps, randn_like, respace, sample_ancestral)
+from ddpm_kit.api import (CannotSample, DdpmKitError, GaussianDiffusion, NoiseSource, VarianceChoice, get_registry,
+                          on_original_timesteps, randn_like, respace, sample_ancestral, validate_steps)
 
 
 @torch.no_grad()
@@ -42,29 +42,25 @@ def _respaced_call(inner, steps: int | None, d, model, x_T, variance: VarianceCh
     return inner(d, model, x_T, **kw)
 
 
-def _check_steps(steps: int | None, num_timesteps: int | None) -> None:
-    if steps is not None and num_timesteps is not None and not 1 <= steps <= num_timesteps:
-        raise ValueError(f"steps must lie in 1..{num_timesteps} (the schedule's T), got {steps}")
-
-
 def ddim(steps: int | None = None, eta: float = 0.0, clip_denoised: bool = True, num_timesteps: int | None = None):
     """DDIM over ``steps`` respaced timesteps (all T when None); eta=0 is deterministic."""
-    _check_steps(steps, num_timesteps)
+    if steps is not None:
+        validate_steps(steps, num_timesteps)
     return partial(_respaced_call, partial(sample_ddim, eta=eta, clip_denoised=clip_denoised), steps)
 
 
 def respaced(steps: int = 100, clip_denoised: bool = True, variance: str | None = None,
-             num_timesteps: int | None = None, diffusion: GaussianDiffusion | None = None):
+             num_timesteps: int | None = None, diffusion: GaussianDiffusion | None = None, registry=None):
     """Ancestral sampling over ``steps`` evenly respaced timesteps (Improved DDPM section 4), with the
     run's variance on the respaced chain, or the fixed ``variance`` named (``fixed_beta_tilde``:
     the respaced chain's own posterior variance; ``fixed_beta``: its betas) for a fixed-variance run."""
-    _check_steps(steps, num_timesteps)
+    validate_steps(steps, num_timesteps)
     fixed = None
     if variance is not None:
-        if diffusion is not None and diffusion.variance.extra_channels(1):
-            raise CannotSample(f"sampler 'respaced': variance = '{variance}' replaces a fixed variance; this run "
-                               f"learned its own ('{diffusion.variance.name}')")
-        fixed = get_registry().build("variance", variance)
-        if fixed.extra_channels(1):
-            raise ValueError(f"variance '{variance}' is learned; name a fixed one (fixed_beta, fixed_beta_tilde)")
+        fixed = (registry or get_registry()).build("variance", variance)  # the run's registry, from the engine
+        try:
+            if diffusion is not None:
+                diffusion.with_variance(fixed)
+        except DdpmKitError as exc:
+            raise CannotSample(f"sampler 'respaced': {exc}") from None
     return partial(_respaced_call, partial(sample_ancestral, clip_denoised=clip_denoised), steps, variance=fixed)

@@ -30,6 +30,6 @@ def test_respacing_more_steps_than_the_schedule_has_is_a_recipe_error(tmp_path):
                  'sample.sampler={name="respaced", steps=100}')
     assert result.returncode == 2
     assert result.stderr.strip().endswith(
-        "sample.sampler: sampler 'respaced' (plugin 'improved', ddpm-kit-improved 0.1.0) failed to build: "
-        "ValueError: steps must lie in 1..50 (the schedule's T), got 100")
+        "sample.sampler: sampler 'respaced' (plugin 'improved', ddpm-kit-improved 0.1.0): "
+        "steps must lie in 1..50 (the schedule's T), got 100")
     assert not (tmp_path / "run").exists()

@@ -27,7 +27,7 @@ class MinSNR(Objective):
             raise DdpmKitError(f"gamma must be positive, got {gamma}")
         self.gamma = gamma
 
-    def check(self, d):
+    def validate_diffusion(self, d):
         if d.parameterization.name not in WEIGHTS:
             raise DdpmKitError(f"objective 'min_snr' weights the {', '.join(WEIGHTS)} parameterizations, not "
                                f"'{d.parameterization.name}'")

@@ -93,7 +93,7 @@ def test_min_snr_weights_are_the_papers_at_hand_computed_t(registry, param):
     with ab from the linear schedule by hand, on a network that outputs zeros (MSE = mean target^2)."""
     d = make_diffusion(registry, parameterization=param)
     objective = registry.build("objective", "min_snr", {"gamma": 5.0})
-    objective.check(d)
+    objective.validate_diffusion(d)
     betas = np.linspace(1e-4, 0.02, 1000)
     ab = np.cumprod(1 - betas)[T_AT.numpy()]
     snr = ab / (1 - ab)
@@ -116,9 +116,9 @@ def test_min_snr_weights_are_the_papers_at_hand_computed_t(registry, param):
 def test_min_snr_refuses_what_it_cannot_weight(registry):
     objective = registry.build("objective", "min_snr", {})
     with pytest.raises(DdpmKitError, match="not 'mu'"):
-        objective.check(make_diffusion(registry, parameterization="mu"))
+        objective.validate_diffusion(make_diffusion(registry, parameterization="mu"))
     with pytest.raises(DdpmKitError, match="cannot train variance 'learned'"):
-        objective.check(make_diffusion(registry, variance="learned"))
+        objective.validate_diffusion(make_diffusion(registry, variance="learned"))
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ddpm_kit.api import CannotSample, DdpmKitError, GaussianDiffusion, Model, hookimpl, spaced_timesteps
+from ddpm_kit.api import CannotSample, GaussianDiffusion, Model, hookimpl, spaced_timesteps, validate_steps
 
 
 def trajectory(num_timesteps: int, steps: int) -> list[int]:
@@ -84,9 +84,7 @@ def heun(steps: int = 20, num_timesteps: int | None = None, diffusion: GaussianD
     ``num_timesteps`` (to refuse steps > T) and the run's ``diffusion`` (to refuse a schedule whose
     alpha-bar reaches 0).
     """
-    if steps < 1 or (num_timesteps is not None and steps > num_timesteps):
-        most = "T" if num_timesteps is None else f"{num_timesteps} (the schedule's T)"
-        raise DdpmKitError(f"sampler 'heun': steps must lie in 1..{most}, got {steps}")
+    validate_steps(steps, num_timesteps)
     if diffusion is not None and not float(diffusion.alphas_cumprod[-1]) > 0:
         raise CannotSample("sampler 'heun' needs alpha-bar > 0 at the last timestep (its ODE starts at sigma = "
                            "sqrt((1 - abar) / abar)); this schedule reaches 0 (beta = 1 at its last step)")

@@ -20,7 +20,7 @@ class HuberLoss(Objective):
             raise DdpmKitError(f"objective 'huber' needs delta > 0, got {delta}")
         self.delta = delta
 
-    def check(self, d):
+    def validate_diffusion(self, d):
         if d.variance.learned:
             raise DdpmKitError(f"objective 'huber' cannot train variance '{d.variance.name}' (its channels get no "
                                "gradient); use a fixed variance")

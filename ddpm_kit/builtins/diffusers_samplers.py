@@ -21,6 +21,7 @@ import torch
 from ..errors import DdpmKitError
 from ..hookspecs import hookimpl
 from ..interfaces import CannotSample
+from ..respacing import validate_steps
 
 NAMES = {  # diffusers class -> sampler name (classes not listed get their lowercased name)
     "DDIMScheduler": "ddim", "DDPMScheduler": "ddpm", "PNDMScheduler": "pndm", "LMSDiscreteScheduler": "lms",
@@ -113,8 +114,7 @@ class DiffusersSampler:
 def _factory(name: str, class_name: str, preset: dict[str, Any] | None = None):
     def make(steps: int = 50, options: dict[str, Any] | None = None, num_timesteps: int | None = None,
              diffusion=None) -> DiffusersSampler:
-        if steps < 1 or (num_timesteps is not None and steps > num_timesteps):
-            raise ValueError(f"steps must lie in 1..{num_timesteps or 'T'} (the schedule's T), got {steps}")
+        validate_steps(steps, num_timesteps)
         sampler = DiffusersSampler(name, scheduler_class(class_name), steps, {**(preset or {}), **(options or {})})
         if diffusion is not None:
             sampler.scheduler(diffusion)  # refuse what the scheduler cannot express, before any training
