@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from ddpm_kit.engine import EvalContext, load_run_model, sample_images
     from ddpm_kit.features import cached_classifier, features_and_probs, frechet_distance
     from ddpm_kit.plugins import get_registry
-    from ddpm_kit.recipe import SamplingOverride
+    from ddpm_kit.engine.sampling import SamplingOverride
     from ddpm_kit.workflow import load_run
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ddpm_kit.runs import RunFolder  # noqa: E402
+
 RECIPE = ROOT / "recipes" / "quickstart.toml"
 SAMPLE_BATCH = ["--set", "sample.batch_size=250"]
 NO_ATTENTION = ["--set", 'backbone.down_block_types=["DownBlock2D","DownBlock2D","DownBlock2D"]',
@@ -124,15 +126,14 @@ def measure(name: str, plan: Plan) -> None:
 
 
 def collect(name: str, plan: Plan) -> dict | None:
-    folder = plan.run_dir(name)
-    fid_file = folder / "eval" / "fid.json"
-    if not fid_file.is_file():
+    run = RunFolder(plan.run_dir(name))
+    fid = run.read_json(run.results_file("fid"))
+    if not fid:
         return None
-    fid = json.loads(fid_file.read_text())
     if int(fid["fid_samples"]) != plan.num_samples or "fid_stderr" not in fid:
         return None  # measure() scores it (again: the samples are kept, only the features are recomputed)
-    recipe = tomllib.loads((folder / "recipe.toml").read_text())
-    logs = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    recipe = tomllib.loads(run.recipe_file.read_text())
+    logs = [r for r in run.read_metrics() if "loss" in r]
     last = [r["loss"] for r in logs if r["step"] > recipe["train"]["steps"] - 300]
     return {"setting": SETTINGS[name][0], "steps": recipe["train"]["steps"],
             "batch_size": recipe["train"]["batch_size"], "fid": fid["fid"], "fid_stderr": fid["fid_stderr"],
@@ -167,8 +168,8 @@ def paired_differences(rows: dict[str, dict], plan: Plan, rounds: int = 200) -> 
     reference = FeatureStats.fit(np.asarray(features_and_probs(net, context.images("test"))[0]))
     features = {}
     for name in rows:
-        images = np.load(plan.run_dir(name) / "samples" / f"eval_{plan.num_samples}.npz")["images"]
-        f, p = features_and_probs(net, to_model_range(torch.from_numpy(images)))
+        stored = RunFolder(plan.run_dir(name)).read_samples(RunFolder.metric_sample_name(plan.num_samples))
+        f, p = features_and_probs(net, to_model_range(stored.images))
         features[name] = np.asarray(f), (np.asarray(p).max(1) > 0.9).astype(float)
 
     def difference(name: str, other: str) -> dict[str, float]:

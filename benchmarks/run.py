@@ -36,6 +36,7 @@ from ddpm_kit.builtins.samplers import sample_ancestral  # noqa: E402
 from ddpm_kit.diffusion import GaussianDiffusion  # noqa: E402
 from ddpm_kit.gaussian import LN2, discretized_gaussian_log_likelihood, mean_flat, normal_kl  # noqa: E402
 from ddpm_kit.plugins import get_registry  # noqa: E402
+from ddpm_kit.runs import RunFolder  # noqa: E402
 
 PARTS = ("training", "sampling", "bpd", "memory", "scaling", "processes")
 
@@ -134,7 +135,6 @@ def engine_trainer(registry, sizes: Sizes, device: torch.device, run_dir: Path, 
     """The engine's Trainer for the benchmark's recipe on ``device``, ready for ``train_step``."""
     from ddpm_kit.engine import Trainer, build_components
     from ddpm_kit.recipe import load_recipe
-    from ddpm_kit.runs import RunFolder
 
     recipe, _ = load_recipe(sizes.recipe, registry, [*sizes.train_overrides, "train.checkpoint_every=0", *overrides])
     before = os.environ.get("ACCELERATE_USE_CPU")
@@ -396,9 +396,10 @@ def bench_processes(sizes: Sizes, device: torch.device) -> dict:
                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                    "-m", "ddpm_kit", "run", str(recipe), "--run-dir", f"{tmp}/run", *args]
             subprocess.run(cmd, check=True, capture_output=True, env=env)
-            metrics = [json.loads(line) for line in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()]
+            run = RunFolder(f"{tmp}/run")
+            metrics = run.read_metrics()
             out[f"{n}_process_steps_per_s"] = statistics.median(m["steps_per_s"] for m in metrics[1:] or metrics)
-            seen = json.loads(Path(f"{tmp}/run/summary.json").read_text())["train_processes"]["num_processes"]
+            seen = run.read_summary()["train_processes"]["num_processes"]
             if seen != n:
                 raise SystemExit(f"accelerate launch --num_processes {n} trained on {seen} process(es)")
     out["note"] = ("tiny recipe, global batch 64" + ("; on this CPU the processes share the same cores"

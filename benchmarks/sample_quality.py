@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 def main(argv: list[str] | None = None) -> dict:
     from ddpm_kit.plugins import get_registry
-    from ddpm_kit.recipe import SamplingOverride
+    from ddpm_kit.engine.sampling import SamplingOverride
     from ddpm_kit.workflow import evaluate_run
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

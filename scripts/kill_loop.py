@@ -104,7 +104,9 @@ def _cmdline(process: psutil.Process) -> list[str]:
 def max_difference(a: Path, b: Path, name: str = "model") -> float:
     from safetensors.torch import load_file
 
-    x, y = (load_file(str(r / "model" / f"{name}.safetensors")) for r in (a, b))
+    from ddpm_kit.runs import RunFolder
+
+    x, y = (load_file(str(RunFolder(r).weights_file(name == "ema"))) for r in (a, b))
     assert x.keys() == y.keys()
     return max((x[k] - y[k]).abs().max().item() for k in x)
 

@@ -17,6 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ddpm_kit.runs import RunFolder  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = (10, 20, 50, 100)
 IMAGES = 64
@@ -45,8 +48,8 @@ BOUNDS = {  # label -> (eval file stem, figure prefix) at T or K steps
 
 
 def load(run: Path, stem: str) -> dict | None:
-    path = run / "eval" / f"{stem}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    folder = RunFolder(run)
+    return folder.read_json(folder.results_file(stem)) or None
 
 
 def times(run: Path) -> dict[str, float]:
@@ -61,7 +64,7 @@ def bound(run: Path, label: str, K: int | None) -> tuple[float, float, np.ndarra
     if figures is None:
         return None
     name = prefix.format(K="" if K is None else f"_{K}")
-    terms = np.load(run / "eval" / f"{name}_bpd_terms.npy")
+    terms = RunFolder(run).read_arrays(RunFolder(run).bpd_file("bpd_terms", name))["array"]
     return figures[name], figures[f"{name}_stderr"], terms.sum(1)
 
 
@@ -80,7 +83,7 @@ def bits_table(run: Path) -> list[str]:
                      f"(trace ± {ode['bpd_ode_trace_stderr']:.3f}; {ode['bpd_ode_nfe']:.0f} function evaluations) |"
                      + " |" * len(STEPS))
     lines += ["", "Paired differences on the same images and noise (mean ± standard error of the per-image difference):", ""]
-    ode_file, base = run / "eval" / "bpd_ode.npy", bound(run, "sigma^2 = beta", None)
+    ode_file, base = RunFolder(run).eval_file("bpd_ode.npy"), bound(run, "sigma^2 = beta", None)
     if ode is not None and ode_file.is_file() and base is not None and len(np.load(ode_file)) == len(base[2]):
         diff = np.load(ode_file).mean(1) - base[2]
         lines.append(f"- the ODE minus the bound with sigma^2 = beta (same images; the ODE's own dequantization noise): "
@@ -190,7 +193,7 @@ def sample_rows(run: Path, out: Path, K: int = 20, count: int = 12) -> None:
     rows = {}
     for label, stem in {**SAMPLERS, "ancestral, 1000 steps": "fid_ancestral"}.items():
         tag = stem.format(K=K).removeprefix("fid_")
-        path = run / "samples" / f"eval_1000_{tag}.npz"
+        path = RunFolder(run).samples_file(RunFolder.metric_sample_name(1000, tag))
         if path.is_file():
             with np.load(path) as stored:
                 name = short.get(label, label).replace("optimal trajectory", "optimal")

@@ -26,7 +26,7 @@ def main(run_dir: Path, images: int = 64, rounds: int = 2) -> None:
 
     from ddpm_kit.engine import load_run_model, sample_images
     from ddpm_kit.plugins import get_registry
-    from ddpm_kit.recipe import SamplingOverride
+    from ddpm_kit.engine.sampling import SamplingOverride
     from ddpm_kit.workflow import load_run
 
     registry = get_registry()
