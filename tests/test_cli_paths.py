@@ -83,3 +83,17 @@ def test_a_sweep_keeps_finished_rows_resumes_an_interrupted_one_and_replaces_its
     assert "old table" not in block and "first" in block and "second" in block
     assert "- second minus first: " in block and "- first minus second: " in block
     assert block == (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_bad_option_of_sample_or_evaluate_is_reported_against_the_option(run_copy):
+    """A sampler parameter given on the command line is the option's error, not the run's recipe's."""
+    result = cli("sample", str(run_copy), "-n", "2", "--sampler", "ancestral", "--sampler-param", "p=1.5")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(
+        "error: --sampler ancestral --sampler-param p=1.5: sample.sampler.p: sampler 'ancestral' has no parameter 'p'")
+    assert str(run_copy) not in result.stderr
+    result = cli("evaluate", str(run_copy), "--metric", "fid", "--sampler", "ancestral", "--sampler-param",
+                 "num_timesteps=5")
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "error: --sampler ancestral --sampler-param num_timesteps=5: sample.sampler.num_timesteps: sampler "
+        "'ancestral': 'num_timesteps' is supplied by the engine, never by a recipe; remove it")

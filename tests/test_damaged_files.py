@@ -126,3 +126,30 @@ def test_damaged_feature_statistics_are_computed_again_with_the_same_figures(run
         truncate(path)
     after, _ = fid_of(run_copy)
     assert after == before
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_damaged_samples_under_evaluate_are_named_with_the_command_that_writes_them(run_copy, damage):
+    """A damaged samples/final.npz is the run's file, not the metric's fault: one line naming it and
+    the command that writes it again (exit 2), never a plugin's failure."""
+    samples = run_copy / "samples" / "final.npz"
+    DAMAGE[damage](samples)
+    result = cli("evaluate", str(run_copy), "--metric", "fid")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "plugin" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {samples}: damaged (")
+    assert line.endswith(f"; write it again with `ddpm-kit sample {run_copy} --name final`")
+    assert cli("sample", str(run_copy)).returncode == 0  # ... and that command does
+    assert cli("evaluate", str(run_copy), "--metric", "fid").returncode == 0
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_metrics_file_under_report_is_named_with_the_command_that_writes_it(run_copy, damage, tmp_path):
+    results = run_copy / "eval" / "metrics.json"
+    DAMAGE[damage](results)
+    result = cli("report", str(run_copy), "--out", str(tmp_path / "report"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith(f"error: {results}: damaged (")
+    assert result.stderr.strip().endswith(f"; write it again with `ddpm-kit evaluate {run_copy}`")
+    assert cli("evaluate", str(run_copy)).returncode == 0
+    assert cli("report", str(run_copy), "--out", str(tmp_path / "report")).returncode == 0

@@ -145,3 +145,18 @@ def test_p_mean_variance_does_not_clip_x0_hat_unless_asked(registry):
     torch.testing.assert_close(d.p_mean_variance(lambda x, tt: eps, x_t, t).pred_x0, want, rtol=1e-12, atol=0)
     clipped = d.p_mean_variance(lambda x, tt: eps, x_t, t, clip_denoised=True).pred_x0
     assert torch.equal(clipped, torch.ones_like(x_t))
+
+
+def test_an_objective_written_with_the_former_check_name_is_still_asked(registry):
+    """``Objective.validate_diffusion`` was called ``check``; a plugin's ``check(d)`` still refuses."""
+    from ddpm_kit.api import DdpmKitError, Objective
+
+    class Former(Objective):
+        def check(self, d):
+            raise DdpmKitError(f"cannot train {d.variance.name}")
+
+        def losses(self, d, model, x0, t, noise):
+            return {"loss": x0.mean((1, 2, 3))}
+
+    with pytest.raises(DdpmKitError, match="cannot train fixed_beta"):
+        Former().validate_diffusion(make_diffusion(registry, T=10))

@@ -76,6 +76,9 @@ BROKEN = [
      "backbone 'unet2d' has no parameter 'layers_per_blok' (did you mean 'layers_per_block'?)"),
     ("configuration UNet2DModel rejects", 'preset = "cpu-tiny"', 'preset = "cpu-tiny"\nblock_out_channels = [16]',
      "backbone: backbone 'unet2d': UNet2DModel rejected the configuration: Must provide the same number of `block_out_channels`"),
+    ("an engine-supplied sampler argument", "[sample]", '[sample]\nsampler = { name = "ancestral", num_timesteps = 5 }',
+     "sample.sampler.num_timesteps: sampler 'ancestral': 'num_timesteps' is supplied by the engine, never by a "
+     "recipe; remove it"),
     ("sampler that cannot sample the run", ("[sample]", 'name = "simple"', 'name = "fixed_beta"'),
      ('[sample]\nsampler = { name = "diffusers-unipc", steps = 10 }', 'name = "vlb"', 'name = "learned"'),
      "sample.sampler: sampler 'diffusers-unipc' cannot use the learned variance 'learned'"),
