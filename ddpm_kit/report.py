@@ -217,8 +217,6 @@ def write_report(runs: list[Path], out: Path, pairs: list[tuple[str, str]] = ())
     """report.md (the table) and report.html (the table, the runs compared, each run's figures).
     Each run is paired with the first run it can be paired with; each ``(b, a)`` of ``pairs`` adds
     "b minus a" (folder names)."""
-    from .plots import plot_loss_curve
-
     rows = [summarize(RunFolder.existing(r)) for r in runs]
     check_pairs(pairs, [row["run"] for row in rows])
     out.mkdir(parents=True, exist_ok=True)
@@ -229,47 +227,52 @@ def write_report(runs: list[Path], out: Path, pairs: list[tuple[str, str]] = ())
     for heading, lines in differences:
         table += f"\n{heading}\n\n" + "\n".join(lines) + "\n"
     (out / "report.md").write_text(table)
-    compared = "".join(f'<figure><img src="{f.name}"><figcaption>{html.escape(c)}</figcaption></figure>'
-                       for f, c in compare(rows, out))
-    chains = []
-    sections = []
-    for row in rows:
-        run = RunFolder(row["path"])
-        copies = out / row["run"]  # the report folder is self-contained (run folders may be elsewhere)
-        copies.mkdir(exist_ok=True)
-        shown = []
-        for figure in (run.grid_file(), run.progressive_file(), "loss", run.bpd_file("bpd_per_timestep", suffix=".png"),
-                       run.bpd_file("rate_distortion", suffix=".png")):
-            if figure == "loss":  # drawn here from metrics.jsonl; the report never writes into a run
-                if row["losses"]:
-                    steps, losses = zip(*row["losses"])
-                    plot_loss_curve(list(steps), list(losses), copies / "loss.png")
-                    shown.append(copies / "loss.png")
-            elif figure.is_file():
-                shutil.copyfile(figure, copies / figure.name)
-                shown.append(figure)
-        images = "".join(f'<figure><img src="{html.escape(row["run"])}/{f.name}"><figcaption>{f.stem}'
-                         "</figcaption></figure>" for f in shown)
-        if (copies / run.progressive_file().name).is_file():
-            chains.append(f'<figure><img src="{html.escape(row["run"])}/{run.progressive_file().name}"><figcaption>'
-                          f'{html.escape(row["run"])}</figcaption></figure>')
-        sections.append(f"<h2>{html.escape(row['run'])}</h2><p>{html.escape(row['parameterization'])} / "
-                        f"{html.escape(row['variance'])} / {html.escape(row['objective'])}, bits/dim "
-                        f"{html.escape(row['bits/dim'])}, FID {html.escape(row['FID'])}</p>{images}")
-    head = "".join(f"<th>{c}</th>" for c in COLUMNS)
+    compared = "".join(_figure(f.name, c) for f, c in compare(rows, out))
+    shown = {row["run"]: copy_figures(row, out / row["run"]) for row in rows}
+    chains = "".join(_figure(f"{row['run']}/{f.name}", row["run"]) for row in rows for f in shown[row["run"]]
+                     if f.name == RunFolder(row["path"]).progressive_file().name)
+    sections = "".join(f"<h2>{html.escape(row['run'])}</h2><p>{html.escape(row['parameterization'])} / "
+                       f"{html.escape(row['variance'])} / {html.escape(row['objective'])}, bits/dim "
+                       f"{html.escape(row['bits/dim'])}, FID {html.escape(row['FID'])}</p>"
+                       + "".join(_figure(f"{row['run']}/{f.name}", f.stem) for f in shown[row["run"]]) for row in rows)
     paired = "".join(f"<p>{html.escape(heading)}</p><ul>" + "".join(f"<li>{html.escape(line[2:])}</li>" for line in lines)
                      + "</ul>" for heading, lines in differences)
+    head = "".join(f"<th>{c}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in COLUMNS) + "</tr>" for r in rows)
-    page = (
-        "<!doctype html><meta charset='utf-8'><title>ddpm-kit report</title><style>"
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-        "padding:4px 8px}figure{display:inline-block;margin:6px;vertical-align:top}img{max-height:260px;"
-        "max-width:100%}.row{display:flex;flex-wrap:wrap}</style>"
-        f"<h1>ddpm-kit report</h1><table><tr>{head}</tr>{body}</table>"
-        + paired
-        + f"<h2>The runs compared</h2>{compared}"
-        + (f"<h3>x0-hat along the reverse chain, side by side</h3><div class='row'>{''.join(chains)}</div>"
-           if chains else "")
-        + f"{''.join(sections)}")
-    (out / "report.html").write_text(page)
+    (out / "report.html").write_text(
+        f"{PAGE_HEAD}<h1>ddpm-kit report</h1><table><tr>{head}</tr>{body}</table>{paired}"
+        f"<h2>The runs compared</h2>{compared}"
+        + (f"<h3>x0-hat along the reverse chain, side by side</h3><div class='row'>{chains}</div>" if chains else "")
+        + sections)
     return out / "report.md", out / "report.html"
+
+
+PAGE_HEAD = ("<!doctype html><meta charset='utf-8'><title>ddpm-kit report</title><style>"
+             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+             "padding:4px 8px}figure{display:inline-block;margin:6px;vertical-align:top}img{max-height:260px;"
+             "max-width:100%}.row{display:flex;flex-wrap:wrap}</style>")
+
+
+def _figure(src: str, caption: str) -> str:
+    return f'<figure><img src="{html.escape(src)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+
+
+def copy_figures(row: dict[str, Any], copies: Path) -> list[Path]:
+    """A run's own figures copied into ``copies`` (the report folder is self-contained: run folders
+    may be elsewhere), its loss curve drawn there from metrics.jsonl (the report never writes into a
+    run); the files in the order the page shows them."""
+    from .plots import plot_loss_curve
+
+    run = RunFolder(row["path"])
+    copies.mkdir(exist_ok=True)
+    shown = []
+    for figure in (run.grid_file(), run.progressive_file(), "loss", run.bpd_file("bpd_per_timestep", suffix=".png"),
+                   run.bpd_file("rate_distortion", suffix=".png")):
+        if figure == "loss":
+            if row["losses"]:
+                steps, losses = zip(*row["losses"])
+                shown.append(plot_loss_curve(list(steps), list(losses), copies / "loss.png"))
+        elif figure.is_file():
+            shutil.copyfile(figure, copies / figure.name)
+            shown.append(copies / figure.name)
+    return shown
