@@ -1,4 +1,6 @@
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -6,7 +8,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import ENV, TINY, cli  # noqa: E402
+from helpers import ENV, TINY, cli, drop_modules, install_wheels  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_PACKAGES = ROOT / "tests" / "plugin_packages"  # broken, colliding and faulty plugins, and one that works
+EXAMPLE_PACKAGES = ROOT / "examples" / "plugins"  # the five examples of docs/writing-a-plugin.md
 
 
 @pytest.fixture
@@ -47,3 +53,50 @@ def fresh_accelerate_state():
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    """A copy of the shared finished run that a test may change."""
+    return Path(shutil.copytree(finished_run[0], tmp_path / "run"))
+
+
+# -- third-party plugin packages, pip-built once ----------------------------------------------------
+@pytest.fixture(scope="session")
+def plugin_wheels(tmp_path_factory):
+    """Every package of tests/plugin_packages and examples/plugins built into a wheel by one pip call;
+    the groups below unpack theirs into folders of their own (install_wheels), so that the broken and
+    colliding test packages are never visible to the example tests, nor the examples to them."""
+    wheels = tmp_path_factory.mktemp("wheels")
+    packages = sorted(p.parent for root in (TEST_PACKAGES, EXAMPLE_PACKAGES) for p in root.glob("*/pyproject.toml"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w",
+                    str(wheels), *map(str, packages)], check=True, capture_output=True)
+    return wheels
+
+
+@pytest.fixture(scope="session")
+def test_plugin_site(plugin_wheels, tmp_path_factory):
+    """ddpm-kit-example beside a broken and a colliding package (tests/test_plugins.py)."""
+    return install_wheels(plugin_wheels, ["ddpm-kit-example", "ddpm-kit-broken", "ddpm-kit-collide"],
+                          tmp_path_factory.mktemp("test-plugins") / "site")
+
+
+@pytest.fixture(scope="session")
+def example_plugin_site(plugin_wheels, tmp_path_factory):
+    """The five example packages of examples/plugins (tests/test_example_plugins.py)."""
+    return install_wheels(plugin_wheels, sorted(p.parent.name for p in EXAMPLE_PACKAGES.glob("*/pyproject.toml")),
+                          tmp_path_factory.mktemp("example-plugins") / "site")
+
+
+@pytest.fixture(scope="session")
+def faulty_plugin_site(plugin_wheels, tmp_path_factory):
+    """ddpm-kit-faulty alone: plugins that break the contracts (samplers, metrics)."""
+    return install_wheels(plugin_wheels, ["ddpm-kit-faulty"], tmp_path_factory.mktemp("faulty-plugins") / "site")
+
+
+@pytest.fixture
+def faulty(faulty_plugin_site, monkeypatch):
+    """ddpm-kit-faulty visible to this process's entry-point scan (in-process CLI calls)."""
+    monkeypatch.syspath_prepend(str(faulty_plugin_site))
+    yield
+    drop_modules("ddpm_kit_faulty")

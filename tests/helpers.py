@@ -22,9 +22,26 @@ def make_diffusion(registry, schedule="linear", parameterization="eps", variance
     )
 
 
-def ddpm_kit(*args, **kw):
-    """Run the CLI in a subprocess, as a user would."""
-    return subprocess.run([sys.executable, "-m", "ddpm_kit", *args], capture_output=True, text=True, env=ENV, **kw)
+def ddpm_kit(*args, site=None, **kw):
+    """Run the CLI in a subprocess, as a user would; ``site``, a folder of installed packages
+    (install_wheels), goes on its PYTHONPATH."""
+    env = ENV if site is None else {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), ENV.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "ddpm_kit", *args], capture_output=True, text=True, env=env, **kw)
+
+
+def install_wheels(wheels, distributions, target):
+    """Unpack the wheels of ``distributions`` (e.g. "ddpm-kit-example") from the folder ``wheels``
+    into the fresh folder ``target``, as ``pip install --target`` lays them out (a wheel is a zip
+    of the package and its .dist-info, entry points included); ``target`` is returned."""
+    import zipfile
+
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=False)
+    for name in distributions:
+        (wheel,) = Path(wheels).glob(f"{name.replace('-', '_')}-*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(target)
+    return target
 
 
 def cli(*args, threads=None):
@@ -53,6 +70,13 @@ def cli(*args, threads=None):
             torch.set_num_threads(before)
             AcceleratorState._reset_state(reset_partial_state=True)
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def drop_modules(*prefixes):
+    """Forget the imported modules of plugin packages whose folder leaves sys.path (so a later
+    registry does not find them imported)."""
+    for name in [m for m in sys.modules if m.startswith(prefixes)]:
+        del sys.modules[name]
 
 
 def weights(run, name="model"):

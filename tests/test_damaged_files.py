@@ -35,11 +35,6 @@ DAMAGE = {"truncated": truncate, "garbage": garbage, "64 bytes overwritten": pok
 
 
 @pytest.fixture
-def run_copy(finished_run, tmp_path):
-    return Path(shutil.copytree(finished_run[0], tmp_path / "run"))
-
-
-@pytest.fixture
 def private_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("DDPM_KIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("DDPM_KIT_DATA_STORE", raising=False)

@@ -1,6 +1,7 @@
 """Several processes as one: every image and every bits/dim figure a function of (seed, index),
 training, sampling and evaluation on 2 CPU processes (torchrun, the documented command) equal
-to one process. Every multi-process test first asserts that it saw 2 processes."""
+to one process. Every multi-process test first asserts that it saw 2 processes; the one-process
+runs they are held against run in this process (helpers.cli, one thread as the launched ones)."""
 
 import json
 import shutil
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import oracle
-from helpers import ENV, TINY, assert_same_weights, cli, ddpm_kit, make_diffusion, weights
+from helpers import ENV, TINY, assert_same_weights, cli, make_diffusion, weights
 from ddpm_kit.engine import build_components, sample_images
 from ddpm_kit.engine.dropout import GlobalBatchDropout, use_global_batch_dropout
 from ddpm_kit.noise import ImageNoise
@@ -96,7 +97,7 @@ def test_two_processes_with_half_batches_train_like_one_process_with_dropout(tmp
     args = ["--set", "train.steps=3", "--set", "train.batch_size=8", "--set", "backbone.dropout=0.3",
             "--no-sample", "--no-eval"]
     one, two = tmp_path / "one", tmp_path / "two"
-    assert ddpm_kit("run", str(TINY), "--run-dir", str(one), *args).returncode == 0
+    assert cli("run", str(TINY), "--run-dir", str(one), *args, threads=1).returncode == 0  # in this process
     result = torchrun("run", str(TINY), "--run-dir", str(two), *args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_two_processes(two, "train")
@@ -118,7 +119,7 @@ def test_a_conditional_run_on_two_processes_trains_and_samples_like_one_process(
                       + "\n[conditioning]\nnum_classes = 10\nlabel_dropout = 0.3\n")
     args = ["--set", "train.steps=3", "--set", "train.batch_size=8", "--no-eval"]
     one, two = tmp_path / "one", tmp_path / "two"
-    result = ddpm_kit("run", str(recipe), "--run-dir", str(one), *args)
+    result = cli("run", str(recipe), "--run-dir", str(one), *args, threads=1)  # in this process
     assert result.returncode == 0, result.stderr
     result = torchrun("run", str(recipe), "--run-dir", str(two), *args)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,13 +1,14 @@
-"""End to end: train -> sample -> evaluate from a recipe; kill and resume (several processes: test_distributed.py)."""
+"""End to end: train -> sample -> evaluate from a recipe; kill and resume (several processes:
+test_distributed.py; reports of finished runs: test_report.py)."""
 
 import json
 import signal
 import subprocess
 import sys
 import time
+from functools import partial
 
 import numpy as np
-from pathlib import Path
 import pytest
 import torch
 
@@ -35,20 +36,6 @@ def test_run_writes_the_documented_run_folder(finished_run):
     assert "bpd:" in result.stdout and "trained 8 steps" in result.stdout
     for rel in ("eval/bpd_per_timestep.png", "eval/rate_distortion.png", "samples/final_progressive.png"):
         assert (run / rel).is_file(), rel
-
-
-def test_report_tabulates_runs_and_links_their_pictures(finished_run, tmp_path):
-    run, _ = finished_run
-    result = cli("report", str(run), "--out", str(tmp_path / "report"))
-    assert result.returncode == 0, result.stderr
-    table = (tmp_path / "report" / "report.md").read_text().splitlines()
-    assert table[0].startswith("| run | parameterization | variance | objective | steps |")
-    metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    assert "| run | eps | fixed_beta | simple | 8 |" in table[2]
-    assert f"{metrics['bpd']:.3f} ± {metrics['bpd_stderr']:.3f}" in table[2]
-    page = (tmp_path / "report" / "report.html").read_text()
-    for picture in ("final.png", "final_progressive.png", "bpd_per_timestep.png", "rate_distortion.png", "loss.png"):
-        assert picture in page
 
 
 def test_a_run_builds_its_backbone_and_dataset_once(tmp_path, monkeypatch):
@@ -129,11 +116,11 @@ def test_compiled_training_equals_the_plain_run(tmp_path):
     """train.compile (accelerate's inductor backend) changes kernels, not results, and the saved
     weights keep the plain module's names."""
     runs = {}
-    for compile_ in ("false", "true"):
+    for compile_, run_cli in (("false", partial(cli, threads=1)), ("true", ddpm_kit)):  # compiled: its own process
         runs[compile_] = tmp_path / compile_
-        result = ddpm_kit("run", str(TINY), "--run-dir", str(runs[compile_]), "--set", "train.steps=1",
-                          "--set", "train.log_every=1", "--set", f"train.compile={compile_}",
-                          "--set", "backbone.add_attention=false", "--no-sample", "--no-eval")  # a shorter graph
+        result = run_cli("run", str(TINY), "--run-dir", str(runs[compile_]), "--set", "train.steps=1",
+                         "--set", "train.log_every=1", "--set", f"train.compile={compile_}",
+                         "--set", "backbone.add_attention=false", "--no-sample", "--no-eval")  # a shorter graph
         assert result.returncode == 0, result.stderr
     plain, compiled = (json.loads((r / "metrics.jsonl").read_text()) for r in runs.values())  # the one logged step
     paths = {k: json.loads((r / "summary.json").read_text())["train_paths"] for k, r in runs.items()}
@@ -287,128 +274,3 @@ def test_ema_warmup_starts_from_a_low_decay(tmp_path, warmup, decay):
         torch.testing.assert_close(ema[name], decay * first[name] + (1 - decay) * value, rtol=0, atol=1e-6, msg=name)
         moved += int((first[name] - value).abs().max() > 1e-5)
     assert moved > 10  # the second step changed the weights, so the two decays give different EMAs
-
-
-def test_report_pairs_each_run_with_the_first_run_on_the_same_test_noise(finished_run, tmp_path):
-    """Runs of another seed bound other noise: they form their own group, paired with its first run,
-    never with a run of the first seed. A pair asked for (--pair B:A) adds B minus A when the two
-    can be paired, says why not when they cannot, and never repeats a baseline line."""
-    import shutil
-    import tomllib
-
-    import tomli_w
-
-    from ddpm_kit.report import paired_bpd
-
-    alpha = np.load(finished_run[0] / "eval" / "bpd_terms.npy")
-    rows = []
-    for name, seed, scale in (("a", 0, 1.0), ("b", 0, 1.5), ("c", 7, 2.0), ("d", 7, 2.5), ("e", 0, 3.0)):
-        run = Path(shutil.copytree(finished_run[0], tmp_path / name))
-        recipe = tomllib.loads((run / "recipe.toml").read_text())
-        recipe["run"]["seed"] = seed
-        (run / "recipe.toml").write_text(tomli_w.dumps(recipe))
-        np.save(run / "eval" / "bpd_terms.npy", alpha * scale)
-        rows.append({"run": name, "path": run})
-    total = alpha.sum(1)
-    def scaled(k):
-        return f"{k * total.mean():+.4f} ± {abs(k) * total.std(ddof=1) / np.sqrt(len(total)):.4f} bits/dim"
-
-    half = scaled(0.5)
-    default = [f"- b minus a: {half} ({len(total)} images, paired)", f"- d minus c: {half} ({len(total)} images, "
-               f"paired)", f"- e minus a: {scaled(2.0)} ({len(total)} images, paired)"]
-    assert paired_bpd(rows) == default
-    (tmp_path / "e" / "eval" / "bpd_terms.npy").rename(tmp_path / "e" / "eval" / "kept.npy")
-    without_e = paired_bpd(rows, [("e", "a")])
-    (tmp_path / "e" / "eval" / "kept.npy").rename(tmp_path / "e" / "eval" / "bpd_terms.npy")
-    assert without_e == default[:2] + ["- e minus a: e has no eval/bpd_terms.npy"]
-    # pairable (asked twice); a baseline line already; another seed; a baseline line reversed
-    asked = [("e", "b"), ("e", "b"), ("d", "c"), ("b", "d"), ("a", "b")]
-    assert paired_bpd(rows, asked) == default + [
-        f"- e minus b: {scaled(1.5)} ({len(total)} images, paired)",
-        "- b minus d: not paired: other test images, noise (the run's seed) or number of images",
-        f"- a minus b: {scaled(-0.5)} ({len(total)} images, paired)"]
-    result = cli("report", *(str(r["path"]) for r in rows), "--out", str(tmp_path / "report"), "--pair", "e:f")
-    assert result.returncode != 0 and "--pair e:f: no run named 'f'; the runs are a, b, c, d, e" in result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "report").exists()
-
-
-@pytest.mark.parametrize("value", ["ab", "a:", ":b", "a:a", "a:b:c"])
-def test_a_pair_is_two_different_run_names(value):
-    import click
-
-    from ddpm_kit.cli import RunPair
-
-    assert RunPair().convert("mu_mse:mu_vlb", None, None) == ("mu_mse", "mu_vlb")
-    with pytest.raises(click.BadParameter, match="is not two different run names B:A"):
-        RunPair().convert(value, None, None)
-
-
-def test_report_compares_runs_on_shared_figures_and_is_self_contained(finished_run, tmp_path, monkeypatch):
-    """Two runs: bits per timestep, rate-distortion and loss overlaid (each figure draws both runs'
-    data), a row of samples per run, the progressive chains side by side; every image the page
-    shows is a file in the report folder (copied: the page still works when the runs move)."""
-    import re
-    import shutil
-    from html import escape as html_escape
-
-    from PIL import Image
-
-    from ddpm_kit import plots
-
-    from ddpm_kit.features import FeatureStats, frechet_distance
-
-    runs = [Path(shutil.copytree(finished_run[0], tmp_path / name)) for name in ("alpha", "beta")]
-    np.save(runs[1] / "eval" / "bpd_terms.npy", np.load(runs[1] / "eval" / "bpd_terms.npy") * 1.1)
-    kept = runs[1] / "eval" / "fid_features_8.npz"  # beta's samples: alpha's moved, all confident
-    with np.load(kept) as arrays:
-        features = dict(arrays)
-    shift = features["features"].mean(0) - features["reference_mu"]  # away from the test split's mean
-    features["features"] = features["features"] + shift
-    alpha_confident = features["confident"].astype(float)
-    features["confident"] = np.ones_like(features["confident"])
-    np.savez(kept, **features)
-    drawn = {}
-    for name in ("plot_bpd_terms", "plot_rate_distortion", "plot_loss_curve", "plot_sample_rows"):
-        def spy(first, *args, _name=name, _real=getattr(plots, name)):
-            if isinstance(first, dict):
-                drawn[_name] = sorted(first)
-            return _real(first, *args)
-        monkeypatch.setattr(plots, name, spy)
-    out = tmp_path / "report"
-    # beta:alpha is the baseline line anyway; alpha:beta is asked for
-    result = cli("report", *map(str, runs), "--out", str(out), "--pair", "beta:alpha", "--pair", "alpha:beta")
-    assert result.returncode == 0, result.stderr
-    assert (out / "report.md").read_text().count("beta minus alpha: FID") == 1
-    assert drawn == {name: ["alpha", "beta"] for name in drawn} and len(drawn) == 4
-    page = (out / "report.html").read_text()
-    shown = re.findall(r'<img src="([^"]+)"', page)
-    assert {"compare_bpd_per_timestep.png", "compare_rate_distortion.png", "compare_loss.png",
-            "compare_samples.png", "alpha/final_progressive.png", "beta/final_progressive.png"} <= set(shown)
-    assert all((out / src).is_file() for src in shown)
-    shutil.rmtree(runs[0]), shutil.rmtree(runs[1])  # the report does not need the runs any more
-    assert all((out / src).is_file() for src in shown)
-    two = Image.open(out / "compare_samples.png").size
-    alpha = np.load(finished_run[0] / "eval" / "bpd_terms.npy").sum(1)  # beta's terms are 1.1 x alpha's
-    want = f"beta minus alpha: {0.1 * alpha.mean():+.4f} ± {0.1 * alpha.std(ddof=1) / np.sqrt(len(alpha)):.4f} bits/dim"
-    assert want in (out / "report.md").read_text() and html_escape(want) in page
-    alpha_fid = json.loads((finished_run[0] / "eval" / "metrics.json").read_text())["fid"]
-    reference = FeatureStats(features["reference_mu"], features["reference_sigma"], int(features["reference_n"]))
-    moved = frechet_distance(reference, features["features"]) - alpha_fid
-    confident = 1 - alpha_confident
-    want = (f"beta minus alpha: FID {moved:+.2f} ± ")
-    line = next(line for line in (out / "report.md").read_text().splitlines() if want in line)
-    assert line.endswith(f"confident {confident.mean():+.3f} ± {confident.std(ddof=1) / np.sqrt(8):.3f} "
-                         "(8 samples, paired)"), line
-    assert html_escape(line[2:]) in page and moved > 0
-    assert f"- alpha minus beta: FID {-moved:+.2f} ± " in (out / "report.md").read_text()
-    # Shifted rows keep their covariance, so each bootstrap round's difference is 2 shift . (its mean -
-    # reference mean) + |shift|^2: a standard error of 2 sqrt(shift' S shift / n), S the rows' covariance
-    # (ddof 0, as resampling with replacement has it); 100 rounds estimate it to ~7%.
-    rows = features["features"]
-    expected = 2 * np.sqrt(shift @ np.cov(rows, rowvar=False, ddof=0) @ shift / len(rows))
-    assert float(line.split("± ")[1].split(",")[0]) == pytest.approx(expected, rel=0.3)
-    header = (out / "report.md").read_text().splitlines()[0].split(" | ")
-    cells = dict(zip(header, (out / "report.md").read_text().splitlines()[2].split(" | ")))
-    assert cells["sample time"].endswith("s") and " ± " in cells["FID"] and " ± " in cells["confident (real)"]
-    result = cli("report", str(finished_run[0]), "--out", str(tmp_path / "one"))
-    assert Image.open(tmp_path / "one" / "compare_samples.png").size[1] < two[1]  # one row per run

@@ -1,11 +1,10 @@
 """The example plugin packages of examples/plugins/: one per kind a user is likely to add (a schedule,
-a sampler, an objective, a metric, a backbone), pip-installed as a user would, written against
+a sampler, an objective, a metric, a backbone), pip-built as a user would, written against
 ``ddpm_kit.api`` only, all five swapped into one run, and each held against closed forms."""
 
 import ast
 import json
 import math
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 import torch
 
 import oracle
-from helpers import ENV, TINY, cli, make_diffusion
+from helpers import TINY, cli, drop_modules, make_diffusion
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "plugins"
 # entry-point (plugin) name -> (kind, component name)
@@ -25,23 +24,16 @@ ALLOWED_THIRD_PARTY = {"torch", "numpy", "click"}
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    """All five example packages pip-installed, in one pip call, into a private target folder."""
-    target = tmp_path_factory.mktemp("examples-site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), *(str(EXAMPLES / f"ddpm-kit-{name}") for name in COMPONENTS)],
-                   check=True, capture_output=True)
-    return target
-
-
-@pytest.fixture(scope="module")
-def examples(site):
-    """A registry with the installed examples (the folder is on sys.path for this module only)."""
+def examples(example_plugin_site):
+    """A registry with the installed examples (conftest.py's ``example_plugin_site``: the five packages
+    pip-built and unpacked into a private folder, on sys.path for this module only, so in-process CLI
+    calls see them too)."""
     from ddpm_kit.api import get_registry
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(site))
+        patch.syspath_prepend(str(example_plugin_site))
         yield get_registry()
+    drop_modules(*(f"ddpm_kit_{name}" for name in COMPONENTS))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,10 +43,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def env_with(site):
-    return {**ENV, "PYTHONPATH": str(site)}
 
 
 # -- (a) packaging: real packages, public API only -----------------------------------------------
@@ -89,9 +77,8 @@ def test_each_example_is_a_package_that_imports_only_the_public_api(plugin):
 
 # -- (b) the registry lists them -----------------------------------------------------------------
 
-def test_plugins_json_lists_every_example_component_as_ok(site):
-    result = subprocess.run([sys.executable, "-m", "ddpm_kit", "plugins", "--json"], capture_output=True, text=True,
-                            env=env_with(site))
+def test_plugins_json_lists_every_example_component_as_ok(examples):
+    result = cli("plugins", "--json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     for plugin, (kind, name) in COMPONENTS.items():
@@ -113,15 +100,13 @@ def test_details_show_the_parameters_and_the_engine_supplied_arguments(examples)
 # -- (c) all five in one run ---------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_a_run_with_all_five_examples_trains_samples_and_evaluates(site, tmp_path):
+def test_a_run_with_all_five_examples_trains_samples_and_evaluates(examples, tmp_path):
     run = tmp_path / "run"
     overrides = ['diffusion.schedule={name="sigmoid", T=50}', 'backbone={name="tinyconv", channels=16}',
                  'objective={name="huber", delta=0.5}', 'sample.sampler={name="heun", steps=5}',
                  'eval.metrics=[{name="pixelstats", num_samples=8}, '
                  '{name="bpd", limit=8, batch_size=8, timesteps_per_batch=10}]']
-    result = subprocess.run([sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(run),
-                             *[a for o in overrides for a in ("--set", o)]],
-                            capture_output=True, text=True, env=env_with(site))
+    result = cli("run", str(TINY), "--run-dir", str(run), *[a for o in overrides for a in ("--set", o)])
     assert result.returncode == 0, result.stderr
     assert "callback contract" not in result.stderr  # heun's i counts down 4..0
     recipe = tomllib.loads((run / "recipe.toml").read_text())

@@ -1,4 +1,5 @@
-"""The analytic Gaussian oracle (BRIEF.md): sampling and the bound against closed forms."""
+"""The analytic Gaussian oracle (BRIEF.md): its closed forms against the brief's figures, and the bound
+(calc_bpd_loop) against them. (Sampling against the oracle: tests/test_samplers.py.)"""
 
 import math
 
@@ -8,10 +9,7 @@ import torch
 
 import oracle
 from helpers import make_diffusion, test_seed
-from ddpm_kit.builtins.samplers import sample_ancestral
-
-BRIEF_STD = {"fixed_beta_tilde": 0.19630, "fixed_beta": 0.20093}
-BRIEF_BOUND = {"fixed_beta_tilde": 7.457, "fixed_beta": 6.844}
+from oracle import BRIEF_BOUND, BRIEF_STD
 
 
 @pytest.mark.parametrize("variance", ["fixed_beta_tilde", "fixed_beta"])
@@ -24,40 +22,6 @@ def test_closed_forms_reproduce_the_brief(variance):
     assert bound["total"] == pytest.approx(BRIEF_BOUND[variance], abs=2e-3)
     assert bound["L0"] == pytest.approx(2.51, abs=5e-3)
     assert oracle.entropy_bpd() == pytest.approx(6.720, abs=1e-3)
-
-
-def ancestral_samples(registry, param, variance, seed):
-    d = make_diffusion(registry, parameterization=param, variance=variance)
-    model = oracle.EpsOracle(oracle.linear_betas(), param)
-    x_T = torch.randn(64, 1, 32, 32, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return sample_ancestral(d, model, x_T, generator=torch.Generator().manual_seed(seed + 1), clip_denoised=False)
-
-
-N_PIXELS = 64 * 32 * 32
-
-
-@pytest.mark.statistical
-@pytest.mark.parametrize("param", ["eps", "x0", "mu"])
-@pytest.mark.parametrize("variance", ["fixed_beta_tilde", "fixed_beta"])
-def test_ancestral_sampling_hits_the_closed_form_moments(registry, param, variance):
-    """Mean and std of 65,536 sampled pixels against the closed forms, each within 4 Monte-Carlo
-    standard errors (s / sqrt(n) = 0.00078 and s / sqrt(2n) = 0.00055): a correct sampler fails one
-    of the two with probability 1.3e-4 for a random seed."""
-    x = ancestral_samples(registry, param, variance, test_seed(11))
-    mean, std = oracle.sampled_moments(oracle.linear_betas(), variance)
-    assert x.mean().item() == pytest.approx(mean, abs=4 * std / math.sqrt(N_PIXELS))
-    assert x.std().item() == pytest.approx(std, abs=4 * std / math.sqrt(2 * N_PIXELS))
-
-
-@pytest.mark.statistical
-def test_sampling_distinguishes_the_two_variances(registry):
-    """On the same noise, sigma^2 = beta ends 0.00463 wider than beta-tilde (the brief's 0.20093 vs
-    0.19630). The two stds are positively correlated, so their difference has a standard error
-    below sqrt(2) x 0.00055; 4 of those (0.0031) is less than the gap, so a swap (-0.00463) fails."""
-    seed = test_seed(11)
-    wide, narrow = (ancestral_samples(registry, "eps", v, seed).std().item() for v in ("fixed_beta", "fixed_beta_tilde"))
-    gap = BRIEF_STD["fixed_beta"] - BRIEF_STD["fixed_beta_tilde"]
-    assert wide - narrow == pytest.approx(gap, abs=4 * math.sqrt(2) * BRIEF_STD["fixed_beta"] / math.sqrt(2 * N_PIXELS))
 
 
 @pytest.mark.parametrize("param,variance", [("eps", "fixed_beta_tilde"), ("eps", "fixed_beta"),

@@ -1,41 +1,22 @@
-"""Plugin loading: built-ins, pip-installed third-party packages, broken and colliding plugins."""
+"""Plugin loading: built-ins, pip-installed third-party packages, broken and colliding plugins.
+The test packages (tests/plugin_packages: example, broken, collide) are pip-built and unpacked into
+a private folder (conftest.py's ``test_plugin_site``); one test runs the real ``python -m ddpm_kit``
+with it on PYTHONPATH, the others call the CLI in this process with it on sys.path."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from ddpm_kit.errors import DdpmKitError
-from helpers import TINY
-
-PACKAGES = Path(__file__).parent / "plugin_packages"
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    """pip-install the three test plugin packages into a private target folder."""
-    target = tmp_path_factory.mktemp("site")
-    for name in ("ddpm-kit-example", "ddpm-kit-broken", "ddpm-kit-collide"):
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                        "--target", str(target), str(PACKAGES / name)], check=True, capture_output=True)
-    return target
+from helpers import TINY, cli, ddpm_kit, drop_modules
 
 
 @pytest.fixture
-def installed(site, monkeypatch):
+def installed(test_plugin_site, monkeypatch):
     """The test packages visible to this process's entry-point scan (in-process CLI calls)."""
-    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.syspath_prepend(str(test_plugin_site))
     yield
-    for name in [m for m in sys.modules if m.startswith(("ddpm_kit_example", "ddpm_kit_collide"))]:
-        del sys.modules[name]
-
-
-def ddpm_kit(site, *args):
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    return subprocess.run([sys.executable, "-m", "ddpm_kit", *args], capture_output=True, text=True, env=env)
+    drop_modules("ddpm_kit_example", "ddpm_kit_collide", "ddpm_kit_broken")
 
 
 def test_builtins_cover_the_paper(registry):
@@ -58,8 +39,8 @@ def test_unknown_parameter_is_named(registry):
         registry.build("schedule", "linear", {"beta_strat": 0.1})
 
 
-def test_plugins_listing_shows_third_party_broken_and_colliding_honestly(site):
-    result = ddpm_kit(site, "plugins", "--json")
+def test_plugins_listing_shows_third_party_broken_and_colliding_honestly(installed):
+    result = cli("plugins", "--json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     by = {(r["kind"], r["name"], r["plugin"]): r for r in rows}
@@ -84,14 +65,12 @@ def test_plugins_listing_shows_third_party_broken_and_colliding_honestly(site):
     raising = [r for r in rows if r["plugin"] == "raising"]
     assert len(raising) == 1 and "broken (registration): RuntimeError: cannot register today" in raising[0]["status"]
     # the table form shows the same
-    table = ddpm_kit(site, "plugins").stdout
+    table = cli("plugins").stdout
     assert "ddpm-kit-example" in table and "broken (import)" in table and "conflict" in table
 
 
 def test_third_party_command_and_component_work_beside_broken_ones(installed):
     from ddpm_kit.plugins import get_registry
-    from helpers import cli
-
     assert cli("hello").stdout.strip() == "hello from ddpm-kit-example"
     r = get_registry()
     assert r.build("schedule", "example:sigmoid", {"T": 10}).num_timesteps == 10
@@ -109,8 +88,6 @@ def test_installing_a_plugin_never_changes_what_a_recipe_means(installed, tmp_pa
     is reached as 'collide:linear'. A name two third-party plugins offer is an error only for a
     recipe that uses it, and the error names both and how to pick one."""
     from ddpm_kit.plugins import get_registry
-    from helpers import cli
-
     assert cli("recipe", "check", str(TINY)).returncode == 0
     registry = get_registry()
     assert registry.build("schedule", "linear", {"T": 2}).betas.tolist() == [0.0001, 0.02]
@@ -124,8 +101,6 @@ def test_installing_a_plugin_never_changes_what_a_recipe_means(installed, tmp_pa
 
 
 def test_an_unknown_name_mentions_the_plugins_that_failed_to_load(installed):
-    from helpers import cli
-
     result = cli("recipe", "check", str(TINY), "--set", 'diffusion.schedule.name="never"')
     assert result.returncode == 2
     line = result.stderr.strip()
@@ -137,8 +112,6 @@ def test_an_unknown_name_mentions_the_plugins_that_failed_to_load(installed):
 def test_plugin_parameters_are_typed_strictly_and_listed_with_their_defaults(registry):
     """TOML's "10" is not an int nor "yes" a bool (an int is still a float); ``plugins --details``
     lists each parameter's type and default, and the factory docstring's first line."""
-    from helpers import cli
-
     for params, message in (({"T": "10"}, "parameter 'T': Input should be a valid integer (got '10')"),
                             ({"T": 10.0}, "parameter 'T': Input should be a valid integer (got 10.0)")):
         with pytest.raises(DdpmKitError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -154,8 +127,11 @@ def test_plugin_parameters_are_typed_strictly_and_listed_with_their_defaults(reg
     assert "  path: str (required)\n  test_fraction: float (default 0.1)\n  seed: int (default 0)" in text
 
 
-def test_strict_plugins_makes_a_broken_plugin_fatal_in_one_line(site):
-    result = ddpm_kit(site, "--strict-plugins", "plugins")
+@pytest.mark.slow
+def test_strict_plugins_makes_a_broken_plugin_fatal_in_one_line(test_plugin_site):
+    """The real console entry (``python -m ddpm_kit``, its own interpreter) with pip-installed
+    third-party plugins on its path: a broken one is fatal in one line, never a traceback."""
+    result = ddpm_kit("--strict-plugins", "plugins", site=test_plugin_site)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "ddpm-kit-broken 0.0.1" in lines[0] and "Traceback" not in result.stderr

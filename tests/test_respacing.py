@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ddpm_kit.api import DdpmKitError, on_original_timesteps, respace, sample_ancestral, spaced_timesteps
+from helpers import make_diffusion
 from oracle import M, S, EpsOracle, linear_betas
 
 
@@ -17,17 +18,9 @@ def test_spaced_timesteps_are_even_and_keep_both_ends():
 
 
 def test_the_respaced_chain_keeps_alpha_bar_at_the_kept_steps(registry):
-    d = diffusion_for(registry, "eps")
+    d = make_diffusion(registry, variance="fixed_beta_tilde")
     short, timestep_map = respace(d, 50)
     assert torch.allclose(short.alphas_cumprod, d.alphas_cumprod[timestep_map], rtol=1e-12)
-
-
-def diffusion_for(registry, param: str):
-    from ddpm_kit.diffusion import GaussianDiffusion
-
-    return GaussianDiffusion(registry.build("schedule", "linear", {"T": 1000}),
-                             registry.build("parameterization", param), registry.build("variance", "fixed_beta_tilde"),
-                             registry.build("decoder", "discretized_gaussian"))
 
 
 @pytest.mark.parametrize("steps", [10, 50])
@@ -38,7 +31,7 @@ def test_every_parameterization_of_the_same_oracle_samples_alike_on_a_respaced_c
     x_T = torch.randn(256, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     samples = {}
     for param in ("eps", "x0", "mu"):
-        d = diffusion_for(registry, param)
+        d = make_diffusion(registry, parameterization=param, variance="fixed_beta_tilde")
         short, timestep_map = respace(d, steps)
         model = on_original_timesteps(EpsOracle(linear_betas(), param), timestep_map)
         samples[param] = sample_ancestral(short, model, x_T, generator=torch.Generator().manual_seed(1),

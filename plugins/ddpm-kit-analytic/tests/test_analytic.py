@@ -9,7 +9,8 @@ import torch
 
 from ddpm_kit.api import get_registry, on_original_timesteps, sample_ancestral, spaced_timesteps
 from ddpm_kit_analytic import analytic_diffusion, estimate_gamma, trajectory_variances
-from oracle import M, S, EpsOracle, linear_betas  # tests/oracle.py (conftest.py puts tests/ on the path)
+from helpers import make_diffusion  # tests/helpers.py and tests/oracle.py (conftest.py puts tests/ on the path)
+from oracle import M, S, EpsOracle, linear_betas
 
 T = 1000
 AB = np.cumprod(1 - linear_betas(T))
@@ -29,11 +30,7 @@ def exact_conditional_variance(t: int, prev: int | None) -> float:
 
 
 def diffusion(param: str = "eps", variance: str = "fixed_beta"):
-    from ddpm_kit.api import GaussianDiffusion
-
-    r = get_registry(entry_points=False)
-    return GaussianDiffusion(r.build("schedule", "linear", {"T": T}), r.build("parameterization", param),
-                             r.build("variance", variance), r.build("decoder", "discretized_gaussian"))
+    return make_diffusion(get_registry(entry_points=False), parameterization=param, variance=variance, T=T)
 
 
 @pytest.mark.parametrize("param", ["eps", "mu"])

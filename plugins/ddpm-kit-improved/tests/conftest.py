@@ -1,3 +1,4 @@
+import functools
 import sys
 from pathlib import Path
 
@@ -18,11 +19,8 @@ def registry():
 
 @pytest.fixture
 def diffusion(registry):
-    from ddpm_kit.diffusion import GaussianDiffusion
+    """make_diffusion (tests/helpers.py) on the registry with this plugin: diffusion(schedule=...,
+    parameterization=..., variance=..., T=...)."""
+    from helpers import make_diffusion
 
-    def build(schedule="linear", parameterization="eps", variance="fixed_beta", T=1000):
-        return GaussianDiffusion(registry.build("schedule", schedule, {"T": T}),
-                                 registry.build("parameterization", parameterization),
-                                 registry.build("variance", variance), registry.build("decoder", "discretized_gaussian"))
-
-    return build
+    return functools.partial(make_diffusion, registry)

@@ -12,7 +12,7 @@ from scipy.interpolate import CubicSpline
 
 from ddpm_kit.api import get_registry
 from ddpm_kit_likelihood import bits_per_dim, dequantize, ode_log_likelihood
-from helpers import test_seed
+from helpers import make_diffusion, test_seed
 from oracle import M, S, linear_betas  # tests/oracle.py (conftest.py puts tests/ on the path)
 
 T = 1000
@@ -35,11 +35,7 @@ class ContinuousOracle(torch.nn.Module):
 
 
 def diffusion(param: str = "eps"):
-    from ddpm_kit.api import GaussianDiffusion
-
-    r = get_registry(entry_points=False)
-    return GaussianDiffusion(r.build("schedule", "linear", {"T": T}), r.build("parameterization", param),
-                             r.build("variance", "fixed_beta"), r.build("decoder", "discretized_gaussian"))
+    return make_diffusion(get_registry(entry_points=False), parameterization=param, T=T)
 
 
 def closed_form_log_p(x: torch.Tensor) -> np.ndarray:

@@ -1,17 +1,70 @@
-"""diffusers' schedulers as sampler plugins, held against the analytic Gaussian oracle (exact eps*),
-the brief's closed-form ancestral figure, and diffusers' own DDIMPipeline on the same noise."""
+"""Samplers held against outside numbers: ancestral sampling against the analytic Gaussian oracle's
+closed-form moments (BRIEF.md); diffusers' schedulers as sampler plugins against the oracle (exact
+eps*), the brief's closed-form ancestral figure and diffusers' own DDIMPipeline on the same noise;
+and the sampler callback contract as the engine reads it (a sampler that never calls back, one that
+reports timesteps, one that raises: tests/plugin_packages/ddpm-kit-faulty), down to the
+progressive grid."""
 
+import functools
 import math
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import oracle
 from helpers import TINY, cli, make_diffusion, test_seed
 from ddpm_kit.builtins.diffusers_samplers import NAMES, VARIANTS
+from ddpm_kit.builtins.samplers import sample_ancestral
 from ddpm_kit.errors import DdpmKitError
+
+
+# -- ancestral sampling against the closed forms -------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def ancestral_samples(param, variance, seed):
+    """64 images of 32x32 pixels by ancestral sampling from the oracle. The draw is a function of its
+    arguments alone (seeded generators), so the tests that ask for the same one share it."""
+    from ddpm_kit.plugins import get_registry
+
+    d = make_diffusion(get_registry(entry_points=False), parameterization=param, variance=variance)
+    model = oracle.EpsOracle(oracle.linear_betas(), param)
+    x_T = torch.randn(64, 1, 32, 32, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return sample_ancestral(d, model, x_T, generator=torch.Generator().manual_seed(seed + 1), clip_denoised=False)
+
+
+N_PIXELS = 64 * 32 * 32
+
+
+@pytest.mark.statistical
+@pytest.mark.parametrize("param", ["eps", "x0", "mu"])
+@pytest.mark.parametrize("variance", ["fixed_beta_tilde", "fixed_beta"])
+def test_ancestral_sampling_hits_the_closed_form_moments(param, variance):
+    """Mean and std of 65,536 sampled pixels against the closed forms, each within 4 Monte-Carlo
+    standard errors (s / sqrt(n) = 0.00078 and s / sqrt(2n) = 0.00055): a correct sampler fails one
+    of the two with probability 1.3e-4 for a random seed."""
+    x = ancestral_samples(param, variance, test_seed(11))
+    mean, std = oracle.sampled_moments(oracle.linear_betas(), variance)
+    assert x.mean().item() == pytest.approx(mean, abs=4 * std / math.sqrt(N_PIXELS))
+    assert x.std().item() == pytest.approx(std, abs=4 * std / math.sqrt(2 * N_PIXELS))
+
+
+@pytest.mark.statistical
+def test_sampling_distinguishes_the_two_variances():
+    """On the same noise, sigma^2 = beta ends 0.00463 wider than beta-tilde (the brief's 0.20093 vs
+    0.19630). The two stds are positively correlated, so their difference has a standard error
+    below sqrt(2) x 0.00055; 4 of those (0.0031) is less than the gap, so a swap (-0.00463) fails.
+    (The same draws as the eps cases above: each is made once.)"""
+    seed = test_seed(11)
+    wide, narrow = (ancestral_samples("eps", v, seed).std().item() for v in ("fixed_beta", "fixed_beta_tilde"))
+    gap = oracle.BRIEF_STD["fixed_beta"] - oracle.BRIEF_STD["fixed_beta_tilde"]
+    assert wide - narrow == pytest.approx(gap, abs=4 * math.sqrt(2) * oracle.BRIEF_STD["fixed_beta"]
+                                          / math.sqrt(2 * N_PIXELS))
+
+
+# -- diffusers' schedulers as samplers -----------------------------------------------------------
 
 ALL = [f"diffusers-{n}" for n in [*NAMES.values(), *VARIANTS]]
 STOCHASTIC = {"diffusers-ddpm", "diffusers-euler-ancestral", "diffusers-kdpm2-ancestral", "diffusers-sde-dpm-solver++"}
@@ -186,3 +239,59 @@ def test_evaluate_one_metric_with_another_sampler_keeps_the_runs_metrics(finishe
     assert (run / "eval" / "metrics.json").read_text() == before
     result = cli("evaluate", str(run), "--num-samples", "6")
     assert result.returncode == 2 and "--num-samples needs --metric" in result.stderr
+
+
+# -- the callback contract, as the engine reads it -----------------------------------------------
+
+@pytest.mark.slow
+def test_a_sampler_that_never_calls_back_still_samples(faulty, run_copy):
+    result = cli("sample", str(run_copy), "-n", "4", "--sampler", "silent")
+    assert result.returncode == 0, result.stderr
+    assert np.load(run_copy / "samples" / "final_silent.npz")["images"].shape == (4, 1, 8, 8)  # not over final
+    assert not (run_copy / "samples" / "final_silent_progressive.png").exists()
+    assert "no progressive grid: the sampler reported no steps" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_sampler_that_reports_timesteps_is_warned_and_its_reports_counted(faulty, run_copy):
+    result = cli("sample", str(run_copy), "-n", "4", "--sampler", "timesteps", "--steps", "5")
+    assert result.returncode == 0, result.stderr
+    assert ("warning: sampler 'timesteps' breaks the callback contract: it reported i=37 after i=49 (the i of "
+            "ddpm_kit.api.Sampler counts the steps left, down to 0)") in result.stderr
+    assert Image.open(run_copy / "samples" / "final_timesteps-5_progressive.png").size[0] > 0
+
+
+def test_the_progressive_grid_follows_what_a_sampler_reports():
+    """Kept contract: 10 columns at the evenly spaced steps of the countdown (the paper's Fig. 6);
+    broken contract: the reports it made, thinned as they come (memory stays bounded), always
+    ending with its last report."""
+    from ddpm_kit.engine.sampling import ProgressiveChain
+
+    def chain(reports):
+        c = ProgressiveChain(images=1)
+        for n, i in enumerate(reports):
+            c({"i": i, "x0_hat": torch.full((1, 1, 2, 2), -1 + 2 * n / max(len(reports) - 1, 1))})
+        return c
+
+    honest = chain(range(49, -1, -1))
+    assert sorted(honest.snapshots) == [49 - round(v) for v in np.linspace(49, 0, 10)]  # report numbers
+    assert honest.grid_rows().shape == (1, 10, 1, 2, 2)
+    assert chain([49, 37, 24, 12, 0]).grid_rows().shape[1] == 5
+    long = chain([999 - 3 * k for k in range(300)])  # 300 reports of timesteps
+    assert len(long.snapshots) <= 40 and 299 in long.snapshots and long.grid_rows().shape[1] == 10
+    assert long.grid_rows()[0, -1].float().mean() == 255  # the last report (x0_hat = +1) closes the row
+    assert chain([]).grid_rows() is None
+
+
+@pytest.mark.slow
+def test_a_sampler_that_raises_is_named_in_one_line(faulty, run_copy):
+    result = cli("sample", str(run_copy), "-n", "4", "--sampler", "raising")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: sampler 'raising' (plugin 'faulty', ddpm-kit-faulty 0.1.0) failed while sampling: RuntimeError: "
+        "boom in the sampler (run with --debug for the plugin's traceback)")
+    from ddpm_kit.errors import PluginError
+
+    with pytest.raises(PluginError) as raised:  # --debug: the traceback, down to the plugin's own exception
+        cli("--debug", "sample", str(run_copy), "-n", "4", "--sampler", "raising")
+    assert isinstance(raised.value.__cause__, RuntimeError) and str(raised.value.__cause__) == "boom in the sampler"
