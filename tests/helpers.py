@@ -1,5 +1,6 @@
 """Helpers shared by the tests (fixtures live in conftest.py)."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -22,10 +23,30 @@ def make_diffusion(registry, schedule="linear", parameterization="eps", variance
     )
 
 
+@functools.lru_cache(maxsize=None)
+def ancestral_samples(param, variance, seed):
+    """64 images of 32x32 pixels by ancestral sampling (float64, no clipping) from the analytic
+    Gaussian oracle of tests/oracle.py, x_T from ``seed`` and the chain's noise from ``seed + 1``.
+    The draw is a function of its arguments alone, so the tests that ask for the same one share it
+    (about 1.5 s each, most of it drawing the noise)."""
+    import oracle
+    from ddpm_kit.builtins.samplers import sample_ancestral
+    from ddpm_kit.plugins import get_registry
+
+    import torch
+
+    d = make_diffusion(get_registry(entry_points=False), parameterization=param, variance=variance)
+    model = oracle.EpsOracle(oracle.linear_betas(), param)
+    x_T = torch.randn(64, 1, 32, 32, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return sample_ancestral(d, model, x_T, generator=torch.Generator().manual_seed(seed + 1), clip_denoised=False)
+
+
 def ddpm_kit(*args, site=None, **kw):
     """Run the CLI in a subprocess, as a user would; ``site``, a folder of installed packages
     (install_wheels), goes on its PYTHONPATH."""
-    env = ENV if site is None else {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), ENV.get("PYTHONPATH")]))}
+    env = ENV
+    if site is not None:
+        env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), ENV.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, "-m", "ddpm_kit", *args], capture_output=True, text=True, env=env, **kw)
 
 

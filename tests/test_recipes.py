@@ -135,6 +135,7 @@ def test_missing_recipe_file_and_bad_set(tmp_path):
     assert code == 2 and "expected KEY.PATH=VALUE" in err
 
 
+@pytest.mark.slow  # about 2 s: builds every shipped recipe
 def test_recipe_check_accepts_the_shipped_recipes(capsys, tmp_path):
     from PIL import Image
 

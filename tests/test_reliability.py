@@ -15,15 +15,31 @@ from PIL import Image
 
 from ddpm_kit.errors import DdpmKitError
 from ddpm_kit.runs import write_manifest
-from helpers import ENV, TINY, assert_same_weights, cli, ddpm_kit, weights
+from helpers import ENV, TINY, assert_same_weights, cli, weights
 
 pytestmark = pytest.mark.slow
 QUIET = ["--no-sample", "--no-eval"]
+SIGNALLED = ["--set", "train.steps=40", "--set", "train.checkpoint_every=20", "--set", "train.log_every=1", *QUIET]
 
 
-def test_damaged_latest_checkpoint_is_skipped_and_resume_is_exact(tmp_path):
-    reference = tmp_path / "reference"
+@pytest.fixture(scope="module")
+def eight_steps(tmp_path_factory):
+    """The tiny recipe trained 8 steps without a break: where a resumed run must end (read only)."""
+    reference = tmp_path_factory.mktemp("eight-steps") / "run"
     assert cli("run", str(TINY), "--run-dir", str(reference), "--set", "train.steps=8", *QUIET).returncode == 0
+    return reference
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The run the signalled ones below make, without a signal (one thread, as they compute; read only)."""
+    reference = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert cli("run", str(TINY), "--run-dir", str(reference), *SIGNALLED, threads=1).returncode == 0
+    return reference
+
+
+def test_damaged_latest_checkpoint_is_skipped_and_resume_is_exact(tmp_path, eight_steps):
+    reference = eight_steps
     run = tmp_path / "run"
     args = ["--set", "train.keep_checkpoints=3", *QUIET]
     assert cli("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=6", *args).returncode == 0
@@ -41,7 +57,7 @@ def test_damaged_latest_checkpoint_is_skipped_and_resume_is_exact(tmp_path):
     assert_same_weights(weights(reference), weights(run))
 
 
-def test_a_resumed_run_really_uses_its_checkpoint(tmp_path):
+def test_a_resumed_run_really_uses_its_checkpoint(tmp_path, eight_steps):
     """Training is deterministic, so a resume that silently started over would end at the same
     weights: halve the weights inside the checkpoint (and rewrite its manifest, so it is accepted)
     and the resumed run must end elsewhere, while the untouched checkpoint ends where the
@@ -49,8 +65,7 @@ def test_a_resumed_run_really_uses_its_checkpoint(tmp_path):
     from ddpm_kit.runs import MANIFEST, write_manifest
     from safetensors.torch import load_file, save_file
 
-    reference = tmp_path / "reference"
-    assert cli("run", str(TINY), "--run-dir", str(reference), "--set", "train.steps=8", *QUIET).returncode == 0
+    reference = eight_steps
     run = tmp_path / "run"
     assert cli("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=4", *QUIET).returncode == 0
     checkpoint = run / "checkpoints" / "step_0000004"
@@ -152,14 +167,13 @@ def test_a_non_finite_step_never_reaches_the_weights_the_ema_or_a_checkpoint(tmp
 
 @pytest.mark.parametrize("sig,code,said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "stopped by SIGTERM")],
                          ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_the_run_resumes_exactly(tmp_path, sig, code, said):
+def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_the_run_resumes_exactly(tmp_path, uninterrupted, sig, code,
+                                                                           said):
     """SIGTERM (what SLURM and Kubernetes send before killing a job) acts like Ctrl-C: a checkpoint
     of the last finished step, then the shell's exit status for the signal (a job script requeues
     on 143); resumed, the run loads that step, logs no step twice and ends at the uninterrupted
     run's weights."""
-    args = ["--set", "train.steps=40", "--set", "train.checkpoint_every=20", "--set", "train.log_every=1", *QUIET]
-    reference = tmp_path / "reference"
-    assert cli("run", str(TINY), "--run-dir", str(reference), *args, threads=1).returncode == 0
+    args, reference = SIGNALLED, uninterrupted
     run = tmp_path / "run"
     started = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(run), *args],

@@ -5,7 +5,6 @@ and the sampler callback contract as the engine reads it (a sampler that never c
 reports timesteps, one that raises: tests/plugin_packages/ddpm-kit-faulty), down to the
 progressive grid."""
 
-import functools
 import math
 import warnings
 
@@ -15,29 +14,17 @@ import torch
 from PIL import Image
 
 import oracle
-from helpers import TINY, cli, make_diffusion, test_seed
+from helpers import TINY, ancestral_samples, cli, make_diffusion, test_seed
 from ddpm_kit.builtins.diffusers_samplers import NAMES, VARIANTS
-from ddpm_kit.builtins.samplers import sample_ancestral
 from ddpm_kit.errors import DdpmKitError
 
 
 # -- ancestral sampling against the closed forms -------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
-def ancestral_samples(param, variance, seed):
-    """64 images of 32x32 pixels by ancestral sampling from the oracle. The draw is a function of its
-    arguments alone (seeded generators), so the tests that ask for the same one share it."""
-    from ddpm_kit.plugins import get_registry
-
-    d = make_diffusion(get_registry(entry_points=False), parameterization=param, variance=variance)
-    model = oracle.EpsOracle(oracle.linear_betas(), param)
-    x_T = torch.randn(64, 1, 32, 32, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return sample_ancestral(d, model, x_T, generator=torch.Generator().manual_seed(seed + 1), clip_denoised=False)
-
-
 N_PIXELS = 64 * 32 * 32
 
 
+@pytest.mark.slow  # about 1.6 s each: 1,000 steps over 64 images of 32x32
 @pytest.mark.statistical
 @pytest.mark.parametrize("param", ["eps", "x0", "mu"])
 @pytest.mark.parametrize("variance", ["fixed_beta_tilde", "fixed_beta"])
@@ -51,6 +38,7 @@ def test_ancestral_sampling_hits_the_closed_form_moments(param, variance):
     assert x.std().item() == pytest.approx(std, abs=4 * std / math.sqrt(2 * N_PIXELS))
 
 
+@pytest.mark.slow  # the eps draws above (3 s when run alone)
 @pytest.mark.statistical
 def test_sampling_distinguishes_the_two_variances():
     """On the same noise, sigma^2 = beta ends 0.00463 wider than beta-tilde (the brief's 0.20093 vs
@@ -137,7 +125,8 @@ def test_diffusers_ddpm_over_all_1000_steps_is_ancestral_sampling_with_the_runs_
 
 @pytest.mark.statistical
 @pytest.mark.parametrize("name,few,many", [("diffusers-euler-ancestral", 50, 1000),
-                                           ("diffusers-kdpm2-ancestral", 50, 1000),
+                                           pytest.param("diffusers-kdpm2-ancestral", 50, 1000,
+                                                        marks=pytest.mark.slow),  # 2 s: 2 x 1,050 steps
                                            ("diffusers-sde-dpm-solver++", 10, 250)])
 def test_ancestral_schedulers_approach_the_data_std_as_steps_grow(registry, name, few, many):
     """Stochastic solvers under-disperse at few steps (the SDE DPM-Solver++ ends at std 0.096 after

@@ -44,6 +44,7 @@ def test_a_recipe_cannot_train_with_the_analytic_sampler(tmp_path):
     assert "sampler 'analytic' samples a finished run: `ddpm-kit analytic-gamma RUN`" in result.stderr
 
 
+@pytest.mark.slow  # about 1.5 s: the bound of 4 images over 10 and 50 steps
 def test_the_bound_with_the_analytic_variance_through_the_cli(run):
     """`ddpm-kit evaluate RUN --metric bpd_analytic --param steps=10`: the K-step bound's files and
     figures carry K; its prior term L_T is the built-in bound's (both end at timestep T-1)."""

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import oracle
-from ddpm_kit.builtins.samplers import sample_ancestral
 from ddpm_kit.api import respace
 from ddpm_kit_improved.samplers import sample_ddim
+from helpers import ancestral_samples, test_seed  # tests/helpers.py (conftest.py puts tests/ on the path)
 
 
 def test_cosine_schedule_reference_value_and_closed_form(registry):
@@ -97,8 +97,6 @@ def test_importance_sampling_follows_eq_18_over_a_sliding_history(registry, diff
 def test_importance_weights_keep_the_vlb_estimate_unbiased(registry, diffusion):
     """E[w_t L_t] with t ~ p and w = 1 / (T p_t) is the uniform mean of L_t. 200,000 draws; the
     tolerance is 4.5 standard errors of the weighted sample mean (stated by the data, ~0.3%)."""
-    from helpers import test_seed
-
     d = diffusion(T=5)
     objective = registry.build("objective", "vlb_importance", {"history": 2, "uniform_prob": 0.001})
     losses = torch.tensor([1.0, 2.0, 3.0, 4.0, 50.0], dtype=torch.float64)
@@ -113,18 +111,17 @@ def test_importance_weights_keep_the_vlb_estimate_unbiased(registry, diffusion):
 
 def oracle_samples(d, sampler, param="eps", seed=12, **kw):
     """65,536 pixels sampled with the exact eps*; x_T seeded by $DDPM_KIT_TEST_SEED."""
-    from helpers import test_seed
-
     model = oracle.EpsOracle(oracle.linear_betas(), param)
     x_T = torch.randn(64, 1, 32, 32, generator=torch.Generator().manual_seed(test_seed(11)), dtype=torch.float64)
     return sampler(d, model, x_T, generator=torch.Generator().manual_seed(test_seed(seed)), clip_denoised=False, **kw)
 
 
+@pytest.mark.slow  # about 3 s: two 1,000-step chains over 64 images of 32x32
 @pytest.mark.statistical
 def test_ddim_eta_1_is_ancestral_sampling_with_beta_tilde(diffusion):
     d = diffusion(variance="fixed_beta_tilde")
     ddim = oracle_samples(d, sample_ddim, eta=1.0)
-    ancestral = oracle_samples(d, sample_ancestral)
+    ancestral = ancestral_samples("eps", "fixed_beta_tilde", test_seed(11))  # the same noise (seeds 11, 12)
     torch.testing.assert_close(ddim, ancestral, rtol=1e-6, atol=1e-6)
     _, std = oracle.sampled_moments(oracle.linear_betas(), "fixed_beta_tilde")
     assert ddim.std().item() == pytest.approx(std, abs=4 * std / math.sqrt(2 * ddim.numel()))
@@ -160,8 +157,6 @@ def test_respaced_ancestral_sampling_matches_the_respaced_closed_form(registry, 
     """Improved DDPM's respacing from first principles: keep round(i (T - 1) / (K - 1)), i < K, and
     set beta_i = 1 - ab[keep_i] / ab[keep_{i-1}]; the oracle's closed-form moments over those betas
     (std within 4 standard errors of 65,536 pixels, 0.00055)."""
-    from helpers import test_seed
-
     d = diffusion()
     keep = sorted({round(i * 999 / (steps - 1)) for i in range(steps)})
     ab = np.cumprod(1 - oracle.linear_betas())[keep]
@@ -185,8 +180,6 @@ def test_respaced_sampling_with_beta_tilde_on_a_beta_run_is_ddim_eta_1_and_hits_
     with its own posterior variance, which DDIM with eta = 1 is too (a second code path, same
     noise, to 1e-6), and whose samples have the closed-form std over the respaced betas (within 4
     standard errors of 65,536 pixels)."""
-    from helpers import test_seed
-
     d, steps = diffusion(), 37
     assert d.variance.name == "fixed_beta"
     respaced = registry.build("sampler", "respaced", {"steps": steps, "clip_denoised": False,

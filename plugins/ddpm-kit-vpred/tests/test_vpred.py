@@ -61,6 +61,7 @@ class VOracle(torch.nn.Module):
         return ab.sqrt() * self.eps(x, t) - (1 - ab).sqrt() * self.x0(x, t)
 
 
+@pytest.mark.slow  # about 2 s: 1,000 steps over 64 images of 32x32
 @pytest.mark.statistical
 def test_ancestral_sampling_with_v_hits_the_closed_form_moments(registry):
     """65,536 pixels against the oracle's closed-form mean and std, 4.5 standard errors each."""
