@@ -38,11 +38,14 @@ class EpsOracle(torch.nn.Module):
         self.param, self.m, self.s, self.extra = param, m, s, extra_channels
 
     def forward(self, x, t):
+        if self.param not in ("eps", "x0", "mu"):
+            raise KeyError(self.param)
         ab = self.ab[t].to(x.dtype).view(-1, 1, 1, 1)
-        eps = torch.sqrt(1 - ab) * (x - torch.sqrt(ab) * self.m) / (ab * self.s**2 + 1 - ab)
-        x0 = (x - torch.sqrt(1 - ab) * eps) / torch.sqrt(ab)
-        out = {"eps": eps, "x0": x0,
-               "mu": self.c1[t].to(x.dtype).view(-1, 1, 1, 1) * x0 + self.c2[t].to(x.dtype).view(-1, 1, 1, 1) * x}[self.param]
+        out = eps = torch.sqrt(1 - ab) * (x - torch.sqrt(ab) * self.m) / (ab * self.s**2 + 1 - ab)
+        if self.param != "eps":  # only what the parameterization needs (the oracle runs at every step)
+            out = x0 = (x - torch.sqrt(1 - ab) * eps) / torch.sqrt(ab)
+            if self.param == "mu":
+                out = self.c1[t].to(x.dtype).view(-1, 1, 1, 1) * x0 + self.c2[t].to(x.dtype).view(-1, 1, 1, 1) * x
         if self.extra:
             out = torch.cat([out, torch.zeros_like(out[:, : self.extra])], dim=1)
         return out
