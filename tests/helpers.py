@@ -68,7 +68,8 @@ def install_wheels(wheels, distributions, target):
 def cli(*args, threads=None):
     """Run the CLI in this process, as ``ddpm_kit`` does in a subprocess but without starting an
     interpreter and importing torch and diffusers again (about 4 s a call); exit status, stdout and
-    stderr come back alike. Accelerate's shared state is reset afterwards. Tests of processes,
+    stderr come back alike. Accelerate's shared state is reset afterwards, and plugins' commands are
+    removed from the command group (a later call adds the installed ones again). Tests of processes,
     signals and the installed entry point keep ``ddpm_kit``. ``threads=1`` computes as the
     subprocesses do (``OMP_NUM_THREADS=1``), for results compared bit for bit with theirs."""
     import contextlib
@@ -77,10 +78,10 @@ def cli(*args, threads=None):
     import torch
     from accelerate.state import AcceleratorState
 
-    from ddpm_kit.cli import main
+    from ddpm_kit.cli import cli as group, main
 
     out, err, code = io.StringIO(), io.StringIO(), 0
-    before = torch.get_num_threads()
+    before, commands = torch.get_num_threads(), dict(group.commands)
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             torch.set_num_threads(threads or before)
@@ -90,6 +91,8 @@ def cli(*args, threads=None):
         finally:
             torch.set_num_threads(before)
             AcceleratorState._reset_state(reset_partial_state=True)
+            group.commands.clear()  # the commands plugins added in this call (each call adds them again)
+            group.commands.update(commands)
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
