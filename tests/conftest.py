@@ -75,7 +75,7 @@ def plugin_wheels(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def test_plugin_site(plugin_wheels, tmp_path_factory):
+def mixed_plugin_site(plugin_wheels, tmp_path_factory):
     """ddpm-kit-example beside a broken and a colliding package (tests/test_plugins.py)."""
     return install_wheels(plugin_wheels, ["ddpm-kit-example", "ddpm-kit-broken", "ddpm-kit-collide"],
                           tmp_path_factory.mktemp("test-plugins") / "site")

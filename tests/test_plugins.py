@@ -1,6 +1,6 @@
 """Plugin loading: built-ins, pip-installed third-party packages, broken and colliding plugins.
 The test packages (tests/plugin_packages: example, broken, collide) are pip-built and unpacked into
-a private folder (conftest.py's ``test_plugin_site``); one test runs the real ``python -m ddpm_kit``
+a private folder (conftest.py's ``mixed_plugin_site``); one test runs the real ``python -m ddpm_kit``
 with it on PYTHONPATH, the others call the CLI in this process with it on sys.path."""
 
 import json
@@ -12,9 +12,9 @@ from helpers import TINY, cli, ddpm_kit, drop_modules
 
 
 @pytest.fixture
-def installed(test_plugin_site, monkeypatch):
+def installed(mixed_plugin_site, monkeypatch):
     """The test packages visible to this process's entry-point scan (in-process CLI calls)."""
-    monkeypatch.syspath_prepend(str(test_plugin_site))
+    monkeypatch.syspath_prepend(str(mixed_plugin_site))
     yield
     drop_modules("ddpm_kit_example", "ddpm_kit_collide", "ddpm_kit_broken")
 
@@ -128,10 +128,10 @@ def test_plugin_parameters_are_typed_strictly_and_listed_with_their_defaults(reg
 
 
 @pytest.mark.slow
-def test_strict_plugins_makes_a_broken_plugin_fatal_in_one_line(test_plugin_site):
+def test_strict_plugins_makes_a_broken_plugin_fatal_in_one_line(mixed_plugin_site):
     """The real console entry (``python -m ddpm_kit``, its own interpreter) with pip-installed
     third-party plugins on its path: a broken one is fatal in one line, never a traceback."""
-    result = ddpm_kit("--strict-plugins", "plugins", site=test_plugin_site)
+    result = ddpm_kit("--strict-plugins", "plugins", site=mixed_plugin_site)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "ddpm-kit-broken 0.0.1" in lines[0] and "Traceback" not in result.stderr
