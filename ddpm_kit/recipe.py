@@ -179,14 +179,16 @@ COMPONENT_KEYS: dict[str, str] = {
 METRIC_LIST_KEYS = ("eval.metrics", "train.eval_metrics")  # lists of metric components
 
 
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``override`` on top of ``base``; tables merge key by key, other values replace. A component
-    table that names a different plugin replaces the base's (its parameters would not fit)."""
+def deep_merge(base: dict[str, Any], override: dict[str, Any], path: str = "") -> dict[str, Any]:
+    """``override`` on top of ``base``; tables merge key by key, other values replace. Only a
+    component table (a key of ``COMPONENT_KEYS``) that names a different plugin replaces the base's,
+    whose parameters would not fit it; ``[run]``'s ``name`` is a name, not a plugin."""
     merged = copy.deepcopy(base)
     for key, value in override.items():
-        old = merged.get(key)
-        if isinstance(value, dict) and isinstance(old, dict) and value.get("name", old.get("name")) == old.get("name"):
-            merged[key] = deep_merge(merged[key], value)
+        old, here = merged.get(key), f"{path}.{key}" if path else key
+        if isinstance(value, dict) and isinstance(old, dict) and not (
+                here in COMPONENT_KEYS and value.get("name", old.get("name")) != old.get("name")):
+            merged[key] = deep_merge(old, value, here)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
