@@ -302,6 +302,17 @@ def validate_recipe(data: dict[str, Any], registry: Registry, source: str) -> Re
     return recipe
 
 
+def shadowing_notes(recipe: Recipe, registry: Registry) -> list[str]:
+    """For each bare name of the recipe that an installed plugin offers beside the built-in of that
+    name: that the recipe gets the built-in, and how to reach the plugin's (once per plugin)."""
+    notes: dict[tuple[str, str, str], str] = {}
+    for key, kind, component in recipe.components():
+        for provider in registry.providers[kind].get(component.name, []):
+            if ":" not in component.name and registry.status(provider) == "shadowed":
+                notes.setdefault((kind, component.name, provider.plugin.name), f"{key}: {registry.explain(provider)}")
+    return list(notes.values())
+
+
 def load_recipe(path: str | Path, registry: Registry, overrides: list[str] = ()) -> tuple[Recipe, dict[str, Any]]:
     """Read, override and validate a recipe; returns it and the resolved plain dict."""
     path = Path(path)

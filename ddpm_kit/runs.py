@@ -40,7 +40,8 @@ REWEIGH = "rm -r {run}/model; " + RESUME  # the final weights again, from the la
 LAYOUT: tuple[LayoutEntry, ...] = (
     LayoutEntry("recipe.toml", "the resolved recipe (defaults filled in, overrides applied)"),
     LayoutEntry("metrics.jsonl", "one JSON object per log interval (step, loss, lr, grad_norm, steps_per_s, "
-                "time) and per in-training evaluation (step, eval)"),
+                "time, objective/<term> for each other term the objective returns) and per in-training "
+                "evaluation (step, eval)"),
     LayoutEntry("summary.json", "seconds per stage and the processes each ran on; train_seconds adds up "
                 "across resumes"),
     LayoutEntry("provenance.jsonl", "one record per command that wrote here (run, resume, sample, evaluate): "

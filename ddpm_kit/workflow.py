@@ -16,7 +16,7 @@ from .engine import Components, Trainer, build_components, evaluate, process_sta
 from .engine.sampling import SamplingOverride
 from .errors import DdpmKitError, PluginError
 from .plugins import Registry
-from .recipe import Component, load_recipe, parse_override, read_toml, validate_recipe
+from .recipe import Component, load_recipe, parse_override, read_toml, shadowing_notes, validate_recipe
 from .runs import RunFolder
 
 # Keys that may change when a run is resumed (e.g. to train longer); the rest must match.
@@ -48,6 +48,8 @@ def run_recipe(registry: Registry, recipe_file: Path, overrides: list[str], *, r
     state = process_state()
     trainer = Trainer(components, run)
     prepare_run_folder(run, resolved, recipe_file, resume=resume, overwrite=overwrite, state=state)
+    for note in shadowing_notes(recipe, registry) if state.is_main_process else ():
+        click.echo(f"note: {recipe_file}: {note}", err=True)
     record_provenance(run, "resume" if resume else "run", registry, recipe, state)
     trainer.fit(resume=resume)
     try:
