@@ -1,4 +1,4 @@
-"""Issue 15's ablation of the quickstart: each setting trained, then 1,000 ancestral samples scored
+"""The quickstart's sample-quality ablation: each setting trained, then 1,000 ancestral samples scored
 (FID against the real-vs-real floor at 1,000, the classifier's confident fraction against real digits').
 
     python benchmarks/quickstart_ablation.py                 # collect: table + JSON + plot from runs/q15_*
@@ -6,7 +6,7 @@
     python benchmarks/quickstart_ablation.py --smoke --out /tmp/abl   # the harness on the tiny recipe, seconds
 
 Every setting is ``recipes/quickstart.toml`` with ``--set`` overrides that first put back the
-quickstart as it was before issue 15 (so the table stands when the recipe changes), in
+base settings (constant lr, EMA 0.995, 1,000 steps: so the table stands when the recipe changes), in
 ``runs/q15_<name>``; a setting that continues another copies that run and trains on (same weights as
 one longer run: the lr is constant after the warm-up). Samples are drawn 250 at a time with bf16
 autocast (image i from the generator of (seed, i), so the batch size changes nothing but speed). On
@@ -40,7 +40,7 @@ SAMPLE_BATCH = ["--set", "sample.batch_size=250"]
 NO_ATTENTION = ["--set", 'backbone.down_block_types=["DownBlock2D","DownBlock2D","DownBlock2D"]',
                 "--set", 'backbone.up_block_types=["UpBlock2D","UpBlock2D","UpBlock2D"]']
 
-# Every setting is the quickstart as it was before issue 15 plus its own overrides (later --set wins),
+# Every setting is the base settings (OLD) plus its own overrides (later --set wins),
 # so the table does not move when recipes/quickstart.toml does.
 OLD = ["--set", 'train.lr_schedule="constant"', "--set", "train.ema_decay=0.995", "--set", "train.ema_warmup=false",
        "--set", "train.steps=1000", "--set", "train.batch_size=64"]
@@ -48,7 +48,7 @@ COSINE = [*OLD, "--set", 'train.lr_schedule="cosine"']
 
 # name: (what changed, overrides of the quickstart, run it continues or None)
 SETTINGS: dict[str, tuple[str, list[str], str | None]] = {
-    "base": ("quickstart before issue 15 (lr 2e-3 constant after 100 warm-up steps, EMA 0.995, batch 64, "
+    "base": ("base settings (lr 2e-3 constant after 100 warm-up steps, EMA 0.995, batch 64, "
              "1,000 steps)", OLD, None),
     "cosine": ('+ lr_schedule = "cosine" (to 0 at the last step)', COSINE, None),
     "ema998": ("+ ema_decay = 0.998", [*OLD, "--set", "train.ema_decay=0.998"], None),

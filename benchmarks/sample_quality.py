@@ -1,5 +1,5 @@
 """How far a run's samples are from real digits: FID against its real-vs-real floor at the same
-sample count, and the classifier's confident fraction against real digits' (issue 15's measure).
+sample count, and the classifier's confident fraction against real digits' (the quickstart ablation's measure).
 
     python benchmarks/sample_quality.py runs/quickstart                  # 1,000 samples, the recipe's sampler
     python benchmarks/sample_quality.py runs/quickstart -n 256 --sampler diffusers-sde-dpm-solver++ --steps 20

@@ -52,10 +52,13 @@ def plugins_command(ctx: click.Context, as_json: bool, details: str | None) -> N
         click.echo(json.dumps(entries, indent=2) if as_json else "\n\n".join(map(format_details, entries)))
         return
     rows = registry.rows()
-    for r in rows:
-        if r["status"] in ("shadowed", "conflict"):
-            click.echo(f"warning: {r['kind']} '{r['name']}' of plugin '{r['plugin']}' is {r['status']}; a recipe "
-                       f"reaches it as '{r['plugin']}:{r['name']}'", err=True)
+    for provider in dict.fromkeys(p for by_name in registry.providers.values() for ps in by_name.values()
+                                  for p in ps if registry.status(p) == "shadowed"):
+        click.echo(f"note: {registry.explain(provider)}", err=True)
+    conflicts = {(p.kind, p.name): p for by_name in registry.providers.values() for ps in by_name.values()
+                 for p in ps if registry.status(p) == "conflict"}
+    for provider in conflicts.values():
+        click.echo(f"note: {registry.explain(provider)}", err=True)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -110,11 +113,13 @@ def recipe_check(ctx: click.Context, files: tuple[Path, ...], overrides: tuple[s
     import torch
 
     from .engine import build_components
-    from .recipe import load_recipe
+    from .recipe import load_recipe, shadowing_notes
 
     registry = get_registry_from(ctx)
     for file in files:
         r, _ = load_recipe(file, registry, overrides)
+        for note in shadowing_notes(r, registry):
+            click.echo(f"note: {file}: {note}", err=True)
         components = build_components(r, registry, str(file))
         components.data.validate()
         components.data.labels("train")  # conditional recipes: loads the data to check the label column

@@ -179,14 +179,16 @@ COMPONENT_KEYS: dict[str, str] = {
 METRIC_LIST_KEYS = ("eval.metrics", "train.eval_metrics")  # lists of metric components
 
 
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``override`` on top of ``base``; tables merge key by key, other values replace. A component
-    table that names a different plugin replaces the base's (its parameters would not fit)."""
+def deep_merge(base: dict[str, Any], override: dict[str, Any], path: str = "") -> dict[str, Any]:
+    """``override`` on top of ``base``; tables merge key by key, other values replace. Only a
+    component table (a key of ``COMPONENT_KEYS``) that names a different plugin replaces the base's,
+    whose parameters would not fit it; ``[run]``'s ``name`` is a name, not a plugin."""
     merged = copy.deepcopy(base)
     for key, value in override.items():
-        old = merged.get(key)
-        if isinstance(value, dict) and isinstance(old, dict) and value.get("name", old.get("name")) == old.get("name"):
-            merged[key] = deep_merge(merged[key], value)
+        old, here = merged.get(key), f"{path}.{key}" if path else key
+        if isinstance(value, dict) and isinstance(old, dict) and not (
+                here in COMPONENT_KEYS and value.get("name", old.get("name")) != old.get("name")):
+            merged[key] = deep_merge(old, value, here)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -298,6 +300,17 @@ def validate_recipe(data: dict[str, Any], registry: Registry, source: str) -> Re
             except DdpmKitError as exc:
                 raise DdpmKitError(f"{source}: {key}: {exc}") from None
     return recipe
+
+
+def shadowing_notes(recipe: Recipe, registry: Registry) -> list[str]:
+    """For each bare name of the recipe that an installed plugin offers beside the built-in of that
+    name: that the recipe gets the built-in, and how to reach the plugin's (once per plugin)."""
+    notes: dict[tuple[str, str, str], str] = {}
+    for key, kind, component in recipe.components():
+        for provider in registry.providers[kind].get(component.name, []):
+            if ":" not in component.name and registry.status(provider) == "shadowed":
+                notes.setdefault((kind, component.name, provider.plugin.name), f"{key}: {registry.explain(provider)}")
+    return list(notes.values())
 
 
 def load_recipe(path: str | Path, registry: Registry, overrides: list[str] = ()) -> tuple[Recipe, dict[str, Any]]:

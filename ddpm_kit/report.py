@@ -226,6 +226,8 @@ def write_report(runs: list[Path], out: Path, pairs: list[tuple[str, str]] = ())
                     ("Sample-quality differences on the same sample indices:", paired_fid(rows, pairs))) if lines]
     for heading, lines in differences:
         table += f"\n{heading}\n\n" + "\n".join(lines) + "\n"
+    environments = environment_table(rows)
+    table += environments
     (out / "report.md").write_text(table)
     compared = "".join(_figure(f.name, c) for f, c in compare(rows, out))
     shown = {row["run"]: copy_figures(row, out / row["run"]) for row in rows}
@@ -240,11 +242,44 @@ def write_report(runs: list[Path], out: Path, pairs: list[tuple[str, str]] = ())
     head = "".join(f"<th>{c}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in COLUMNS) + "</tr>" for r in rows)
     (out / "report.html").write_text(
-        f"{PAGE_HEAD}<h1>ddpm-kit report</h1><table><tr>{head}</tr>{body}</table>{paired}"
+        f"{PAGE_HEAD}<h1>ddpm-kit report</h1><table><tr>{head}</tr>{body}</table>{paired}{_html_table(environments)}"
         f"<h2>The runs compared</h2>{compared}"
         + (f"<h3>x0-hat along the reverse chain, side by side</h3><div class='row'>{chains}</div>" if chains else "")
         + sections)
     return out / "report.md", out / "report.html"
+
+
+def environment_table(rows: list[dict[str, Any]]) -> str:
+    """What differs between the environments the runs trained in (their first provenance record):
+    a markdown table, or nothing when they agree or fewer than two runs have a record."""
+    from .provenance import environment_rows
+
+    records = {}
+    for row in rows:
+        trained = [r for r in RunFolder(row["path"]).read_provenance() if r.get("command") == "run"]
+        records[row["run"]] = trained[0] if trained else None
+    if sum(r is not None for r in records.values()) < 2:
+        return ""
+    differing = environment_rows(records)
+    if not differing:
+        return "\nEvery run trained with the same ddpm-kit, libraries, plugins and device.\n"
+    lines = ["", "Environments that differ (each run's first training):", "",
+             "| | " + " | ".join(records) + " |", "|---|" + "---|" * len(records)]
+    lines += [f"| {name} | " + " | ".join(values[run] for run in records) + " |" for name, values in differing]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(markdown: str) -> str:
+    """A markdown table (and the lines before it) as HTML."""
+    if not markdown.strip():
+        return ""
+    lines = [line for line in markdown.strip().splitlines() if line and not line.startswith("|---")]
+    text = "".join(f"<p>{html.escape(line)}</p>" for line in lines if not line.startswith("|"))
+    cells = [[html.escape(c.strip()) for c in line.strip("|").split("|")] for line in lines if line.startswith("|")]
+    if cells:
+        text += ("<table>" + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells)
+                 + "</table>")
+    return text
 
 
 PAGE_HEAD = ("<!doctype html><meta charset='utf-8'><title>ddpm-kit report</title><style>"

@@ -40,9 +40,13 @@ REWEIGH = "rm -r {run}/model; " + RESUME  # the final weights again, from the la
 LAYOUT: tuple[LayoutEntry, ...] = (
     LayoutEntry("recipe.toml", "the resolved recipe (defaults filled in, overrides applied)"),
     LayoutEntry("metrics.jsonl", "one JSON object per log interval (step, loss, lr, grad_norm, steps_per_s, "
-                "time) and per in-training evaluation (step, eval)"),
+                "time, objective/<term> for each other term the objective returns) and per in-training "
+                "evaluation (step, eval)"),
     LayoutEntry("summary.json", "seconds per stage and the processes each ran on; train_seconds adds up "
                 "across resumes"),
+    LayoutEntry("provenance.jsonl", "one record per command that wrote here (run, resume, sample, evaluate): "
+                "ddpm-kit's version and commit, library versions, the plugin and distribution behind each "
+                "component, every plugin loaded, device, processes, launcher"),
     LayoutEntry("checkpoints/step_<NNNNNNN>/", "accelerate's training state (model.safetensors, optimizer, "
                 "lr schedule, RNG, EMA) and manifest.json, written last", RESUME),
     LayoutEntry("checkpoints/best/", "the state of the best in-training evaluation, and best.json "
@@ -181,6 +185,7 @@ class RunFolder:
     recipe_file = property(lambda self: self.path / "recipe.toml")
     metrics_file = property(lambda self: self.path / "metrics.jsonl")
     summary_file = property(lambda self: self.path / "summary.json")
+    provenance_file = property(lambda self: self.path / "provenance.jsonl")
     checkpoints = property(lambda self: self.path / "checkpoints")
     best_checkpoint = property(lambda self: self.checkpoints / BEST)
     model = property(lambda self: self.path / "model")
@@ -302,6 +307,12 @@ class RunFolder:
             return []
         return [record for line in self.metrics_file.read_bytes().splitlines() if (record := _record(line))]
 
+    def read_provenance(self) -> list[dict[str, Any]]:
+        """provenance.jsonl's records, oldest first (a damaged line is skipped)."""
+        if not self.provenance_file.is_file():
+            return []
+        return [record for line in self.provenance_file.read_bytes().splitlines() if (record := _record(line))]
+
     def read_summary(self) -> dict[str, Any]:
         """summary.json; a damaged one is set aside (summary.damaged.json) with a warning and the
         figures start again, since the stages that wrote them can write them again."""
@@ -367,8 +378,14 @@ class RunFolder:
         self.recipe_file.write_text(tomli_w.dumps(resolved))
 
     def log_metrics(self, record: dict[str, Any]) -> None:
+        self._append(self.metrics_file, record)
+
+    def record_provenance(self, record: dict[str, Any]) -> None:
+        self._append(self.provenance_file, record)
+
+    def _append(self, path: Path, record: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        with self.metrics_file.open("a") as f:
+        with path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
     def drop_metrics_after(self, step: int) -> None:

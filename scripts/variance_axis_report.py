@@ -1,4 +1,4 @@
-"""Tables and a plot from scripts/variance_axis.sh's results (issue 25): writes docs/images/variance_axis.png
+"""Tables and a plot from scripts/variance_axis.sh's results: writes docs/images/variance_axis.png
 and the block between <!-- variance-axis:begin --> and <!-- variance-axis:end --> of docs/variance-axis.md.
 
     .venv/bin/python scripts/variance_axis_report.py runs/quickstart

@@ -160,3 +160,24 @@ def test_an_objective_written_with_the_former_check_name_is_still_asked(registry
 
     with pytest.raises(DdpmKitError, match="cannot train fixed_beta"):
         Former().validate_diffusion(make_diffusion(registry, T=10))
+
+
+@pytest.mark.slow
+def test_an_objectives_other_terms_are_logged_under_its_name(tmp_path, fresh_accelerate_state):
+    """ddpm-kit-improved's hybrid returns loss = mse + lambda T vb with its mse and vb: metrics.jsonl
+    logs each term's mean as objective/<key>, and the logged means satisfy the same identity."""
+    import json
+
+    from helpers import TINY, cli
+
+    run = tmp_path / "run"
+    result = cli("run", str(TINY), "--run-dir", str(run), "--set", 'objective={name="hybrid", vlb_weight=0.01}',
+                 "--set", 'diffusion.variance.name="learned_range"', "--set", "train.steps=4",
+                 "--set", "train.log_every=2", "--no-sample", "--no-eval")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [sorted(k for k in line if k.startswith("objective/")) for line in lines] == [["objective/mse",
+                                                                                          "objective/vb"]] * 2
+    for line in lines:
+        assert line["loss"] == pytest.approx(line["objective/mse"] + 0.01 * 50 * line["objective/vb"], rel=1e-5)
+        assert line["objective/vb"] > 0

@@ -47,10 +47,23 @@ class StepStats:
     started: float = field(default_factory=time.perf_counter)
     skipped: int = 0
     grad_norm: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # the objective's other keys, summed on the device
 
     def restart(self) -> None:
         self.loss_sum.zero_()
+        self.terms.clear()
         self.started, self.steps = time.perf_counter(), 0
+
+    def add_terms(self, losses: dict[str, torch.Tensor], share: float) -> None:
+        """The objective's terms besides ``loss`` (per-example [B] tensors), as batch means."""
+        for key, value in losses.items():
+            if key not in ENGINE_TERMS and isinstance(value, torch.Tensor) and value.ndim == 1:
+                total = self.terms.get(key)
+                mean = value.detach().float().mean() * share
+                self.terms[key] = mean if total is None else total + mean
+
+
+ENGINE_TERMS = ("loss", "unweighted_loss", "t")  # what GaussianDiffusion.training_losses adds itself
 
 
 class Trainer:
@@ -202,6 +215,7 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.stats.loss_sum += loss.detach() / self.settings.grad_accum
+        self.stats.add_terms(losses, 1 / self.settings.grad_accum)
         if self.objective.learns_from_losses:  # e.g. importance sampling of t
             t, unweighted = (v.cpu() for v in self.accelerator.gather((batch.t, losses["unweighted_loss"])))
             with plugin_code(self.step_plugins[0], "failed while learning from the losses"):
@@ -253,13 +267,16 @@ class Trainer:
 
     def log(self, done: int, bar) -> None:
         """One line of metrics.jsonl (and the trackers): the mean loss over processes and steps since
-        the last line, lr, gradient norm, speed, skipped steps."""
+        the last line, lr, gradient norm, speed, skipped steps, and the mean of each other term the
+        objective returned (``objective/<key>``)."""
         s = self.stats
         mean_loss = self.accelerator.reduce(s.loss_sum, reduction="mean").item() / s.steps
         rate = s.steps / (time.perf_counter() - s.started)
+        terms = {f"objective/{k}": self.accelerator.reduce(v, reduction="mean").item() / s.steps
+                 for k, v in sorted(s.terms.items())}
         record = {"step": done, "loss": mean_loss, "lr": self.lr_schedule.get_last_lr()[0],
                   "grad_norm": float(s.grad_norm), "steps_per_s": rate, "skipped_steps": s.skipped,
-                  "time": time.time()}
+                  "time": time.time(), **terms}
         self.accelerator.log({k: v for k, v in record.items() if k not in ("step", "time")}, step=done)
         if self.is_main_process:
             self.run.log_metrics(record)

@@ -69,9 +69,8 @@ class Registry:
             clash = next((p for ps in self.providers.values() for qs in ps.values() for p in qs
                           if self.status(p) != "ok"), None)
             if clash is not None:
-                raise DdpmKitError(f"{clash.kind} '{clash.name}' of plugin '{clash.plugin.name}' "
-                                   f"({clash.plugin.distribution} {clash.plugin.version}) is {self.status(clash)}: "
-                                   "another plugin offers the same name (strict plugin mode)")
+                raise DdpmKitError(f"{self.explain(clash)} (strict plugin mode: uninstall one of them, or leave "
+                                   "--strict-plugins out)")
 
     def _collect(self, kind: str, hook_name: str, strict: bool) -> None:
         def make_kwargs(info: PluginInfo):
@@ -152,6 +151,21 @@ class Registry:
         if not others or provider.builtin:
             return "ok"
         return "shadowed" if any(p.builtin for p in others) else "conflict"
+
+    def explain(self, provider: Provider) -> str:
+        """A shadowed or conflicting component's situation in plain words, with how to reach it."""
+        others = [p for p in self.providers[provider.kind][provider.name] if p is not provider]
+        what = f"{provider.kind} '{provider.name}'"
+        if self.status(provider) == "shadowed":
+            return (f"plugin '{provider.plugin.name}' ({provider.plugin.distribution} {provider.plugin.version}) also "
+                    f"offers {what}, a built-in name: recipes that say '{provider.name}' get the built-in; "
+                    f"'{provider.plugin.name}:{provider.name}' reaches the plugin's")
+        if self.status(provider) == "conflict":
+            who = " and ".join(f"'{p.plugin.name}' ({p.plugin.distribution} {p.plugin.version})"
+                               for p in [provider, *others])
+            picks = " or ".join(f"'{p.plugin.name}:{provider.name}'" for p in [provider, *others])
+            return f"plugins {who} both offer {what}: a recipe names the one it means, {picks}"
+        return f"{provider.label} is the only {what}"
 
     def buildable(self, kind: str, **context: Any) -> list[str]:
         """The names of ``kind`` whose factories build with their default parameters and ``context``

@@ -1,8 +1,14 @@
-"""The analytic Gaussian oracle (BRIEF.md): for data x0 ~ N(m, s^2) per pixel the optimal
-eps-predictor is eps*(x_t, t) = sqrt(1-ab)(x_t - sqrt(ab) m)/(ab s^2 + 1 - ab).
+"""The analytic Gaussian oracle: for data x0 ~ N(m, s^2) per pixel, everything about the diffusion of
+Ho et al. (2020) is known in closed form. The optimal eps-predictor is
+eps*(x_t, t) = sqrt(1 - ab) (x_t - sqrt(ab) m) / (ab s^2 + 1 - ab) (ab = alpha-bar_t); ancestral
+sampling with it maps N(m_T, v_T) to a Gaussian whose moments follow an affine recursion; the
+expected variational bound of 8-bit quantized data is a sum of Gaussian KLs plus the decoder term.
 
-Everything here is written in float64 numpy from the paper's equations, independently of
-ddpm_kit's own code, so tests can hold the library against it.
+Everything here is written in float64 numpy from the paper's equations (eqs. 4-7, 11-13),
+independently of ddpm_kit's diffusion code, so tests can hold the library (and a plugin) against it.
+With the linear schedule (1e-4 to 0.02, T = 1000), m = 0.1 and s = 0.2, ancestral samples have
+standard deviation 0.19630 (sigma^2 = beta-tilde) and 0.20093 (sigma^2 = beta), and the expected
+bound is 7.457 and 6.844 bits/dim with the reference code's tanh approximation of the normal CDF.
 """
 
 from __future__ import annotations
@@ -11,7 +17,6 @@ import math
 
 import numpy as np
 import torch
-from scipy import special, stats
 
 M, S = 0.1, 0.2
 # The brief's closed-form figures for this data: the std of ancestral samples and the expected
@@ -133,7 +138,7 @@ def quantized_distribution(m: float = M, s: float = S, bits: int = 8):
     n = 2**bits - 1
     grid = np.arange(n + 1) / n * 2 - 1
     edges = np.concatenate([[-np.inf], (grid[:-1] + grid[1:]) / 2, [np.inf]])
-    p = np.diff(stats.norm.cdf(edges, loc=m, scale=s))
+    p = np.diff(normal_cdf((edges - m) / s))
     return grid, p
 
 
@@ -148,12 +153,17 @@ def entropy_bpd(m: float = M, s: float = S) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
+def normal_cdf(x) -> np.ndarray:
+    """Phi(x), the standard normal CDF, in float64 (infinite arguments allowed)."""
+    return torch.special.ndtr(torch.as_tensor(np.asarray(x, dtype=np.float64))).numpy()
+
+
 def _approx_cdf(x):
     return 0.5 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
 
 
 def _discretized_loglik(x, mean, log_scale, exact: bool = False):
-    cdf = stats.norm.cdf if exact else _approx_cdf
+    cdf = normal_cdf if exact else _approx_cdf
     inv = np.exp(-log_scale)
     cp, cm = cdf(inv * (x - mean + 1 / 255)), cdf(inv * (x - mean - 1 / 255))
     return np.where(x < -0.999, np.log(np.maximum(cp, 1e-12)),
@@ -179,7 +189,7 @@ def expected_bound(betas: np.ndarray, variance: str | np.ndarray, m: float = M, 
     kl = 0.5 * (log_sig - log_tilde + np.exp(log_tilde - log_sig) - 1 + c1**2 * mse / np.exp(log_sig))
     prior = 0.5 * (-np.log(1 - ab[-1]) + (1 - ab[-1]) + ab[-1] * (vq + mq**2) - 1)
     # L_0: x_1 = sqrt(ab0) x0 + sqrt(1-ab0) eps, mean = x0_hat(x_1) (c1 = 1, c2 = 0 at index 0)
-    z, w = special.roots_hermitenorm(80)
+    z, w = np.polynomial.hermite_e.hermegauss(80)
     w = w / w.sum()
     x0 = grid[:, None]
     mean0 = a_x0[0] * (np.sqrt(ab[0]) * x0 + np.sqrt(1 - ab[0]) * z[None, :]) + b_x0[0]

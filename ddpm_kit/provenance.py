@@ -1,0 +1,125 @@
+"""What made a run: one record per command that writes into a run folder (``provenance.jsonl``).
+
+A record holds ddpm-kit's version and, from a git checkout, its commit and whether the tree was
+dirty; the versions of Python and the libraries the engine stands on; for each component the recipe
+names, the plugin, distribution and version that provided it; every plugin loaded; the device, the
+number of processes and the launcher. ``--resume`` compares its record with the one training last
+wrote and says in one line what changed; ``ddpm-kit report`` tabulates what differs between runs.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import platform
+import subprocess
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .plugins import Registry
+from .recipe import Recipe
+
+LIBRARIES = ("torch", "diffusers", "accelerate", "datasets", "safetensors", "pluggy", "numpy")
+
+
+@lru_cache(maxsize=1)
+def source() -> dict[str, Any]:
+    """ddpm-kit's version, and its git commit and dirty flag when it runs from a checkout."""
+    where = Path(__file__).resolve().parent.parent
+    record: dict[str, Any] = {"version": __version__, "commit": None, "dirty": None}
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        if (where / ".git").exists():
+            record["commit"] = git("rev-parse", "HEAD")
+            record["dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return record
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def device_name(state) -> str:
+    import torch
+
+    device = torch.device(state.device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def record(command: str, registry: Registry, recipe: Recipe, state, **extra: Any) -> dict[str, Any]:
+    """This command's record: what it runs with, and ``extra`` (the step it resumes, what it writes)."""
+    from .engine.distributed import describe
+
+    components = {}
+    for key, kind, component in recipe.components():
+        plugin = registry.resolve(kind, component.name).plugin
+        components[key] = {"name": component.name, "plugin": plugin.name, "distribution": plugin.distribution,
+                           "version": plugin.version}
+    plugins = sorted({(p.distribution, p.version, p.name) for p in registry.plugins.info.values()})
+    return {"command": command, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra,
+            "ddpm_kit": source(), "libraries": library_versions(), "components": components,
+            "plugins": [{"name": n, "distribution": d, "version": v} for d, v, n in plugins],
+            "broken_plugins": [str(f) for f in registry.failures],
+            "processes": {**describe(state), "device_name": device_name(state)}}
+
+
+def changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between two records, as short phrases: "sample.sampler 'heun' from ddpm-kit-heun
+    0.1.0 -> ddpm-kit-heun 0.2.0", "torch 2.13.0 -> 2.14.1", "ddpm-kit commit 1a2b3c4d5e -> 5d6e7f8a9b"."""
+    found = []
+    was_kit, kit = before.get("ddpm_kit", {}), now.get("ddpm_kit", {})
+    for key in ("version", "commit"):
+        if was_kit.get(key) != kit.get(key):
+            found.append(f"ddpm-kit {key} {_short(was_kit.get(key))} -> {_short(kit.get(key))}")
+    if kit.get("dirty") and not was_kit.get("dirty"):
+        found.append("ddpm-kit's checkout has uncommitted changes")
+    for name, version in now.get("libraries", {}).items():
+        if before.get("libraries", {}).get(name) != version:
+            found.append(f"{name} {before.get('libraries', {}).get(name)} -> {version}")
+    for key, component in now.get("components", {}).items():
+        was = before.get("components", {}).get(key)
+        if was is not None and (was["distribution"], was["version"]) != (component["distribution"], component["version"]):
+            found.append(f"{key} '{component['name']}' from {was['distribution']} {was['version']} -> "
+                         f"{component['distribution']} {component['version']}")
+    return found
+
+
+def _short(value: Any) -> str:
+    return value[:10] if isinstance(value, str) and len(value) == 40 else str(value)
+
+
+def environment_rows(records: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, str]]]:
+    """For ``ddpm-kit report``: each field of the runs' training records that differs between them,
+    with each run's value (runs without a record show '-')."""
+    def fields(r: dict[str, Any]) -> dict[str, str]:
+        out = {"ddpm-kit": f"{r['ddpm_kit']['version']} {_short(r['ddpm_kit']['commit'] or '')}".strip()
+               + (" (dirty)" if r["ddpm_kit"].get("dirty") else "")}
+        out.update({name: str(v) for name, v in r["libraries"].items()})
+        out.update({f"{key} '{c['name']}'": f"{c['distribution']} {c['version']}" for key, c in r["components"].items()})
+        p = r["processes"]
+        out["device"] = f"{p['device_name']} ({p['device']})"
+        out["processes"] = f"{p['num_processes']} ({p['launcher']})"
+        return out
+
+    table = {run: fields(r) for run, r in records.items() if r}
+    names = list(dict.fromkeys(k for f in table.values() for k in f))
+    rows = []
+    for name in names:
+        values = {run: table.get(run, {}).get(name, "-") for run in records}
+        if len(set(values.values())) > 1:
+            rows.append((name, values))
+    return rows
