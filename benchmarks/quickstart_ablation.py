@@ -89,7 +89,7 @@ SMOKE_SETTINGS = ("base", "s2000")
 
 
 def smoke_plan(out: Path) -> Plan:
-    tiny = ROOT / "tests" / "recipes" / "tiny.toml"
+    tiny = ROOT / "ddpm_kit" / "testing" / "tiny.toml"
     return Plan(tiny, out / "runs", 8, ("--set", "train.steps=2", "--set", "train.batch_size=8", "--set",
                                         "sample.batch_size=8"), out / "quickstart_ablation.json", out)
 

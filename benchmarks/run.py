@@ -67,7 +67,7 @@ class Sizes:
 FULL = Sizes(ROOT / "recipes" / "quickstart.toml", "cpu-small", 16, ("train.steps=100000",), 30, True, 64, 100, 5,
              32, 100, 20, 1000, ((16, 16), (64, 16), (128, 16), (64, 32)), 50, 40, (1, 2))
 # no torch.compile (a cold compile alone takes a minute), one launch of two processes
-SMOKE = Sizes(ROOT / "tests" / "recipes" / "tiny.toml", "cpu-tiny", 8, ("train.steps=100",), 2, False, 2, 2, 1,
+SMOKE = Sizes(ROOT / "ddpm_kit" / "testing" / "tiny.toml", "cpu-tiny", 8, ("train.steps=100",), 2, False, 2, 2, 1,
               2, 2, 1, 2, ((2, 8),), 2, 2, (2,))
 
 
@@ -379,7 +379,7 @@ def bench_processes(sizes: Sizes, device: torch.device) -> dict:
     """Steps/s of `ddpm-kit run` (tiny recipe) under accelerate launch on each of
     ``sizes.process_counts`` processes: CPU processes on a machine without a GPU, one process per
     GPU with ``--device cuda``. Each run's summary must show that many processes."""
-    recipe = ROOT / "tests" / "recipes" / "tiny.toml"
+    recipe = ROOT / "ddpm_kit" / "testing" / "tiny.toml"
     args = ["--set", f"train.steps={sizes.process_steps}", "--set", "train.batch_size=64", "--set",
             "train.checkpoint_every=0", "--set", "train.log_every=1", "--no-sample", "--no-eval"]
     gpus = torch.cuda.device_count()

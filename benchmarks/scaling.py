@@ -122,7 +122,7 @@ def work_rows(work: Path, num_images: int, rounds: int, counts: tuple[int, ...],
     """``ddpm-kit sample`` and ``evaluate`` of a trained tiny run on each process count: the run
     ``trained`` (copied: the commands write into it), else one trained now for ``steps`` steps."""
     run = work / "tiny-run"
-    tiny = ROOT / "tests" / "recipes" / "tiny.toml"
+    tiny = ROOT / "ddpm_kit" / "testing" / "tiny.toml"
     env = {**ENV, "DDPM_KIT_DATA_STORE": str(work / "store-tiny")}
     if trained is not None:
         shutil.copytree(trained, run)
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--parts", nargs="+", choices=["data", "work"], default=["data", "work"])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="where the runs compute (cpu: accelerate's ACCELERATE_USE_CPU, even beside a GPU)")
-    parser.add_argument("--run", type=Path, help="a trained run of tests/recipes/tiny.toml for the commands' part "
+    parser.add_argument("--run", type=Path, help="a trained run of the tiny test recipe (ddpm_kit/testing/tiny.toml) for the commands' part "
                         "(default: train one)")
     parser.add_argument("--smoke", action="store_true", help="32 images, a cold store only, 4 samples, 1 round, "
                         "1 process")

@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "recipes" / "tiny.toml"
+TINY = ROOT / "ddpm_kit" / "testing" / "tiny.toml"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 
 

@@ -1,44 +1,18 @@
 """Helpers shared by the tests (fixtures live in conftest.py)."""
 
-import functools
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-TINY = Path(__file__).parent / "recipes" / "tiny.toml"
-SEED_VARIABLE = "DDPM_KIT_TEST_SEED"
+from ddpm_kit.testing import TINY, ancestral_samples, cli, diffusion, statistical_seed  # noqa: F401 (the tests' names)
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 
 
-def make_diffusion(registry, schedule="linear", parameterization="eps", variance="fixed_beta",
-                   decoder="discretized_gaussian", T=1000, **decoder_params):
-    from ddpm_kit.diffusion import GaussianDiffusion
-
-    return GaussianDiffusion(
-        registry.build("schedule", schedule, {"T": T}),
-        registry.build("parameterization", parameterization),
-        registry.build("variance", variance),
-        registry.build("decoder", decoder, decoder_params),
-    )
-
-
-@functools.lru_cache(maxsize=None)
-def ancestral_samples(param, variance, seed):
-    """64 images of 32x32 pixels by ancestral sampling (float64, no clipping) from the analytic
-    Gaussian oracle of tests/oracle.py, x_T from ``seed`` and the chain's noise from ``seed + 1``.
-    The draw is a function of its arguments alone, so the tests that ask for the same one share it
-    (about 1.5 s each, most of it drawing the noise)."""
-    import oracle
-    from ddpm_kit.builtins.samplers import sample_ancestral
-    from ddpm_kit.plugins import get_registry
-
-    import torch
-
-    d = make_diffusion(get_registry(entry_points=False), parameterization=param, variance=variance)
-    model = oracle.EpsOracle(oracle.linear_betas(), param)
-    x_T = torch.randn(64, 1, 32, 32, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return sample_ancestral(d, model, x_T, generator=torch.Generator().manual_seed(seed + 1), clip_denoised=False)
+def make_diffusion(registry, *args, **kwargs):
+    """ddpm_kit.testing.diffusion on ``registry``."""
+    return diffusion(registry, *args, **kwargs)
 
 
 def ddpm_kit(*args, site=None, **kw):
@@ -63,37 +37,6 @@ def install_wheels(wheels, distributions, target):
         with zipfile.ZipFile(wheel) as archive:
             archive.extractall(target)
     return target
-
-
-def cli(*args, threads=None):
-    """Run the CLI in this process, as ``ddpm_kit`` does in a subprocess but without starting an
-    interpreter and importing torch and diffusers again (about 4 s a call); exit status, stdout and
-    stderr come back alike. Accelerate's shared state is reset afterwards, and plugins' commands are
-    removed from the command group (a later call adds the installed ones again). Tests of processes,
-    signals and the installed entry point keep ``ddpm_kit``. ``threads=1`` computes as the
-    subprocesses do (``OMP_NUM_THREADS=1``), for results compared bit for bit with theirs."""
-    import contextlib
-    import io
-
-    import torch
-    from accelerate.state import AcceleratorState
-
-    from ddpm_kit.cli import cli as group, main
-
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    before, commands = torch.get_num_threads(), dict(group.commands)
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            torch.set_num_threads(threads or before)
-            main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-        finally:
-            torch.set_num_threads(before)
-            AcceleratorState._reset_state(reset_partial_state=True)
-            group.commands.clear()  # the commands plugins added in this call (each call adds them again)
-            group.commands.update(commands)
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def drop_modules(*prefixes):
@@ -129,10 +72,5 @@ def tiny_with(tmp_path, old, new, name="r.toml"):
     return path
 
 
-def test_seed(offset: int = 0) -> int:
-    """A seed for a statistical test: ``offset`` plus 10,007 x $DDPM_KIT_TEST_SEED (default 0).
-    Statistical tests pass for any value (scripts/seed_sweep.py runs them over 20)."""
-    return offset + 10_007 * int(os.environ.get(SEED_VARIABLE, "0"))
-
-
+test_seed = statistical_seed
 test_seed.__test__ = False  # a helper, not a test

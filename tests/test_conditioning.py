@@ -1,5 +1,5 @@
 """Class-conditional models and classifier-free guidance, held against the analytic Gaussian oracle
-extended to classes (tests/oracle.py: ClassOracle, guided_moments) and hand-written combinations."""
+extended to classes (ddpm_kit.testing.oracle: ClassOracle, guided_moments) and hand-written combinations."""
 
 import math
 import warnings
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import oracle
+from ddpm_kit.testing import oracle
 from helpers import TINY, make_diffusion, test_seed
 from ddpm_kit.builtins.samplers import sample_ancestral
 from ddpm_kit.conditioning import NULL_LABEL, class_rows, drop_labels, guided

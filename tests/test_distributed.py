@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import oracle
+from ddpm_kit.testing import oracle
 from helpers import ENV, TINY, assert_same_weights, cli, make_diffusion, weights
 from ddpm_kit.engine import build_components, sample_images
 from ddpm_kit.engine.dropout import GlobalBatchDropout, use_global_batch_dropout

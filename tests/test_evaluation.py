@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import oracle
+from ddpm_kit.testing import oracle
 from helpers import cli, make_diffusion, test_seed
 from ddpm_kit.features import (FeatureStats, classifier_score, confident_fraction, features_and_probs,
                                frechet_distance, frechet_distance_stderr, train_classifier)
@@ -160,7 +160,7 @@ def test_fid_caches_the_real_statistics_and_measures_the_floor_at_the_sample_cou
     figures = json.loads((run / "eval" / "fid.json").read_text())
     assert figures["fid_samples"] == 12 and figures["fid_floor_images"] == 12
 
-    digits = registry.build("dataset", "digits")  # tests/recipes/tiny.toml's data: 8x8, one channel, resized
+    digits = registry.build("dataset", "digits")  # the tiny recipe's data: 8x8, one channel, resized
     train, test = (to_model_range(to_uint8_tensor(digits[s], 8, 1, "resize")) for s in ("train", "test"))
     digest = figures["fid_extractor"].split()[0].removeprefix("classifier-")
     net = DigitClassifier(1, 8, 10)

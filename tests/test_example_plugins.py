@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-import oracle
-from helpers import TINY, cli, drop_modules, make_diffusion
+from ddpm_kit.testing import oracle
+from helpers import ENV, TINY, cli, drop_modules, make_diffusion
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "plugins"
 # entry-point (plugin) name -> (kind, component name)
@@ -326,3 +326,24 @@ def test_tinyconv_time_embedding_is_the_sinusoidal_formula(examples):
     expected = np.concatenate([np.sin(args), np.cos(args)], axis=1)
     got = ddpm_kit_tinyconv.timestep_embedding(torch.tensor(t), 16).double().numpy()
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_each_plugin_package_is_tested_on_its_own_after_pip_install(example_plugin_site, tmp_path):
+    """Every example's and every plugin package's tests/ copied away from this repository and run by
+    a pytest of their own: the examples from their pip-installed wheels, the plugin packages as
+    setup.sh installs them. Nothing reaches into the repository's tests/ (ddpm_kit.testing only)."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    packages = sorted([*EXAMPLES.glob("*/tests"), *(root / "plugins").glob("*/tests")])
+    for tests in packages:
+        shutil.copytree(tests, tmp_path / tests.parent.name / "tests")
+    env = {**ENV, "PYTHONPATH": str(example_plugin_site)}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+                             *(str(tmp_path / t.parent.name / "tests") for t in packages)],
+                            cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert len(packages) == 9  # the five examples and the four plugin packages
+    assert int(result.stdout.strip().splitlines()[-1].split(" passed")[0].split()[-1]) >= 2 * len(packages)

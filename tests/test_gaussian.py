@@ -1,4 +1,4 @@
-"""Gaussian helpers against the brief's reference numbers and scipy's closed forms."""
+"""Gaussian helpers against reference numbers and scipy's closed forms."""
 
 import math
 
@@ -33,7 +33,7 @@ def test_normal_kl_matches_closed_form_for_random_gaussians():
     (1.0, 0.0, 0.0, -1.834095),
 ])
 def test_discretized_loglik_reference_values(x, mean, log_scale, expected):
-    """The brief's numbers come from the reference code's tanh approximation of Phi."""
+    """The reference numbers come from the reference code's (hojonathanho/diffusion) tanh approximation of Phi."""
     got = discretized_gaussian_log_likelihood(t([x], dtype=torch.float64), t([mean], dtype=torch.float64),
                                               t([log_scale], dtype=torch.float64), exact_cdf=False)
     assert got.item() == pytest.approx(expected, abs=2e-6)

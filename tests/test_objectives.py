@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import oracle
+from ddpm_kit.testing import oracle
 from helpers import make_diffusion
 from ddpm_kit.errors import DdpmKitError
 

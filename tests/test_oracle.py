@@ -1,4 +1,4 @@
-"""The analytic Gaussian oracle (BRIEF.md): its closed forms against the brief's figures, and the bound
+"""The analytic Gaussian oracle (ddpm_kit.testing.oracle): its closed forms against the reference figures, and the bound
 (calc_bpd_loop) against them. (Sampling against the oracle: tests/test_samplers.py.)"""
 
 import math
@@ -7,19 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-import oracle
+from ddpm_kit.testing import oracle
 from helpers import make_diffusion, test_seed
-from oracle import BRIEF_BOUND, BRIEF_STD
-
-
+from ddpm_kit.testing.oracle import REFERENCE_BOUND, REFERENCE_STD
 @pytest.mark.parametrize("variance", ["fixed_beta_tilde", "fixed_beta"])
-def test_closed_forms_reproduce_the_brief(variance):
+def test_closed_forms_reproduce_the_reference_figures(variance):
     betas = oracle.linear_betas()
     mean, std = oracle.sampled_moments(betas, variance)
     assert mean == pytest.approx(0.1, abs=1e-5)
-    assert std == pytest.approx(BRIEF_STD[variance], abs=1e-5)
+    assert std == pytest.approx(REFERENCE_STD[variance], abs=1e-5)
     bound = oracle.expected_bound(betas, variance)
-    assert bound["total"] == pytest.approx(BRIEF_BOUND[variance], abs=2e-3)
+    assert bound["total"] == pytest.approx(REFERENCE_BOUND[variance], abs=2e-3)
     assert bound["L0"] == pytest.approx(2.51, abs=5e-3)
     assert oracle.entropy_bpd() == pytest.approx(6.720, abs=1e-3)
 
@@ -28,7 +26,7 @@ def test_closed_forms_reproduce_the_brief(variance):
                                             ("x0", "fixed_beta_tilde"), ("mu", "fixed_beta")])
 def test_every_bound_term_equals_the_oracles_estimator_on_the_same_noise(registry, param, variance):
     """calc_bpd_loop's per-image terms L_0..L_{T-1}, L_T against the same single-sample estimator
-    written in numpy from eqs. 4-7 and 11 (tests/oracle.py), fed the same x0 and noise: no Monte-
+    written in numpy from eqs. 4-7 and 11 (ddpm_kit.testing.oracle), fed the same x0 and noise: no Monte-
     Carlo error, so any seed passes and a missing or mis-weighted term anywhere in t fails."""
     d = make_diffusion(registry, parameterization=param, variance=variance)
     model = oracle.EpsOracle(oracle.linear_betas(), param)
@@ -50,9 +48,9 @@ def test_every_bound_term_equals_the_oracles_estimator_on_the_same_noise(registr
 @pytest.mark.parametrize("variance", ["fixed_beta_tilde", "fixed_beta"])
 def test_the_estimators_mean_is_the_closed_form_bound(variance):
     """The estimator above, averaged over 400 images of 500 pixels, against the closed-form
-    expectation (the brief's 7.457 / 6.844 bits/dim); tolerance 4.5 standard errors of the image
+    expectation (the reference 7.457 / 6.844 bits/dim); tolerance 4.5 standard errors of the image
     mean (about 0.02 bits/dim; a correct estimator fails with probability 7e-6 per figure). With
-    sigma^2 = beta the bound stays above the data's entropy (6.720) by the brief's 0.124; the
+    sigma^2 = beta the bound stays above the data's entropy (6.720) by 0.124; the
     estimate exceeds entropy + 0.1 unless it is 5 standard errors low (probability 3e-7)."""
     rng = np.random.default_rng(test_seed(31))
     x0 = oracle.quantize(torch.from_numpy(oracle.M + oracle.S * rng.standard_normal((400, 500)))).numpy()

@@ -50,8 +50,12 @@ def test_plugins_listing_shows_third_party_broken_and_colliding_honestly(install
     assert by[("schedule", "linear", "schedules")]["status"] == "ok"
     assert by[("schedule", "sigmoid", "collide")]["status"] == by[("schedule", "sigmoid", "example")]["status"] \
         == "conflict"
-    assert "warning: schedule 'linear' of plugin 'collide' is shadowed; a recipe reaches it as 'collide:linear'" \
-        in result.stderr
+    assert ("note: plugin 'collide' (ddpm-kit-collide 2.0.0) also offers schedule 'linear', a built-in name: recipes "
+            "that say 'linear' get the built-in; 'collide:linear' reaches the plugin's") in result.stderr.splitlines()
+    assert ("note: plugins 'collide' (ddpm-kit-collide 2.0.0) and 'example' (ddpm-kit-example 1.2.3) both offer "
+            "schedule 'sigmoid': a recipe names the one it means, 'collide:sigmoid' or 'example:sigmoid'"
+            ) in result.stderr.splitlines()
+    assert " is conflict" not in result.stderr and " is shadowed" not in result.stderr
     broken = [r for r in rows if r["plugin"] == "broken"]
     assert len(broken) == 1 and broken[0]["distribution"] == "ddpm-kit-broken" and broken[0]["version"] == "0.0.1"
     assert "import" in broken[0]["status"] and "this_module_does_not_exist" in broken[0]["status"]
@@ -228,3 +232,33 @@ def test_a_declared_check_of_any_other_kind_runs_when_the_recipe_is_validated(re
     data.validate()
     data.split("train"), data.split("test")
     assert seen == [{"test_fraction": 0.1, "seed": 0}]  # once, with the defaults filled in
+
+
+def test_a_recipe_naming_a_shadowed_name_is_told_once_which_one_it_gets(installed, tmp_path):
+    """The tiny recipe names schedule 'linear', which ddpm-kit-collide offers too: `recipe check` and
+    `run` say, once, that the recipe gets the built-in and how to reach the plugin's; with the
+    plugin's name the note goes and the plugin's schedule is used."""
+    note = ("note: {file}: diffusion.schedule: plugin 'collide' (ddpm-kit-collide 2.0.0) also offers schedule "
+            "'linear', a built-in name: recipes that say 'linear' get the built-in; 'collide:linear' reaches the "
+            "plugin's")
+    result = cli("recipe", "check", str(TINY))
+    assert result.returncode == 0 and result.stderr.splitlines().count(note.format(file=TINY)) == 1
+    result = cli("run", str(TINY), "--run-dir", str(tmp_path / "run"), "--set", "train.steps=0", "--no-sample",
+                 "--no-eval")
+    assert result.returncode == 0 and result.stderr.splitlines().count(note.format(file=TINY)) == 1
+    result = cli("recipe", "check", str(TINY), "--set", 'diffusion.schedule={name="collide:linear", T=50}')
+    assert result.returncode == 0 and "note:" not in result.stderr
+
+
+def test_strict_mode_names_two_plugins_offering_one_name_in_plain_words(installed):
+    from ddpm_kit.plugins import Registry
+    from ddpm_kit.plugins.loading import get_plugin_manager
+
+    plugins = get_plugin_manager()
+    plugins.failures.clear()  # the broken packages aside: the clash alone
+    plugins.pm.unregister(name="raising")
+    with pytest.raises(DdpmKitError) as raised:
+        Registry(plugins, strict=True)
+    assert str(raised.value).startswith("plugin 'collide' (ddpm-kit-collide 2.0.0) also offers schedule 'linear', a "
+                                        "built-in name:")
+    assert str(raised.value).endswith("(strict plugin mode: uninstall one of them, or leave --strict-plugins out)")

@@ -1,5 +1,5 @@
 """Respacing (ddpm_kit.respacing): a K-step chain over a trained T-step one, held against the
-analytic Gaussian oracle of tests/oracle.py."""
+analytic Gaussian oracle of ddpm_kit.testing.oracle."""
 
 import numpy as np
 import pytest
@@ -7,9 +7,7 @@ import torch
 
 from ddpm_kit.api import DdpmKitError, on_original_timesteps, respace, sample_ancestral, spaced_timesteps
 from helpers import make_diffusion
-from oracle import M, S, EpsOracle, linear_betas
-
-
+from ddpm_kit.testing.oracle import M, S, EpsOracle, linear_betas
 def test_spaced_timesteps_are_even_and_keep_both_ends():
     assert spaced_timesteps(1000, 5) == [0, 250, 500, 749, 999]
     assert spaced_timesteps(10, 10) == list(range(10))

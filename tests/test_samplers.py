@@ -1,6 +1,6 @@
 """Samplers held against outside numbers: ancestral sampling against the analytic Gaussian oracle's
-closed-form moments (BRIEF.md); diffusers' schedulers as sampler plugins against the oracle (exact
-eps*), the brief's closed-form ancestral figure and diffusers' own DDIMPipeline on the same noise;
+closed-form moments (ddpm_kit.testing.oracle); diffusers' schedulers as sampler plugins against the oracle (exact
+eps*), the reference closed-form ancestral figure and diffusers' own DDIMPipeline on the same noise;
 and the sampler callback contract as the engine reads it (a sampler that never calls back, one that
 reports timesteps, one that raises: tests/plugin_packages/ddpm-kit-faulty), down to the
 progressive grid."""
@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-import oracle
+from ddpm_kit.testing import oracle
 from helpers import TINY, ancestral_samples, cli, make_diffusion, test_seed
 from ddpm_kit.builtins.diffusers_samplers import NAMES, VARIANTS
 from ddpm_kit.errors import DdpmKitError
@@ -41,14 +41,14 @@ def test_ancestral_sampling_hits_the_closed_form_moments(param, variance):
 @pytest.mark.slow  # the eps draws above (3 s when run alone)
 @pytest.mark.statistical
 def test_sampling_distinguishes_the_two_variances():
-    """On the same noise, sigma^2 = beta ends 0.00463 wider than beta-tilde (the brief's 0.20093 vs
+    """On the same noise, sigma^2 = beta ends 0.00463 wider than beta-tilde (the reference 0.20093 vs
     0.19630). The two stds are positively correlated, so their difference has a standard error
     below sqrt(2) x 0.00055; 4 of those (0.0031) is less than the gap, so a swap (-0.00463) fails.
     (The same draws as the eps cases above: each is made once.)"""
     seed = test_seed(11)
     wide, narrow = (ancestral_samples("eps", v, seed).std().item() for v in ("fixed_beta", "fixed_beta_tilde"))
-    gap = oracle.BRIEF_STD["fixed_beta"] - oracle.BRIEF_STD["fixed_beta_tilde"]
-    assert wide - narrow == pytest.approx(gap, abs=4 * math.sqrt(2) * oracle.BRIEF_STD["fixed_beta"]
+    gap = oracle.REFERENCE_STD["fixed_beta"] - oracle.REFERENCE_STD["fixed_beta_tilde"]
+    assert wide - narrow == pytest.approx(gap, abs=4 * math.sqrt(2) * oracle.REFERENCE_STD["fixed_beta"]
                                           / math.sqrt(2 * N_PIXELS))
 
 
@@ -116,7 +116,7 @@ def test_deterministic_schedulers_converge_to_the_data_distribution(registry, na
 @pytest.mark.statistical
 @pytest.mark.parametrize("variance,expected", [("fixed_beta_tilde", 0.19630), ("fixed_beta", 0.20093)])
 def test_diffusers_ddpm_over_all_1000_steps_is_ancestral_sampling_with_the_runs_variance(registry, variance, expected):
-    """The brief's closed forms: ancestral sampling ends at std 0.19630 with sigma^2 = beta-tilde and
+    """The reference closed forms: ancestral sampling ends at std 0.19630 with sigma^2 = beta-tilde and
     0.20093 with beta (the run's variance becomes DDPMScheduler's fixed_small / fixed_large)."""
     mean, std = moments(registry, "diffusers-ddpm", 1000, variance=variance)
     assert abs(mean - oracle.M) < 4 * oracle.S / math.sqrt(N)

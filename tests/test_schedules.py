@@ -1,4 +1,4 @@
-"""Schedules and the derived quantities, against the brief, closed forms and diffusers."""
+"""Schedules and the derived quantities, against reference values, closed forms and diffusers."""
 
 import math
 

@@ -11,15 +11,18 @@ Contract checks (each raises AssertionError saying what broke)
                                  the oracle's moments within a stated standard error
     assert_schedule_contract     betas in (0, 1], the length asked for, alpha-bar decreasing in (0, 1)
     assert_objective_contract    finite per-example loss and gradients, the documented keys
-A tiny run
+A tiny run, the command line, draws
     TINY                     a recipe small enough for tests (8x8 digits, a 0.2M-parameter UNet, T = 50)
     train_tiny_run           trains it (with overrides) into a folder, in this process, and returns the folder
+    cli                      ``ddpm-kit ARGS`` in this process: exit status, stdout, stderr
     diffusion                a GaussianDiffusion from component names (built-ins or plugins)
+    statistical_seed         a statistical test's seed, moved by $DDPM_KIT_TEST_SEED
+    ancestral_samples        the oracle's ancestral draws (cached), for moment tests
 """
 
 from . import oracle
 from .contracts import assert_objective_contract, assert_sampler_contract, assert_schedule_contract
-from .runs import TINY, diffusion, train_tiny_run
+from .runs import TINY, ancestral_samples, cli, diffusion, statistical_seed, train_tiny_run
 
 __all__ = ["oracle", "assert_sampler_contract", "assert_schedule_contract", "assert_objective_contract",
-           "TINY", "train_tiny_run", "diffusion"]
+           "TINY", "train_tiny_run", "cli", "diffusion", "statistical_seed", "ancestral_samples"]

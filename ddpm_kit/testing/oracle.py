@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 M, S = 0.1, 0.2
-# The brief's closed-form figures for this data: the std of ancestral samples and the expected
-# bound in bits/dim, with sigma^2 = beta-tilde and with sigma^2 = beta.
-BRIEF_STD = {"fixed_beta_tilde": 0.19630, "fixed_beta": 0.20093}
-BRIEF_BOUND = {"fixed_beta_tilde": 7.457, "fixed_beta": 6.844}
+# Reference figures for this data under the linear schedule, T = 1000, computed independently of
+# this module (the reference code's tanh approximation of Phi for the bound): the std of ancestral
+# samples and the expected bound in bits/dim, with sigma^2 = beta-tilde and with sigma^2 = beta.
+REFERENCE_STD = {"fixed_beta_tilde": 0.19630, "fixed_beta": 0.20093}
+REFERENCE_BOUND = {"fixed_beta_tilde": 7.457, "fixed_beta": 6.844}
 
 
 def linear_betas(T: int = 1000) -> np.ndarray:

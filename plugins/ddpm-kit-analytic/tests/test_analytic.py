@@ -1,4 +1,4 @@
-"""Analytic-DPM against the Gaussian oracle (tests/oracle.py): for data N(m, s^2) per pixel,
+"""Analytic-DPM against the Gaussian oracle (ddpm_kit.testing.oracle): for data N(m, s^2) per pixel,
 Gamma_t = (1 - abar) / (abar s^2 + 1 - abar) in closed form, and the KL-optimal variance equals the
 exact Var(x_{n-1} | x_n) of the joint Gaussian of (x_{n-1}, x_n), computed here in numpy from the
 forward process alone."""
@@ -9,9 +9,8 @@ import torch
 
 from ddpm_kit.api import get_registry, on_original_timesteps, sample_ancestral, spaced_timesteps
 from ddpm_kit_analytic import analytic_diffusion, estimate_gamma, trajectory_variances
-from helpers import make_diffusion  # tests/helpers.py and tests/oracle.py (conftest.py puts tests/ on the path)
-from oracle import M, S, EpsOracle, linear_betas
-
+from ddpm_kit.testing import diffusion as make_diffusion
+from ddpm_kit.testing.oracle import M, S, EpsOracle, linear_betas
 T = 1000
 AB = np.cumprod(1 - linear_betas(T))
 
@@ -83,10 +82,10 @@ def exact_log_variances() -> np.ndarray:
 
 
 def test_the_bound_with_the_optimal_variance_is_below_the_bounds_with_beta_and_beta_tilde():
-    """The closed-form expected bound (tests/oracle.py, the brief's 7.457 with beta-tilde and 6.844
+    """The closed-form expected bound (ddpm_kit.testing.oracle, the reference 7.457 with beta-tilde and 6.844
     with beta) with sigma_t^2 = Var(x_{t-1} | x_t): lower than both, and still above the entropy
     of the quantized data (6.720 bits/dim: the bound of any model is)."""
-    import oracle
+    from ddpm_kit.testing import oracle
 
     bounds = {v: oracle.expected_bound(linear_betas(T), v)["total"] for v in ("fixed_beta", "fixed_beta_tilde")}
     optimal = oracle.expected_bound(linear_betas(T), exact_log_variances())
@@ -98,10 +97,10 @@ def test_the_bound_with_the_optimal_variance_is_below_the_bounds_with_beta_and_b
 @pytest.mark.parametrize("param", ["eps", "x0"])
 def test_every_bound_term_with_the_analytic_variance_equals_the_oracles_estimator(param):
     """calc_bpd_loop on analytic_diffusion (closed-form Gamma) against the numpy single-sample
-    estimator of the bound (tests/oracle.py) with log sigma_t^2 = log Var(x_{t-1} | x_t) of the
+    estimator of the bound (ddpm_kit.testing.oracle) with log sigma_t^2 = log Var(x_{t-1} | x_t) of the
     joint Gaussian, on the same x0 and noise: no Monte-Carlo error, so any seed passes."""
-    import oracle
-    from helpers import test_seed
+    from ddpm_kit.testing import oracle
+    from ddpm_kit.testing import statistical_seed as test_seed
 
     d = diffusion(param)
     short, timestep_map = analytic_diffusion(d, torch.from_numpy(closed_form_gamma(range(T))), T)

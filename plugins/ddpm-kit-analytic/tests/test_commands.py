@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import TINY, cli  # tests/helpers.py (conftest.py puts tests/ on the path)
+from ddpm_kit.testing import TINY, cli
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,6 @@
 import functools
-import sys
-from pathlib import Path
 
 import pytest
-
-# the analytic Gaussian oracle lives with ddpm-kit's own tests
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
 
 
 @pytest.fixture
@@ -19,8 +14,8 @@ def registry():
 
 @pytest.fixture
 def diffusion(registry):
-    """make_diffusion (tests/helpers.py) on the registry with this plugin: diffusion(schedule=...,
+    """ddpm_kit.testing.diffusion on the registry with this plugin: diffusion(schedule=...,
     parameterization=..., variance=..., T=...)."""
-    from helpers import make_diffusion
+    from ddpm_kit.testing import diffusion
 
-    return functools.partial(make_diffusion, registry)
+    return functools.partial(diffusion, registry)

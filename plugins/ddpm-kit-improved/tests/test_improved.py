@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-import oracle
+from ddpm_kit.testing import oracle
 from ddpm_kit.api import respace
 from ddpm_kit_improved.samplers import sample_ddim
-from helpers import ancestral_samples, test_seed  # tests/helpers.py (conftest.py puts tests/ on the path)
+from ddpm_kit.testing import ancestral_samples
+from ddpm_kit.testing import statistical_seed as test_seed
 
 
 def test_cosine_schedule_reference_value_and_closed_form(registry):

@@ -1,5 +1,5 @@
 """The probability-flow ODE likelihood against the Gaussian oracle: for data N(m, s^2) per pixel the
-exact eps* at any noise level is known (tests/oracle.py), the ODE's marginal at s = 0 is the forward
+exact eps* at any noise level is known (ddpm_kit.testing.oracle), the ODE's marginal at s = 0 is the forward
 marginal N(sqrt(abar_0) m, abar_0 s^2 + 1 - abar_0), and log p_0(x) is its closed-form density."""
 
 import math
@@ -12,8 +12,9 @@ from scipy.interpolate import CubicSpline
 
 from ddpm_kit.api import get_registry
 from ddpm_kit_likelihood import bits_per_dim, dequantize, ode_log_likelihood
-from helpers import make_diffusion, test_seed
-from oracle import M, S, linear_betas  # tests/oracle.py (conftest.py puts tests/ on the path)
+from ddpm_kit.testing import diffusion as make_diffusion
+from ddpm_kit.testing import statistical_seed as test_seed
+from ddpm_kit.testing.oracle import M, S, linear_betas
 
 T = 1000
 LOG_AB = np.log(np.cumprod(1 - linear_betas(T)))
@@ -106,7 +107,7 @@ def test_bpd_ode_on_a_conditional_run_gives_each_image_and_probe_its_own_label(t
     import json
 
     from ddpm_kit.builtins.backbones import UNetBackbone
-    from helpers import TINY, cli
+    from ddpm_kit.testing import TINY, cli
 
     recipe = tmp_path / "c.toml"
     recipe.write_text(TINY.read_text() + "\n[conditioning]\nnum_classes = 10\nlabel_dropout = 0.25\n")

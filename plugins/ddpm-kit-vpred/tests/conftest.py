@@ -1,10 +1,4 @@
-import sys
-from pathlib import Path
-
 import pytest
-
-# the analytic Gaussian oracle and the helpers live with ddpm-kit's own tests
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
 
 
 @pytest.fixture

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import oracle
-from helpers import TINY, make_diffusion, test_seed
+from ddpm_kit.testing import oracle
+from ddpm_kit.testing import TINY
+from ddpm_kit.testing import diffusion as make_diffusion
+from ddpm_kit.testing import statistical_seed as test_seed
 from ddpm_kit.builtins.samplers import sample_ancestral
 from ddpm_kit.errors import DdpmKitError
 
