@@ -181,3 +181,39 @@ def test_the_tests_cite_no_tracker_issue_and_no_file_outside_the_repository(path
     """The same rule for the tests' text (docstrings, comments, names)."""
     found = violations(path, [issue_references, outside_files])
     assert not found, "\n".join(found)
+
+
+TEST_SOURCES = sorted({*(ROOT / "tests").rglob("test_*.py"), *(ROOT / "plugins").rglob("test_*.py"),
+                       *(ROOT / "examples").rglob("test_*.py")})
+TEST_NAMES = {name for path in TEST_SOURCES for name in re.findall(r"def (test_\w+)", path.read_text())}
+CITED_TEST = re.compile(r"\b(test_\w+?)(\.py)?(?:::(test_\w+))?\b")
+
+
+def dangling_tests(text: str) -> list[tuple[int, str]]:
+    """(offset, text) of each test file, test function or file::function a page cites that does not
+    exist (a renamed or moved test leaves its citation behind)."""
+    found = []
+    for m in CITED_TEST.finditer(text):
+        stem, dotpy, function = m.groups()
+        files = [p for p in TEST_SOURCES if p.stem == stem]
+        if function:
+            ok = any(f"def {function}(" in p.read_text() for p in files)
+        else:
+            ok = bool(files) or (not dotpy and stem in TEST_NAMES)
+        if not ok:
+            found.append((m.start(), m.group(0)))
+    return found
+
+
+def test_the_test_rule_recognises_what_it_is_for():
+    assert [hit for _, hit in dangling_tests("`test_samplers.py::test_sampling_distinguishes_the_two_variances`")] == []
+    assert [hit for _, hit in dangling_tests("`test_oracle.py::test_sampling_distinguishes_the_two_variances`")] \
+        == ["test_oracle.py::test_sampling_distinguishes_the_two_variances"]
+    assert [hit for _, hit in dangling_tests("tests/test_schedulers.py and test_no_such_thing")] \
+        == ["test_schedulers.py", "test_no_such_thing"]
+
+
+@pytest.mark.parametrize("page", USER_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_test_a_user_page_cites_exists(page):
+    found = violations(page, [dangling_tests])
+    assert not found, "\n".join(found)
