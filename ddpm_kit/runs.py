@@ -47,6 +47,11 @@ LAYOUT: tuple[LayoutEntry, ...] = (
     LayoutEntry("provenance.jsonl", "one record per command that wrote here (run, resume, sample, evaluate): "
                 "ddpm-kit's version and commit, library versions, the plugin and distribution behind each "
                 "component, every plugin loaded, device, processes, launcher"),
+    LayoutEntry("trackers.json", "the ids of the run's W&B and MLflow runs, which a resumed run reopens "
+                "(train.log_with)"),
+    LayoutEntry("<name>/", "TensorBoard's event files and the recipe as hyperparameters "
+                "(train.log_with = [\"tensorboard\"]); a resumed run writes into the same folder"),
+    LayoutEntry("wandb/", "W&B's run files (train.log_with = [\"wandb\"]; offline with WANDB_MODE=offline)"),
     LayoutEntry("checkpoints/step_<NNNNNNN>/", "accelerate's training state (model.safetensors, optimizer, "
                 "lr schedule, RNG, EMA) and manifest.json, written last", RESUME),
     LayoutEntry("checkpoints/best/", "the state of the best in-training evaluation, and best.json "
@@ -186,6 +191,7 @@ class RunFolder:
     metrics_file = property(lambda self: self.path / "metrics.jsonl")
     summary_file = property(lambda self: self.path / "summary.json")
     provenance_file = property(lambda self: self.path / "provenance.jsonl")
+    trackers_file = property(lambda self: self.path / "trackers.json")
     checkpoints = property(lambda self: self.path / "checkpoints")
     best_checkpoint = property(lambda self: self.checkpoints / BEST)
     model = property(lambda self: self.path / "model")
@@ -414,6 +420,11 @@ class RunFolder:
     def _write_summary(self, summary: dict[str, Any]) -> None:
         with atomic_file(self.summary_file) as tmp:  # a kill mid-write leaves the previous file whole
             tmp.write_text(json.dumps(summary, indent=2))
+
+    def write_tracker_ids(self, ids: dict[str, str]) -> None:
+        """trackers.json: the tracker runs (W&B, MLflow) a resumed run reopens."""
+        with atomic_file(self.trackers_file) as tmp:
+            tmp.write_text(json.dumps(ids, indent=2))
 
     def save_weights(self, step: int | None = None, **weights: dict[str, torch.Tensor]) -> None:
         """model/<name>.safetensors for each state dict given (``model``: raw, ``ema``), on the CPU,

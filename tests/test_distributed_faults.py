@@ -5,6 +5,7 @@ the tolerance of 2 processes against 1; accelerate launch is tested for real bes
 scripts/kill_loop.py runs the long version of the kill loop."""
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -73,27 +74,38 @@ def test_a_1_process_run_resumed_on_2_processes_by_accelerate_launch_continues_t
     assert_same_weights(weights(reference), weights(run), atol=1e-5)
 
 
-def test_sigterm_to_the_launcher_stops_every_rank_after_one_step_with_a_checkpoint(tmp_path):
-    """What a preempted cluster job gets: torchrun forwards SIGTERM to its workers, they agree on the
-    step at the next log step, checkpoint it, and exit 143 each (torchrun itself then exits 1). (That
-    a 2-process resume is bitwise exact is the kill loop's; a SIGTERM resume's, test_reliability's.)"""
+@pytest.mark.parametrize("targets", ["launcher", "every process"])
+def test_sigterm_stops_every_rank_after_one_step_with_a_checkpoint_whatever_log_every_is(tmp_path, targets):
+    """What a preempted cluster job gets. "launcher": torchrun forwards SIGTERM to its workers.
+    "every process": what SLURM's --signal and scancel do, the launcher and each worker signalled
+    at once, so each worker gets SIGTERM twice (SLURM's and the launcher's forwarded one). Either
+    way the ranks agree on the step (between any two steps: log_every is larger than the run),
+    checkpoint it and exit 143 each (torchrun itself then exits 1)."""
     import signal
     import time
 
+    import psutil
+
     run = tmp_path / "run"
-    proc = launch(run, ARGS)
+    proc = launch(run, [*ARGS, "--set", "train.log_every=1000"])
     deadline = time.time() + 120
-    while not (run / "metrics.jsonl").exists():
+    while not (run / "checkpoints" / "step_0000004" / "manifest.json").exists():  # training, past the imports
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.005)
-    proc.send_signal(signal.SIGTERM)
+    workers = psutil.Process(proc.pid).children()
+    assert len(workers) == 2, workers
+    for target in [proc.pid, *(w.pid for w in workers)] if targets == "every process" else [proc.pid]:
+        os.kill(target, signal.SIGTERM)
+    signalled = time.time()
     _, err = proc.communicate(timeout=120)
     said = [line for line in err.splitlines() if line.startswith("error: stopped by SIGTERM after step ")]
     assert len(said) == 2, err[-2000:]  # both ranks
     steps = {int(line.split("after step ")[1].split(";")[0]) for line in said}
     assert len(steps) == 1 and "(exit status 143)" in said[0]
     (step,) = steps
-    assert (run / "checkpoints" / f"step_{step:07d}" / "manifest.json").is_file() and step < STEPS
+    assert 4 <= step < STEPS, step
+    assert (run / "checkpoints" / f"step_{step:07d}" / "manifest.json").is_file()
+    assert time.time() - signalled < 25, "the launcher waited for its shutdown timeout"
 
 
 def test_non_finite_fp16_training_stops_every_rank_at_the_same_step(tmp_path):

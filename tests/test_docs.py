@@ -217,3 +217,9 @@ def test_the_test_rule_recognises_what_it_is_for():
 def test_every_test_a_user_page_cites_exists(page):
     found = violations(page, [dangling_tests])
     assert not found, "\n".join(found)
+
+
+def test_the_documented_slurm_job_script_is_the_one_the_slurm_tests_run():
+    """docs/training.md shows scripts/slurm/train.sbatch as it is (tests/test_slurm.py runs the file)."""
+    script = (ROOT / "scripts" / "slurm" / "train.sbatch").read_text()
+    assert f"```bash\n{script}```" in (DOCS / "training.md").read_text()

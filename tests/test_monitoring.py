@@ -46,7 +46,7 @@ def test_training_evaluates_at_its_steps_and_keeps_the_best_across_a_resume(tmp_
 
 @pytest.mark.parametrize("override,message", [
     (["train.best_metric=\"fid\""], "best_metric needs eval_every > 0"),
-    (["train.log_with=[\"wandb\"]"], "tracker 'wandb' is not installed"),
+    (["train.log_with=[\"comet_ml\"]"], "tracker 'comet_ml' is not installed"),
     (["train.log_with=[\"tensorbord\"]"], "train.log_with"),
 ])
 def test_bad_monitoring_settings_are_one_line_errors(tmp_path, override, message):

@@ -286,3 +286,27 @@ def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one_and_says_so
     assert {p.name: p.read_bytes() for p in (run / "checkpoints" / "step_0000002").iterdir()} == before
     result = cli("run", str(TINY), "--run-dir", str(run), "--resume", "latest", "--set", "train.steps=4", *args)
     assert result.returncode == 0 and f"resuming {run} from step 2" in result.stdout
+
+
+def test_a_repeated_sigterm_is_one_request_and_a_late_second_ctrl_c_interrupts():
+    """Under SLURM a worker gets the scheduler's SIGTERM and the launcher's forwarded one: the
+    second must not kill it before its checkpoint. A person pressing Ctrl-C again after the
+    patience interval means it."""
+    from ddpm_kit.engine import GracefulStop
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert stop.signum == signal.SIGTERM  # still alive, one request
+        os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C after a SIGTERM within the patience: no effect
+    with GracefulStop() as stop:
+        stop.patience = 0.05
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum == signal.SIGINT
+        time.sleep(0.1)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # restored

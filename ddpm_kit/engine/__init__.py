@@ -9,7 +9,8 @@
 - ``checkpoints``: atomic checkpoints, EMA, final weights, safe loading
 - ``sampling``: samples split over processes, each image a function of (seed, index); the sampling stage
 - ``evaluation``: metrics on every process, ``EvalContext``, the one metric loop; the evaluation stage
-- ``monitoring``: trackers, grids, evaluation during training and the best checkpoint
+- ``monitoring``: evaluation during training and the best checkpoint
+- ``trackers``: experiment trackers (TensorBoard, W&B, MLflow, ...), guarded
 """
 
 from .checkpoints import ema_state_dict, ema_weights, load_run_model, make_ema, save_checkpoint
@@ -19,11 +20,12 @@ from .evaluation import EvalContext, compute_metrics, evaluate
 from .fast_paths import autocast_for, correct_compiled_gradients, quiet_known_dynamo_warnings
 from .sampling import sample_images, sample_run
 from .splits import RunData
-from .stops import GracefulStop, Interrupted, NonFiniteError
+from .stops import GracefulStop, Interrupted, NonFiniteError, StopAgreement
 from .training import Trainer
 
 __all__ = [
-    "Components", "EvalContext", "GracefulStop", "Interrupted", "LocalState", "NonFiniteError", "RunData", "Trainer",
+    "Components", "EvalContext", "GracefulStop", "Interrupted", "LocalState", "NonFiniteError", "RunData",
+    "StopAgreement", "Trainer",
     "autocast_for", "build_components", "compute_metrics", "correct_compiled_gradients", "describe",
     "ema_state_dict", "ema_weights", "evaluate", "load_run_model", "make_ema", "process_state",
     "quiet_known_dynamo_warnings", "sample_images", "sample_run", "save_checkpoint",

@@ -1,14 +1,10 @@
-"""What watches a long run: experiment trackers (accelerate's tracker API, named in the recipe),
-sample grids sent to them, and evaluation of the EMA weights during training with a ``best``
-checkpoint kept by a named figure."""
+"""Evaluation of the EMA weights during training, with a ``best`` checkpoint kept by a named
+figure (the trackers are ``trackers.py``'s)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import DdpmKitError
@@ -17,37 +13,14 @@ from .checkpoints import ema_weights, save_checkpoint
 from .components import Components
 from .evaluation import EvalContext, compute_metrics
 
-PACKAGES = {"comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive", "aim": "aim"}
-
-
-def trackers(names: list[str]) -> list[str]:
-    """``train.log_with`` checked: each tracker's package must be installed (a one-line error if not)."""
-    for name in names:
-        if importlib.util.find_spec(PACKAGES.get(name, name)) is None:
-            raise DdpmKitError(f"train.log_with: tracker '{name}' is not installed (pip install {name}); "
-                               "remove it from the recipe or install it")
-    return names
-
-
-def log_grid(accelerator, step: int, path: Path) -> None:
-    """Send a saved sample grid (PNG) to every tracker that takes images."""
-    from PIL import Image
-
-    grid = np.asarray(Image.open(path).convert("RGB"))
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            tracker.log_images({"samples": grid[None]}, step=step, dataformats="NHWC")
-        elif hasattr(tracker, "log_images"):
-            tracker.log_images({"samples": [grid]}, step=step)
-
 
 class TrainingEvaluation:
     """``train.eval_metrics`` (default: ``eval.metrics``) on the EMA weights every
     ``train.eval_every`` steps, on all processes; ``checkpoints/best`` follows ``train.best_metric``."""
 
-    def __init__(self, components: Components, run: RunFolder, state) -> None:
+    def __init__(self, components: Components, run: RunFolder, state, trackers) -> None:
         tr = components.recipe.train
-        self.components, self.run, self.state = components, run, state
+        self.components, self.run, self.state, self.trackers = components, run, state, trackers
         self.every, self.metric, self.mode = tr.eval_every, tr.best_metric, tr.best_mode
         self.specs = tr.eval_metrics if tr.eval_metrics is not None else components.recipe.eval.metrics
         record = run.read_best()  # a resumed run continues from its checkpoints/best
@@ -70,7 +43,7 @@ class TrainingEvaluation:
         if self.metric is not None and self.metric not in figures:
             raise DdpmKitError(f"train.best_metric '{self.metric}' is not among the evaluation's figures: "
                                f"{', '.join(figures)}")
-        accelerator.log({f"eval/{k}": v for k, v in figures.items()}, step=step)
+        self.trackers.log({f"eval/{k}": v for k, v in figures.items()}, step=step)
         if accelerator.is_main_process:
             self.run.log_metrics({"step": step, "eval": results})
         if self.metric is not None and self._improves(figures[self.metric]):

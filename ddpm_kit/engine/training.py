@@ -32,9 +32,10 @@ from .distributed import describe, process_state
 from .dropout import use_global_batch_dropout
 from .fast_paths import (FirstConvolution, compiled_graphs, correct_compiled_gradients, paths_taken,
                          quiet_known_dynamo_warnings)
-from .monitoring import TrainingEvaluation, log_grid, trackers
+from .monitoring import TrainingEvaluation
 from .sampling import sample_images
-from .stops import GracefulStop, Interrupted, NonFiniteError
+from .stops import GracefulStop, Interrupted, NonFiniteError, StopAgreement
+from .trackers import Trackers, flat_config, trackers
 
 
 @dataclass
@@ -80,9 +81,9 @@ class Trainer:
         self.seed, tr, self.created = components.recipe.run.seed, components.recipe.train, time.time()
         self.timed_from = self.created
         process_state()  # the shared state first: only so do several CPU processes join one group
+        trackers(tr.log_with)  # installed, before the run folder is touched
         self.accelerator = Accelerator(mixed_precision=tr.mixed_precision, step_scheduler_with_optimizer=False,
                                        gradient_accumulation_steps=tr.grad_accum, project_dir=str(run.path),
-                                       log_with=trackers(tr.log_with) or None,
                                        dynamo_backend="inductor" if tr.compile else "no")
         if tr.compile:
             quiet_known_dynamo_warnings()
@@ -135,21 +136,24 @@ class Trainer:
     def fit(self, resume: bool = False) -> None:
         """Train to ``train.steps``: from step 0, or with ``resume`` from the latest checkpoint."""
         tr = self.settings
-        if tr.log_with:
-            self.accelerator.init_trackers(self.run.path.name)
+        self.trackers = Trackers(tr.log_with, self.run, self.is_main_process)
+        self.trackers.start(flat_config(self.components.recipe.model_dump(mode="json")), resuming=resume)
         if resume and self.run.training_finished(tr.steps):  # e.g. sampling failed after training
             self.accelerator.print(f"{self.run.path}: training already finished at step {tr.steps} (model/ holds "
                                    "its weights); nothing to train")
             return
-        self.evaluation = TrainingEvaluation(self.components, self.run, self.accelerator) if tr.eval_every else None
+        self.evaluation = (TrainingEvaluation(self.components, self.run, self.accelerator, self.trackers)
+                           if tr.eval_every else None)
         first = self.resume() if resume else 0
         self.start(first)
         bar = progress_bar(range(first, tr.steps), initial=first, total=tr.steps, desc="train",
                            enabled=self.is_main_process)
+        self.agreement = StopAgreement(self.accelerator)
         with GracefulStop() as stop, correct_compiled_gradients(tr.compile):
             for step in bar:
                 self.train_step(step)
                 self.after_step(step + 1, stop, bar)
+        self.agreement.settle()
         bar.close()
         self.finish()
 
@@ -247,7 +251,8 @@ class Trainer:
     # -- at the end of a step ------------------------------------------------------------------------
     def after_step(self, done: int, stop: GracefulStop, bar) -> None:
         """What is due after ``done`` steps: the log line, an evaluation (before this step's
-        checkpoint: a new best is saved with it), the checkpoint, a sample grid; then Ctrl-C."""
+        checkpoint: a new best is saved with it), the checkpoint, a sample grid; then a stop that
+        Ctrl-C or SIGTERM asked for, agreed by every process (``StopAgreement``)."""
         tr = self.settings
         checkpoint_due = bool(tr.checkpoint_every) and (done % tr.checkpoint_every == 0 or done == tr.steps)
         if done % tr.log_every == 0 or done == tr.steps:
@@ -258,8 +263,9 @@ class Trainer:
             self.checkpoint(done)
         if tr.sample_every and done % tr.sample_every == 0 and self.is_main_process:
             self.sample_grid(done)
-        signum = self.stop_requested(stop, done)
+        signum = self.agreement(stop.signum)
         if signum:
+            self.agreement.settle()
             bar.close()
             if not checkpoint_due:
                 self.checkpoint(done)
@@ -277,7 +283,7 @@ class Trainer:
         record = {"step": done, "loss": mean_loss, "lr": self.lr_schedule.get_last_lr()[0],
                   "grad_norm": float(s.grad_norm), "steps_per_s": rate, "skipped_steps": s.skipped,
                   "time": time.time(), **terms}
-        self.accelerator.log({k: v for k, v in record.items() if k not in ("step", "time")}, step=done)
+        self.trackers.log({k: v for k, v in record.items() if k not in ("step", "time")}, step=done)
         if self.is_main_process:
             self.run.log_metrics(record)
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}")
@@ -302,16 +308,7 @@ class Trainer:
         model = self.unwrapped()
         with ema_weights(model, self.ema):
             images = sample_images(self.components, model, 16, self.accelerator.device)
-        log_grid(self.accelerator, done, save_grid(images, self.run.training_grid_file(done)))
-
-    def stop_requested(self, stop: GracefulStop, done: int) -> int:
-        """The signal that asks to stop between steps (Ctrl-C, SIGTERM), or 0. Several processes
-        agree at log steps (one small all-reduce), so all stop after the same step."""
-        if self.accelerator.num_processes == 1:
-            return stop.signum
-        if done % self.settings.log_every:
-            return 0
-        return int(self.accelerator.reduce(torch.tensor(float(stop.signum), device=self.accelerator.device), "max"))
+        self.trackers.log_grid(done, save_grid(images, self.run.training_grid_file(done)))
 
     def finish(self) -> None:
         """The final weights (raw and EMA) and the training's figures in summary.json."""
@@ -325,5 +322,4 @@ class Trainer:
             click.echo(f"trained {self.settings.steps} steps in {seconds:.0f} s on "
                        f"{self.accelerator.num_processes} process(es) -> {self.run.path}")
         self.accelerator.wait_for_everyone()
-        for tracker in self.accelerator.trackers:  # not end_training(): it would end the process group that
-            tracker.finish()                      # sampling and evaluation still use
+        self.trackers.finish()
