@@ -5,26 +5,28 @@ every other module of ddpm_kit is internal and may change between releases. docs
 documents each name; tests/test_api.py fails when a documented name disappears from here or a name
 here goes undocumented.
 
-Hooks and registration
-    hookimpl                 marks a module's ``register_<kind>s(register)`` functions
-    get_registry             the registry of every installed component (for a plugin's tests)
-Interfaces (what a factory returns)
-    Schedule, Parameterization, VarianceChoice, LearnedVariance, Decoder, Sampler, Objective,
-    Metric, Model, CannotSample
-The diffusion a sampler, objective or metric is handed
-    GaussianDiffusion, PMeanVariance
-What a metric is handed, and the bound to subclass for another reverse process
-    EvalContext, BitsPerDim
-A finished run, for a plugin's own commands (statistics of the trained model)
-    open_run, FinishedRun, weights_digest
-Helpers
-    randn_like, NoiseSource  a sampler's Gaussian draws (one generator per image)
-    spaced_timesteps, validate_steps, respace, on_original_timesteps   K-step samplers over a trained T-step chain
-    sample_ancestral         Algorithm 2, to wrap or to run on a respaced diffusion
-    mean_flat, normal_kl, discretized_gaussian_log_likelihood, approx_standard_normal_cdf
-Errors
-    DdpmKitError             a message for the user (bad parameters): one line, exit 2
-    PluginError              what the engine raises when plugin code fails: names the plugin, exit 1
+The names, by what they are for:
+
+    Hooks and registration
+        hookimpl                 marks a module's ``register_<kind>s(register)`` functions
+        get_registry             the registry of every installed component (for a plugin's tests)
+    Interfaces (what a factory returns)
+        Schedule, Parameterization, VarianceChoice, LearnedVariance, Decoder, Sampler, Objective,
+        Metric, Model, CannotSample
+    The diffusion a sampler, objective or metric is handed
+        GaussianDiffusion, PMeanVariance
+    What a metric is handed, and the bound to subclass for another reverse process
+        EvalContext, BitsPerDim
+    A finished run, for a plugin's own commands (statistics of the trained model)
+        open_run, FinishedRun, weights_digest
+    Helpers
+        randn_like, NoiseSource  a sampler's Gaussian draws (one generator per image)
+        spaced_timesteps, validate_steps, respace, on_original_timesteps   K-step samplers over a trained T-step chain
+        sample_ancestral         Algorithm 2, to wrap or to run on a respaced diffusion
+        mean_flat, normal_kl, discretized_gaussian_log_likelihood, approx_standard_normal_cdf
+    Errors
+        DdpmKitError             a message for the user (bad parameters): one line, exit 2
+        PluginError              what the engine raises when plugin code fails: names the plugin, exit 1
 """
 
 from __future__ import annotations
