@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing of the math core with mutmut (config: [tool.mutmut] in pyproject.toml).
 #
-#   bash scripts/mutation_test.sh            # ~30-40 min on a 2-core CPU; prints the score
+#   bash scripts/mutation_test.sh            # about 5 min on a 2-core CPU; prints the score
 #
 # mutmut copies ddpm_kit/ into mutants/ and imports it from there, so it must run from a venv in
 # which ddpm-kit is NOT installed editable (the editable finder would import the unmutated code):
