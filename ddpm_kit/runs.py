@@ -114,6 +114,12 @@ def _entry_for(relative: str) -> tuple[LayoutEntry, dict[str, str]] | None:
     return entry, parts
 
 
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    """A JSON file written whole or not at all (a kill mid-write leaves the previous file)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2))
+
+
 class DamagedRunFile(DdpmKitError):
     """A run's file that cannot be read (truncated, overwritten, not what ddpm-kit wrote)."""
 
@@ -418,13 +424,11 @@ class RunFolder:
         self._write_summary(summary)
 
     def _write_summary(self, summary: dict[str, Any]) -> None:
-        with atomic_file(self.summary_file) as tmp:  # a kill mid-write leaves the previous file whole
-            tmp.write_text(json.dumps(summary, indent=2))
+        _write_json(self.summary_file, summary)
 
     def write_tracker_ids(self, ids: dict[str, str]) -> None:
         """trackers.json: the tracker runs (W&B, MLflow) a resumed run reopens."""
-        with atomic_file(self.trackers_file) as tmp:
-            tmp.write_text(json.dumps(ids, indent=2))
+        _write_json(self.trackers_file, ids)
 
     def save_weights(self, step: int | None = None, **weights: dict[str, torch.Tensor]) -> None:
         """model/<name>.safetensors for each state dict given (``model``: raw, ``ema``), on the CPU,

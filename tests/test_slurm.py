@@ -11,6 +11,7 @@ a job cancelled mid-step (scancel) and submitted again; a job one of whose worke
 SLURM holds a requeued job until the credential of its previous start expires (cred_expire: 120 s
 by default, 5 s on the test cluster)."""
 
+import json
 import os
 import re
 import subprocess
@@ -81,8 +82,8 @@ def cluster(tmp_path_factory):
         yield Cluster(folder)
     finally:
         subprocess.run(["bash", str(CLUSTER), "stop", str(folder)], capture_output=True, timeout=120)
-        assert not [p for p in psutil.process_iter(["name"]) if p.info["name"] in ("slurmctld", "slurmd")] or \
-            pytest.fail("SLURM daemons left running")
+        left = [p.info["name"] for p in psutil.process_iter(["name"]) if p.info["name"] in ("slurmctld", "slurmd")]
+        assert not left, f"SLURM daemons left running: {left}"
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +130,7 @@ def test_a_two_task_job_trains_as_torchrun_on_one_node(cluster, reference, tmp_p
     log = assert_resumed_to_the_reference(cluster, job, run, reference)
     assert "2 machines x 1 processes, main localhost" in log
     assert cluster.job(job)["Restarts"] == "0"
-    summary = __import__("json").loads((run / "summary.json").read_text())["train_processes"]
+    summary = json.loads((run / "summary.json").read_text())["train_processes"]
     assert (summary["num_processes"], summary["launcher"]) == (2, "accelerate launch")
 
 

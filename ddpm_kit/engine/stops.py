@@ -18,8 +18,8 @@ class GracefulStop:
     """Turn Ctrl-C (SIGINT) or SIGTERM into a request to stop after the current step (``signum``
     says which). A repeated SIGTERM is the same request: under SLURM every process of a job step
     gets the scheduler's SIGTERM and then the launcher's forwarded one, and acting on the second
-    would kill the process before its checkpoint. A second Ctrl-C more than ``patience`` seconds
-    after the first interrupts at once (a person who means it)."""
+    would kill the process before its checkpoint. A Ctrl-C more than ``patience`` seconds after the
+    first signal interrupts at once (a person who means it)."""
 
     signum = 0  # the signal received, 0 for none
     patience = 2.0

@@ -23,13 +23,12 @@ from ..runs import RunFolder
 PACKAGES = {"comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive", "aim": "aim"}
 
 
-def trackers(names: list[str]) -> list[str]:
+def require_installed(names: list[str]) -> None:
     """``train.log_with`` checked: each tracker's package must be installed (a one-line error if not)."""
     for name in names:
         if importlib.util.find_spec(PACKAGES.get(name, name)) is None:
             raise DdpmKitError(f"train.log_with: tracker '{name}' is not installed (pip install {name}); "
                                "remove it from the recipe or install it")
-    return names
 
 
 def flat_config(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -64,12 +63,13 @@ class Trackers:
         self.names, self.run = names if main_process else [], run
         self.active: list = []
 
-    def start(self, config: dict[str, Any], resuming: bool) -> None:
+    def start(self, recipe, resuming: bool) -> None:
         """Start (or reopen) each tracker's run and store the recipe as its configuration."""
         if not self.names:
             return
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
+        config = flat_config(recipe.model_dump(mode="json"))
         kept = self.run.read_json(self.run.trackers_file)
         for name in self.names:
             cls = LOGGER_TYPE_TO_CLASS[name]
@@ -153,6 +153,7 @@ class Trackers:
             self._warn(tracker.name, what, exc)
 
     def _warn(self, name: str, what: str, exc: BaseException) -> None:
-        detail = textwrap.shorten(str(exc).splitlines()[0], 160) if str(exc) else ""
+        text = str(exc)
+        detail = textwrap.shorten(text.splitlines()[0], 160) if text else ""
         click.echo(f"warning: tracker '{name}' {what} ({type(exc).__name__}: {detail}); training goes on "
                    "without it (metrics.jsonl has every figure)", err=True)

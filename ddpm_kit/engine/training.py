@@ -35,7 +35,7 @@ from .fast_paths import (FirstConvolution, compiled_graphs, correct_compiled_gra
 from .monitoring import TrainingEvaluation
 from .sampling import sample_images
 from .stops import GracefulStop, Interrupted, NonFiniteError, StopAgreement
-from .trackers import Trackers, flat_config, trackers
+from .trackers import Trackers, require_installed
 
 
 @dataclass
@@ -81,7 +81,7 @@ class Trainer:
         self.seed, tr, self.created = components.recipe.run.seed, components.recipe.train, time.time()
         self.timed_from = self.created
         process_state()  # the shared state first: only so do several CPU processes join one group
-        trackers(tr.log_with)  # installed, before the run folder is touched
+        require_installed(tr.log_with)  # before the run folder is touched
         self.accelerator = Accelerator(mixed_precision=tr.mixed_precision, step_scheduler_with_optimizer=False,
                                        gradient_accumulation_steps=tr.grad_accum, project_dir=str(run.path),
                                        dynamo_backend="inductor" if tr.compile else "no")
@@ -136,26 +136,29 @@ class Trainer:
     def fit(self, resume: bool = False) -> None:
         """Train to ``train.steps``: from step 0, or with ``resume`` from the latest checkpoint."""
         tr = self.settings
-        self.trackers = Trackers(tr.log_with, self.run, self.is_main_process)
-        self.trackers.start(flat_config(self.components.recipe.model_dump(mode="json")), resuming=resume)
         if resume and self.run.training_finished(tr.steps):  # e.g. sampling failed after training
             self.accelerator.print(f"{self.run.path}: training already finished at step {tr.steps} (model/ holds "
                                    "its weights); nothing to train")
             return
-        self.evaluation = (TrainingEvaluation(self.components, self.run, self.accelerator, self.trackers)
-                           if tr.eval_every else None)
-        first = self.resume() if resume else 0
-        self.start(first)
-        bar = progress_bar(range(first, tr.steps), initial=first, total=tr.steps, desc="train",
-                           enabled=self.is_main_process)
-        self.agreement = StopAgreement(self.accelerator)
-        with GracefulStop() as stop, correct_compiled_gradients(tr.compile):
-            for step in bar:
-                self.train_step(step)
-                self.after_step(step + 1, stop, bar)
-        self.agreement.settle()
-        bar.close()
-        self.finish()
+        self.trackers = Trackers(tr.log_with, self.run, self.is_main_process)
+        self.trackers.start(self.components.recipe, resuming=resume)
+        try:  # a stopped or failed run closes its tracker runs too
+            self.evaluation = (TrainingEvaluation(self.components, self.run, self.accelerator, self.trackers)
+                               if tr.eval_every else None)
+            first = self.resume() if resume else 0
+            self.start(first)
+            bar = progress_bar(range(first, tr.steps), initial=first, total=tr.steps, desc="train",
+                               enabled=self.is_main_process)
+            self.agreement = StopAgreement(self.accelerator)
+            with GracefulStop() as stop, correct_compiled_gradients(tr.compile):
+                for step in bar:
+                    self.train_step(step)
+                    self.after_step(step + 1, stop, bar)
+            self.agreement.settle()
+            bar.close()
+            self.finish()
+        finally:
+            self.trackers.finish()
 
     def resume(self) -> int:
         """Load the latest complete checkpoint (weights, optimizer, lr, EMA, RNG, objective state);
@@ -322,4 +325,3 @@ class Trainer:
             click.echo(f"trained {self.settings.steps} steps in {seconds:.0f} s on "
                        f"{self.accelerator.num_processes} process(es) -> {self.run.path}")
         self.accelerator.wait_for_everyone()
-        self.trackers.finish()
