@@ -8,17 +8,22 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import datasets
 
 from .errors import DdpmKitError
 
 
 def image_column(ds: datasets.Dataset) -> str:
     """The first column with the ``Image`` feature (or one named image/img)."""
+    import datasets
+
     for name, feature in ds.features.items():
         if isinstance(feature, datasets.Image):
             return name
@@ -73,6 +78,8 @@ def decode_images(items, image_size: int, channels: int, resize: str) -> np.ndar
 
 def to_uint8_tensor(ds: datasets.Dataset, image_size: int, channels: int, resize: str) -> torch.Tensor:
     """A whole split as uint8 [N, C, H, W], held in memory (the engine uses ``store.prepared_split``)."""
+    import datasets
+
     if len(ds) == 0:
         raise DdpmKitError("dataset split is empty")
     column = image_column(ds)

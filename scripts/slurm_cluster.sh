@@ -8,9 +8,9 @@
 # (jobcomp/filetxt: one line per finished job, with its state, exit code and requeue count; sacct
 # needs slurmdbd and a database, which a test cluster does without). The node is this machine with
 # its CPUs, named localhost so that a job's node list resolves to the loopback address; JobRequeue=1
-# lets jobs requeue, and cred_expire=5 holds a requeued job 5 s (SLURM's default: 120) before it starts
-# again (the credential of its previous start must expire first); proctrack/linuxproc and task/none
-# need no cgroups.
+# lets jobs requeue, and cred_expire=5 (the least SLURM takes; its default: 120) holds a requeued job 5 s before it starts
+# again (the credential of its previous start must expire first); jobs submitted with --oversubscribe
+# share CPUs, up to 8 to a CPU; proctrack/linuxproc and task/none need no cgroups.
 # Needs root (apt-get, munged and slurmd run as root), as CI and the developers' machines have.
 set -euo pipefail
 action=${1:?usage: slurm_cluster.sh start|stop DIR}
@@ -25,15 +25,21 @@ stop() {
             sleep 0.2
         done
     fi
-    for daemon in slurmd slurmctld munged; do
+    local pids=()
+    for daemon in slurmd slurmctld munged; do  # stopped together: each takes 1-2 s to shut down
         pidfile="$dir/$daemon.pid"
         [ -f "$pidfile" ] || continue
-        pid=$(cat "$pidfile")
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
+        pids+=("$(cat "$pidfile")")
+        kill "${pids[-1]}" 2>/dev/null || true
         rm -f "$pidfile"
     done
+    for _ in $(seq 50); do
+        alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
     pkill -KILL -x slurmstepd 2>/dev/null || true  # a job step the daemons left behind
 }
 
@@ -85,7 +91,7 @@ MinJobAge=3600
 KillWait=30
 SchedulerParameters=sched_interval=1
 NodeName=localhost NodeHostname=$node NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
-PartitionName=test Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+PartitionName=test Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES:8
 EOF
     munged --force --socket="$dir/munge/munge.socket" --pid-file="$dir/munged.pid" \
         --log-file="$dir/munged.log" --seed-file="$dir/munge/seed" 2>>"$dir/munged.log"

@@ -9,7 +9,8 @@ an uninterrupted job; a job preempted by SIGTERM to its step (what --signal=TERM
 preempting scheduler send) that requeues itself; a job requeued from outside (scontrol requeue);
 a job cancelled mid-step (scancel) and submitted again; a job one of whose workers is SIGKILLed.
 SLURM holds a requeued job until the credential of its previous start expires (cred_expire: 120 s
-by default, 5 s on the test cluster)."""
+by default, 5 s on the test cluster). The five scenarios run at once, each with a job of its own,
+sharing the node's CPUs (--oversubscribe): their waits for SLURM overlap."""
 
 import json
 import os
@@ -17,6 +18,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -50,7 +52,7 @@ class Cluster:
         """sbatch the job script for ``run``: 1 node, 2 tasks of 1 process each."""
         env = {"RECIPE": str(ROOT / "ddpm_kit" / "testing" / "tiny.toml"), "RUN": str(run), "PROCS": "1",
                "PORT": str(free_port())}
-        out = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--time=10",
+        out = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--time=10", "--oversubscribe",
                               f"--output={run.parent}/job-%j.out", *options, str(SCRIPT), *ARGS],
                              env={**self.env, **env}, capture_output=True, text=True, timeout=60, cwd=run.parent)
         assert out.returncode == 0, out.stderr
@@ -60,7 +62,7 @@ class Cluster:
         """`scontrol show job`'s fields (JobState, Reason, Restarts, ExitCode, ...)."""
         return dict(re.findall(r"(\w+)=(\S*)", self.command("scontrol", "show", "job", "-o", job)))
 
-    def wait(self, job: str, *states: str, timeout: float = 180) -> dict[str, str]:
+    def wait(self, job: str, *states: str, timeout: float = 300) -> dict[str, str]:
         deadline = time.time() + timeout
         while (fields := self.job(job))["JobState"] not in states:
             assert time.time() < deadline, f"job {job} still {fields['JobState']} ({fields.get('Reason')})"
@@ -86,20 +88,14 @@ def cluster(tmp_path_factory):
         assert not left, f"SLURM daemons left running: {left}"
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def torchrun_reference(folder: Path) -> Path:
     """The same recipe under torchrun: 2 processes on one node, uninterrupted."""
-    run = tmp_path_factory.mktemp("torchrun") / "run"
+    run = folder / "run"
     finish(launch(run, ARGS))
     return run
 
 
-def job_run(tmp_path: Path) -> Path:
-    (tmp_path / "job").mkdir()
-    return tmp_path / "job" / "run"
-
-
-def wait_for_checkpoint(run: Path, step: int, timeout: float = 120) -> None:
+def wait_for_checkpoint(run: Path, step: int, timeout: float = 180) -> None:
     deadline = time.time() + timeout
     while not (run / "checkpoints" / f"step_{step:07d}" / "manifest.json").exists():
         assert time.time() < deadline, f"no checkpoint {step} in {run}"
@@ -113,19 +109,19 @@ def stopped_step(log: str) -> int:
     return int(said[0])
 
 
-def assert_resumed_to_the_reference(cluster, job, run, reference, step=None) -> str:
+def assert_resumed_to_the_reference(cluster, job, run, reference: Future, step=None) -> str:
     fields = cluster.wait(job, "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
     log = cluster.log(job, run)
     assert fields["JobState"] == "COMPLETED", log[-3000:]
     if step is not None:
         assert f"resuming {run} from step {step}" in log, log[-3000:]
-    assert_same_weights(weights(reference), weights(run))
-    assert_same_weights(weights(reference, "ema"), weights(run, "ema"))
+    assert_same_weights(weights(reference.result()), weights(run))
+    assert_same_weights(weights(reference.result(), "ema"), weights(run, "ema"))
     return log
 
 
-def test_a_two_task_job_trains_as_torchrun_on_one_node(cluster, reference, tmp_path):
-    run = job_run(tmp_path)
+# -- the scenarios: each submits its own job and asserts what it saw ---------------------------------
+def uninterrupted(cluster, reference, run):
     job = cluster.submit(run)
     log = assert_resumed_to_the_reference(cluster, job, run, reference)
     assert "2 machines x 1 processes, main localhost" in log
@@ -134,11 +130,10 @@ def test_a_two_task_job_trains_as_torchrun_on_one_node(cluster, reference, tmp_p
     assert (summary["num_processes"], summary["launcher"]) == (2, "accelerate launch")
 
 
-def test_a_job_signalled_before_its_time_limit_checkpoints_requeues_itself_and_resumes(cluster, reference, tmp_path):
+def signalled(cluster, reference, run):
     """SIGTERM to every process of the job step (the launchers and the workers, as --signal=TERM@N
     does): both ranks stop after the same step with its checkpoint, the script requeues the job,
     and the requeued job resumes from that step."""
-    run = job_run(tmp_path)
     job = cluster.submit(run)
     wait_for_checkpoint(run, 4)
     cluster.command("scancel", "--signal=TERM", job)
@@ -150,8 +145,7 @@ def test_a_job_signalled_before_its_time_limit_checkpoints_requeues_itself_and_r
     assert cluster.job(job)["Restarts"] == "1"
 
 
-def test_a_job_requeued_from_outside_resumes(cluster, reference, tmp_path):
-    run = job_run(tmp_path)
+def requeued(cluster, reference, run):
     job = cluster.submit(run)
     wait_for_checkpoint(run, 4)
     cluster.command("scontrol", "requeue", job)
@@ -160,10 +154,9 @@ def test_a_job_requeued_from_outside_resumes(cluster, reference, tmp_path):
     assert cluster.job(job)["Restarts"] == "1"
 
 
-def test_a_cancelled_job_leaves_no_half_checkpoint_and_the_next_job_resumes(cluster, reference, tmp_path):
+def cancelled(cluster, reference, run):
     from ddpm_kit.runs import verify_manifest
 
-    run = job_run(tmp_path)
     job = cluster.submit(run)
     wait_for_checkpoint(run, 4)
     cluster.command("scancel", job)
@@ -175,10 +168,9 @@ def test_a_cancelled_job_leaves_no_half_checkpoint_and_the_next_job_resumes(clus
     assert_resumed_to_the_reference(cluster, again, run, reference, last)
 
 
-def test_a_job_whose_worker_is_killed_fails_over_to_a_resume(cluster, reference, tmp_path):
+def worker_killed(cluster, reference, run):
     """SIGKILL to the second machine's worker: srun --kill-on-bad-exit ends the other task, the
     script requeues the job, which resumes from the last complete checkpoint."""
-    run = job_run(tmp_path)
     job = cluster.submit(run)
     wait_for_checkpoint(run, 4)
     workers = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and str(run) in p.info["cmdline"]
@@ -190,3 +182,39 @@ def test_a_job_whose_worker_is_killed_fails_over_to_a_resume(cluster, reference,
     log = assert_resumed_to_the_reference(cluster, job, run, reference)
     assert re.search(rf"resuming {run} from step \d+", log), log[-3000:]
     assert cluster.job(job)["Restarts"] == "1"
+
+
+SCENARIOS = (uninterrupted, signalled, requeued, cancelled, worker_killed)
+
+
+@pytest.fixture(scope="module")
+def outcomes(cluster, tmp_path_factory) -> dict[str, Future]:
+    """Every scenario at once, each in a thread with its own job (the jobs share the node's CPUs:
+    --oversubscribe), beside the torchrun reference; a test reads its scenario's outcome."""
+    with ThreadPoolExecutor(3) as pool:
+        reference = pool.submit(torchrun_reference, tmp_path_factory.mktemp("torchrun"))
+        futures = {}
+        for scenario in SCENARIOS:
+            (folder := tmp_path_factory.mktemp(scenario.__name__) / "job").mkdir()
+            futures[scenario.__name__] = pool.submit(scenario, cluster, reference, folder / "run")
+    return futures
+
+
+def test_a_two_task_job_trains_as_torchrun_on_one_node(outcomes):
+    outcomes["uninterrupted"].result()
+
+
+def test_a_job_signalled_before_its_time_limit_checkpoints_requeues_itself_and_resumes(outcomes):
+    outcomes["signalled"].result()
+
+
+def test_a_job_requeued_from_outside_resumes(outcomes):
+    outcomes["requeued"].result()
+
+
+def test_a_cancelled_job_leaves_no_half_checkpoint_and_the_next_job_resumes(outcomes):
+    outcomes["cancelled"].result()
+
+
+def test_a_job_whose_worker_is_killed_fails_over_to_a_resume(outcomes):
+    outcomes["worker_killed"].result()
