@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ENV, TINY, assert_same_weights, cli, ddpm_kit, weights
+from helpers import ENV, SHORT_GRAPH, TINY, assert_same_weights, cli, ddpm_kit, weights
 
 pytestmark = pytest.mark.slow
 
