@@ -120,7 +120,7 @@ def test_compiled_training_equals_the_plain_run(tmp_path):
         runs[compile_] = tmp_path / compile_
         result = run_cli("run", str(TINY), "--run-dir", str(runs[compile_]), "--set", "train.steps=1",
                          "--set", "train.log_every=1", "--set", f"train.compile={compile_}",
-                         "--set", "backbone.add_attention=false", "--no-sample", "--no-eval")  # a shorter graph
+                         *(a for o in SHORT_GRAPH for a in ("--set", o)), "--no-sample", "--no-eval")
         assert result.returncode == 0, result.stderr
     plain, compiled = (json.loads((r / "metrics.jsonl").read_text()) for r in runs.values())  # the one logged step
     paths = {k: json.loads((r / "summary.json").read_text())["train_paths"] for k, r in runs.items()}
