@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import DdpmKitError
+
 if TYPE_CHECKING:
     import datasets
-
-from .errors import DdpmKitError
 
 
 def image_column(ds: datasets.Dataset) -> str:

@@ -8,9 +8,9 @@
 # (jobcomp/filetxt: one line per finished job, with its state, exit code and requeue count; sacct
 # needs slurmdbd and a database, which a test cluster does without). The node is this machine with
 # its CPUs, named localhost so that a job's node list resolves to the loopback address; JobRequeue=1
-# lets jobs requeue, and cred_expire=5 (the least SLURM takes; its default: 120) holds a requeued job 5 s before it starts
-# again (the credential of its previous start must expire first); jobs submitted with --oversubscribe
-# share CPUs, up to 8 to a CPU; proctrack/linuxproc and task/none need no cgroups.
+# lets jobs requeue, and cred_expire=5 (the least SLURM takes; its default: 120) holds a requeued job
+# 5 s before it starts again (the credential of its previous start must expire first); jobs submitted
+# with --oversubscribe share CPUs, up to 8 to a CPU; proctrack/linuxproc and task/none need no cgroups.
 # Needs root (apt-get, munged and slurmd run as root), as CI and the developers' machines have.
 set -euo pipefail
 action=${1:?usage: slurm_cluster.sh start|stop DIR}

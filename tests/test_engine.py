@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ENV, SHORT_GRAPH, TINY, assert_same_weights, cli, ddpm_kit, weights
+from helpers import ENV, SHORT_GRAPH, TINY, assert_same_weights, cli, ddpm_kit, set_args, weights
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +120,7 @@ def test_compiled_training_equals_the_plain_run(tmp_path):
         runs[compile_] = tmp_path / compile_
         result = run_cli("run", str(TINY), "--run-dir", str(runs[compile_]), "--set", "train.steps=1",
                          "--set", "train.log_every=1", "--set", f"train.compile={compile_}",
-                         *(a for o in SHORT_GRAPH for a in ("--set", o)), "--no-sample", "--no-eval")
+                         *set_args(SHORT_GRAPH), "--no-sample", "--no-eval")
         assert result.returncode == 0, result.stderr
     plain, compiled = (json.loads((r / "metrics.jsonl").read_text()) for r in runs.values())  # the one logged step
     paths = {k: json.loads((r / "summary.json").read_text())["train_paths"] for k, r in runs.items()}
@@ -203,7 +203,7 @@ def test_gradient_accumulation_steps_on_the_mean_gradient_of_its_micro_batches(t
     overrides = ["train.steps=1", "train.batch_size=8", "train.grad_accum=2", "train.log_every=1",
                  f'data.store_dir="{tmp_path / "store"}"']
     run = tmp_path / "run"
-    result = cli("run", str(TINY), "--run-dir", str(run), *[a for o in overrides for a in ("--set", o)],
+    result = cli("run", str(TINY), "--run-dir", str(run), *set_args(overrides),
                       "--no-sample", "--no-eval")
     assert result.returncode == 0, result.stderr
     recipe, _ = load_recipe(TINY, registry, overrides)
@@ -264,7 +264,7 @@ def test_ema_warmup_starts_from_a_low_decay(tmp_path, warmup, decay):
     run = tmp_path / "run"
     overrides = ["train.steps=2", "train.checkpoint_every=1", "train.ema_decay=0.995",
                  f"train.ema_warmup={str(warmup).lower()}"]
-    result = cli("run", str(TINY), "--run-dir", str(run), *[a for o in overrides for a in ("--set", o)],
+    result = cli("run", str(TINY), "--run-dir", str(run), *set_args(overrides),
                  "--no-sample", "--no-eval")
     assert result.returncode == 0, result.stderr
     first = load_file(str(run / "checkpoints" / "step_0000001" / "model.safetensors"))

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ddpm_kit.testing import oracle
-from helpers import ENV, TINY, cli, drop_modules, make_diffusion
+from helpers import ENV, TINY, cli, drop_modules, make_diffusion, set_args
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "plugins"
 # entry-point (plugin) name -> (kind, component name)
@@ -106,7 +106,7 @@ def test_a_run_with_all_five_examples_trains_samples_and_evaluates(examples, tmp
                  'objective={name="huber", delta=0.5}', 'sample.sampler={name="heun", steps=5}',
                  'eval.metrics=[{name="pixelstats", num_samples=8}, '
                  '{name="bpd", limit=8, batch_size=8, timesteps_per_batch=10}]']
-    result = cli("run", str(TINY), "--run-dir", str(run), *[a for o in overrides for a in ("--set", o)])
+    result = cli("run", str(TINY), "--run-dir", str(run), *set_args(overrides))
     assert result.returncode == 0, result.stderr
     assert "callback contract" not in result.stderr  # heun's i counts down 4..0
     recipe = tomllib.loads((run / "recipe.toml").read_text())
@@ -132,7 +132,7 @@ def test_recipe_check_refuses_what_the_examples_cannot_do(examples):
     string for an int, heun on a schedule whose alpha-bar reaches 0, tinyconv in a conditional run,
     sigmoid's own check; each one line naming the key, exit 2."""
     def check(*overrides):
-        result = cli("recipe", "check", str(TINY), *[a for o in overrides for a in ("--set", o)])
+        result = cli("recipe", "check", str(TINY), *set_args(overrides))
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         return result.stderr.strip()
 

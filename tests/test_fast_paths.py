@@ -81,7 +81,7 @@ def test_channels_last_training_step_equals_the_plain_step(registry):
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.slow  # inductor compiles the one-level UNet in about 15 s on a cold cache
+@pytest.mark.slow  # inductor compiles the one-level UNet in 15-40 s on a cold cache
 def test_compiled_sampling_equals_the_plain_path(registry):
     plain = components_with(registry, *SHORT_GRAPH)
     fast = components_with(registry, "sample.compile=true", *SHORT_GRAPH)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from helpers import TINY, cli
+from helpers import TINY, cli, set_args
 from ddpm_kit.runs import verify_manifest
 
 METRICS = 'train.eval_metrics=[{name="bpd", limit=8, batch_size=4, timesteps_per_batch=10}, {name="fid", num_samples=8}]'
@@ -50,7 +50,7 @@ def test_training_evaluates_at_its_steps_and_keeps_the_best_across_a_resume(tmp_
     (["train.log_with=[\"tensorbord\"]"], "train.log_with"),
 ])
 def test_bad_monitoring_settings_are_one_line_errors(tmp_path, override, message):
-    args = [a for o in override for a in ("--set", o)]
+    args = set_args(override)
     result = cli("run", str(TINY), "--run-dir", str(tmp_path / "r"), *args, "--set", "train.steps=1")
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
