@@ -41,8 +41,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(run: Path, args: list[str], launcher: str = "torchrun", processes: int = 2) -> subprocess.Popen:
-    """``ddpm-kit run`` of the tiny recipe on ``processes`` CPU processes."""
+def launch(run: Path, args: list[str], launcher: str = "torchrun", processes: int = 2,
+           program: tuple[str, ...] = ("-m", "ddpm_kit"), nice: int = 0) -> subprocess.Popen:
+    """``ddpm-kit run`` of the tiny recipe on ``processes`` CPU processes (``program``: what runs
+    the command line, e.g. a script that wraps it; ``nice``: the processes' niceness)."""
     if launcher == "torchrun":
         head = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1",
                 "--master_port", str(free_port())]
@@ -50,7 +52,8 @@ def launch(run: Path, args: list[str], launcher: str = "torchrun", processes: in
         head = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                 "--main_process_port", str(free_port())]
-    return subprocess.Popen([sys.executable, *head, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(run), *args],
+    command = [sys.executable, *head, *program, "run", str(TINY), "--run-dir", str(run), *args]
+    return subprocess.Popen(["nice", "-n", str(nice), *command],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

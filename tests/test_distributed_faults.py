@@ -18,18 +18,30 @@ from test_distributed import processes_seen
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from kill_loop import finish, kill_loop, launch, recipe_args  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.launches]
 STEPS = 20  # kills after the checkpoints at 4 and 8 leave 12 steps (~0.5 s) to land in
 ARGS = recipe_args(STEPS)
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The uninterrupted 2-process run."""
+    """The uninterrupted 2-process run, whose rank 1 writes its part of each checkpoint late."""
     run = tmp_path_factory.mktemp("reference") / "run"
-    finish(launch(run, ARGS))
+    finish(launch(run, ARGS, program=(str(Path(__file__).parent / "late_rank.py"),)))
     assert processes_seen(run, "train")["num_processes"] == 2
     return run
+
+
+def test_a_checkpoint_holds_every_ranks_state_when_one_rank_writes_late(reference):
+    """accelerate's save_state writes each process's random state with no barrier: the checkpoint
+    is renamed into place and its manifest written only after every process wrote its files."""
+    from ddpm_kit.runs import verify_manifest
+
+    kept = sorted((reference / "checkpoints").glob("step_*"))
+    assert [c.name for c in kept] == ["step_0000012", "step_0000016", "step_0000020"]
+    for checkpoint in kept:
+        listed = json.loads((checkpoint / "manifest.json").read_text())["files"]
+        assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(listed) and verify_manifest(checkpoint) is None
 
 
 def test_a_rank_killed_at_random_moments_resumes_bitwise(reference, tmp_path):

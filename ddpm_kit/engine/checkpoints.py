@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -71,24 +72,33 @@ def save_checkpoint(accelerator, run: RunFolder, step: int, ema, keep: int, fold
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    try:
-        accelerator.save_state(str(tmp))
-        if accelerator.is_main_process:
-            write_manifest(tmp, step)
-    except Exception as exc:  # disk full, a file size limit, a quota (OSError, safetensors' and torch's own
-        shutil.rmtree(tmp, ignore_errors=True)  # errors): the previous checkpoints are untouched
-        last = run.latest_checkpoint(report=lambda _: None)
-        kept = f"{last.path} (step {last.step}) is intact" if last else "no earlier checkpoint exists"
-        raise DdpmKitError(f"could not write the checkpoint of step {step} to {tmp.parent} ({_reason(exc)}); "
-                           f"{kept}: free space, then resume with `ddpm-kit run {run.recipe_file} --run-dir "
-                           f"{run.path} --resume latest`") from exc
+    with _written_or_explained(run, step, tmp):
+        accelerator.save_state(str(tmp))  # every process writes its random state: no barrier inside
+    accelerator.wait_for_everyone()  # so the manifest lists every process's file, complete
     if accelerator.is_main_process:
+        with _written_or_explained(run, step, tmp):
+            write_manifest(tmp, step)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
         if folder is None:
             run.prune_checkpoints(keep)
     accelerator.wait_for_everyone()
+
+
+@contextmanager
+def _written_or_explained(run: RunFolder, step: int, tmp: Path):
+    """A failed write (disk full, a file size limit, a quota: OSError, safetensors' and torch's own
+    errors) removes the partial checkpoint and says which earlier one is intact."""
+    try:
+        yield
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = run.latest_checkpoint(report=lambda _: None)
+        kept = f"{last.path} (step {last.step}) is intact" if last else "no earlier checkpoint exists"
+        raise DdpmKitError(f"could not write the checkpoint of step {step} to {tmp.parent} ({_reason(exc)}); "
+                           f"{kept}: free space, then resume with `ddpm-kit run {run.recipe_file} --run-dir "
+                           f"{run.path} --resume latest`") from exc
 
 
 def _reason(exc: Exception) -> str:
