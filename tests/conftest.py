@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -34,6 +35,38 @@ def private_cache(tmp_path_factory):
         os.environ.pop("DDPM_KIT_CACHE", None)
     else:
         os.environ["DDPM_KIT_CACHE"] = old
+
+
+@pytest.fixture(autouse=True, scope="session")
+def started_with_the_session(request, private_cache):
+    """Work that runs in processes of its own (a SLURM cluster and its jobs, a compiled run, the
+    plugin packages' own test sessions) starts with the session, in the background
+    (helpers.in_the_background), and fills the core that the tests in this process leave idle: the
+    module of each selected test that reads ``background`` has its ``start_in_background(request)``
+    called now (``request``: this fixture's, for session fixtures). The session waits for it to end."""
+    torch.set_num_threads(1)  # a test's small tensors: a second OpenMP thread waits more than it helps
+    modules = {item.module for item in request.session.items if reads_background(item)}
+    started = {module.__name__: module.start_in_background(request) for module in modules}
+    yield started
+    for work in started.values():
+        work.close()
+
+
+@pytest.fixture(scope="session")
+def background(started_with_the_session):
+    """What each module started with the session, by module name."""
+    return started_with_the_session
+
+
+def reads_background(item) -> bool:
+    return "background" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(items):
+    """The order that keeps both cores busy: tests in this process first (beside the background
+    work), then the tests marked ``launches`` (lock-step processes: both cores), then the tests that
+    read what the background work found."""
+    items.sort(key=lambda item: 1 if item.get_closest_marker("launches") else 2 if reads_background(item) else 0)
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,43 @@ def ddpm_kit(*args, site=None, **kw):
     return subprocess.run([sys.executable, "-m", "ddpm_kit", *args], capture_output=True, text=True, env=env, **kw)
 
 
+BACKGROUND = Path("/sys/fs/cgroup/cpu/ddpm-kit-test-background")
+
+
+def in_the_background(pid: int) -> None:
+    """Process ``pid`` and the processes it starts from now on get a tenth of the CPU beside a test
+    (a cgroup v1 cpu group of weight 102 of 1024), so that work started with the session fills the
+    core a test leaves idle without slowing it. Niceness cannot do it: with the kernel's autogroups
+    (on by default), nice orders processes only within a session, and SLURM starts each job and job
+    step in a session of its own. Where the group cannot be written (no root, cgroup v2 only), the
+    background shares the CPUs alike with the tests: the suite is slower, its results the same."""
+    try:
+        BACKGROUND.mkdir(exist_ok=True)
+        (BACKGROUND / "cpu.shares").write_text("102\n")
+        (BACKGROUND / "cgroup.procs").write_text(f"{pid}\n")
+    except OSError:
+        pass
+
+
+class Started:
+    """A command started in the background (in_the_background) when the session starts, its
+    stdout and stderr to the file ``log``; ``result()`` waits for it (conftest's ``background``)."""
+
+    def __init__(self, args: list[str], log: Path, **popen) -> None:
+        self.log = log
+        with log.open("w") as out:
+            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, text=True, **popen)
+        in_the_background(self.process.pid)
+
+    def result(self) -> subprocess.CompletedProcess:
+        """The exit status; stdout holds stdout and stderr together."""
+        self.process.wait()
+        return subprocess.CompletedProcess(self.process.args, self.process.returncode, self.log.read_text(), "")
+
+    def close(self) -> None:
+        self.process.wait()
+
+
 def install_wheels(wheels, distributions, target):
     """Unpack the wheels of ``distributions`` (e.g. "ddpm-kit-example") from the folder ``wheels``
     into the fresh folder ``target``, as ``pip install --target`` lays them out (a wheel is a zip

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import Started
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +29,7 @@ def test_every_benchmark_script_has_a_smoke_test():
     assert {p.stem for p in BENCHMARKS.glob("*.py")} - {"__init__"} == tested
 
 
+@pytest.mark.launches  # its processes part: 2 processes
 def test_run_times_the_engines_own_training_step_on_every_part(tmp_path, fresh_accelerate_state):
     out = tmp_path / "results.json"
     results = script("run").main(["--smoke", "--device", "cpu", "--out", str(out)])
@@ -69,9 +71,18 @@ def test_quickstart_ablation_trains_measures_and_compares_its_settings(tmp_path,
         assert (tmp_path / plot).stat().st_size > 0
 
 
-def test_scaling_measures_a_run_from_a_cold_store_and_the_sample_and_evaluate_commands(finished_run, tmp_path):
-    out = tmp_path / "scaling.json"
-    tables = script("scaling").main(["--smoke", "--run", str(finished_run[0]), "--out", str(out)])
+def start_in_background(request) -> Started:
+    """The scaling smoke run: a process that times processes, started with the session (conftest's
+    ``background``; the figures of a smoke run mean nothing)."""
+    out = request.getfixturevalue("tmp_path_factory").mktemp("scaling") / "scaling.json"
+    return Started([sys.executable, str(BENCHMARKS / "scaling.py"), "--smoke", "--run",
+                    str(request.getfixturevalue("finished_run")[0]), "--out", str(out)], out.with_suffix(".log"))
+
+
+def test_scaling_measures_a_run_from_a_cold_store_and_the_sample_and_evaluate_commands(background):
+    result = background[__name__].result()
+    assert result.returncode == 0, result.stdout[-3000:]
+    tables = json.loads(Path(result.args[result.args.index("--out") + 1]).read_text())["tables"]
     assert [row.split(" | ")[3] for row in tables if row.startswith("| 32 |")] == ["cold"]
     assert any(row.startswith("| `ddpm-kit sample -n 4`") for row in tables)
-    assert json.loads(out.read_text())["tables"] == tables
+    assert result.stdout.endswith("\n".join(tables) + "\n")  # what it printed is what it wrote

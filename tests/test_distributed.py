@@ -94,6 +94,7 @@ def test_global_batch_dropout_gives_each_row_its_own_mask_whatever_the_slice():
 
 # -- two processes (torchrun) --------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.launches
 def test_two_processes_with_half_batches_train_like_one_process_with_dropout(tmp_path):
     args = ["--set", "train.steps=3", "--set", "train.batch_size=8", "--set", "backbone.dropout=0.3",
             "--no-sample", "--no-eval"]
@@ -111,6 +112,7 @@ def test_two_processes_with_half_batches_train_like_one_process_with_dropout(tmp
 
 
 @pytest.mark.slow
+@pytest.mark.launches
 def test_a_conditional_run_on_two_processes_trains_and_samples_like_one_process(tmp_path):
     """Labels are sliced per process like the images and label dropout is drawn on the global batch,
     so 2 processes with half batches train the same weights as 1 and draw the same guided samples."""
@@ -135,6 +137,7 @@ def test_a_conditional_run_on_two_processes_trains_and_samples_like_one_process(
 
 
 @pytest.mark.slow
+@pytest.mark.launches
 def test_sample_and_evaluate_on_two_processes_write_what_one_process_writes(tmp_path):
     run = tmp_path / "run"
     # bpd_ode (ddpm-kit-likelihood): an adaptive solver inside each process, no collective inside it
@@ -180,6 +183,7 @@ def test_encoded_data_decoded_in_loader_workers_trains_like_the_store(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.launches
 def test_gamma_of_the_analytic_plugin_on_two_processes_equals_one_process(tmp_path):
     """ddpm-kit-analytic's Gamma: the timesteps shared by the processes of a launch, timestep t's
     noise from its own generator: the file of 2 processes equals that of 1, value for value.

@@ -6,13 +6,13 @@ import signal
 import subprocess
 import sys
 import time
-from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import ENV, SHORT_GRAPH, TINY, assert_same_weights, cli, ddpm_kit, set_args, weights
+from helpers import ENV, SHORT_GRAPH, TINY, Started, assert_same_weights, cli, set_args, weights
 
 pytestmark = pytest.mark.slow
 
@@ -112,16 +112,26 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
     assert [got[s] for s in range(2, 41, 2)] == ref_losses
 
 
-def test_compiled_training_equals_the_plain_run(tmp_path):
+COMPILED_ARGS = [*set_args(("train.steps=1", "train.log_every=1", *SHORT_GRAPH)), "--no-sample", "--no-eval"]
+
+
+def start_in_background(request) -> Started:
+    """The compiled run of test_compiled_training_equals_the_plain_run, in its own process (inductor's
+    compilation, 10-60 s of CPU, fills the core the tests beside it leave idle)."""
+    run = request.getfixturevalue("tmp_path_factory").mktemp("compiled") / "run"
+    return Started([sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(run), "--set",
+                    "train.compile=true", *COMPILED_ARGS], run.parent / "out.log", env=ENV)
+
+
+def test_compiled_training_equals_the_plain_run(background, tmp_path):
     """train.compile (accelerate's inductor backend) changes kernels, not results, and the saved
     weights keep the plain module's names."""
-    runs = {}
-    for compile_, run_cli in (("false", partial(cli, threads=1)), ("true", ddpm_kit)):  # compiled: its own process
-        runs[compile_] = tmp_path / compile_
-        result = run_cli("run", str(TINY), "--run-dir", str(runs[compile_]), "--set", "train.steps=1",
-                         "--set", "train.log_every=1", "--set", f"train.compile={compile_}",
-                         *set_args(SHORT_GRAPH), "--no-sample", "--no-eval")
-        assert result.returncode == 0, result.stderr
+    result = cli("run", str(TINY), "--run-dir", str(tmp_path / "plain"), "--set", "train.compile=false",
+                 *COMPILED_ARGS, threads=1)
+    assert result.returncode == 0, result.stderr
+    compiled = background[__name__].result()
+    assert compiled.returncode == 0, compiled.stdout[-3000:]
+    runs = {"false": tmp_path / "plain", "true": Path(compiled.args[compiled.args.index("--run-dir") + 1])}
     plain, compiled = (json.loads((r / "metrics.jsonl").read_text()) for r in runs.values())  # the one logged step
     paths = {k: json.loads((r / "summary.json").read_text())["train_paths"] for k, r in runs.items()}
     assert paths["false"]["compiled_graphs"] == 0 and paths["true"]["compiled_graphs"] >= 1  # dynamo compiled it

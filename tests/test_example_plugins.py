@@ -5,6 +5,7 @@ a sampler, an objective, a metric, a backbone), pip-built as a user would, writt
 import ast
 import json
 import math
+import shutil
 import sys
 import tomllib
 from pathlib import Path
@@ -14,9 +15,10 @@ import pytest
 import torch
 
 from ddpm_kit.testing import oracle
-from helpers import ENV, TINY, cli, drop_modules, make_diffusion, set_args
+from helpers import ENV, TINY, Started, cli, drop_modules, make_diffusion, set_args
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "plugins"
+PACKAGE_TESTS = sorted([*EXAMPLES.glob("*/tests"), *(EXAMPLES.parents[1] / "plugins").glob("*/tests")])
 # entry-point (plugin) name -> (kind, component name)
 COMPONENTS = {"sigmoid": ("schedule", "sigmoid"), "heun": ("sampler", "heun"), "huber": ("objective", "huber"),
               "pixelstats": ("metric", "pixelstats"), "tinyconv": ("backbone", "tinyconv")}
@@ -328,22 +330,23 @@ def test_tinyconv_time_embedding_is_the_sinusoidal_formula(examples):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
 
 
-@pytest.mark.slow
-def test_each_plugin_package_is_tested_on_its_own_after_pip_install(example_plugin_site, tmp_path):
+def start_in_background(request) -> Started:
     """Every example's and every plugin package's tests/ copied away from this repository and run by
-    a pytest of their own: the examples from their pip-installed wheels, the plugin packages as
-    setup.sh installs them. Nothing reaches into the repository's tests/ (ddpm_kit.testing only)."""
-    import shutil
-    import subprocess
+    a pytest of their own, started with the session (conftest's ``background``): the examples from
+    their pip-installed wheels, the plugin packages as setup.sh installs them."""
+    site = request.getfixturevalue("example_plugin_site")
+    folder = request.getfixturevalue("tmp_path_factory").mktemp("packages")
+    for tests in PACKAGE_TESTS:
+        shutil.copytree(tests, folder / tests.parent.name / "tests")
+    return Started([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+                    *(str(folder / t.parent.name / "tests") for t in PACKAGE_TESTS)], folder / "pytest.log",
+                   cwd=folder, env={**ENV, "PYTHONPATH": str(site)})
 
-    root = Path(__file__).resolve().parents[1]
-    packages = sorted([*EXAMPLES.glob("*/tests"), *(root / "plugins").glob("*/tests")])
-    for tests in packages:
-        shutil.copytree(tests, tmp_path / tests.parent.name / "tests")
-    env = {**ENV, "PYTHONPATH": str(example_plugin_site)}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
-                             *(str(tmp_path / t.parent.name / "tests") for t in packages)],
-                            cwd=tmp_path, capture_output=True, text=True, env=env)
+
+@pytest.mark.slow
+def test_each_plugin_package_is_tested_on_its_own_after_pip_install(background):
+    """Nothing in the packages' tests reaches into the repository's tests/ (ddpm_kit.testing only)."""
+    result = background[__name__].result()
     assert result.returncode == 0, result.stdout[-3000:]
-    assert len(packages) == 9  # the five examples and the four plugin packages
-    assert int(result.stdout.strip().splitlines()[-1].split(" passed")[0].split()[-1]) >= 2 * len(packages)
+    assert len(PACKAGE_TESTS) == 9  # the five examples and the four plugin packages
+    assert int(result.stdout.strip().splitlines()[-1].split(" passed")[0].split()[-1]) >= 2 * len(PACKAGE_TESTS)

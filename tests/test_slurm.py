@@ -1,6 +1,6 @@
 """The cluster path for real: a one-node SLURM cluster on this machine (scripts/slurm_cluster.sh:
-munged, slurmctld and slurmd, started for this module and stopped after it, even when a test
-fails) runs docs/training.md's job script, scripts/slurm/train.sbatch, as written: 2 tasks, each
+munged, slurmctld and slurmd, started with the session and stopped after the last job, even when a
+test fails) runs docs/training.md's job script, scripts/slurm/train.sbatch, as written: 2 tasks, each
 `accelerate launch` as one machine of two (1 CPU process each; the machine rank from
 $SLURM_PROCID, the main address from the job's node list).
 
@@ -9,9 +9,10 @@ an uninterrupted job; a job preempted by SIGTERM to its step (what --signal=TERM
 preempting scheduler send) that requeues itself; a job requeued from outside (scontrol requeue);
 a job cancelled mid-step (scancel) and submitted again; a job one of whose workers is SIGKILLed.
 SLURM holds a requeued job until the credential of its previous start expires (cred_expire: 120 s
-by default, 5 s on the test cluster). The scenarios run three at a time, each with a job of its
-own, sharing the node's CPUs (--oversubscribe): their waits for SLURM overlap (all five at once
-costs more work on two cores than the overlap saves)."""
+by default, 5 s on the test cluster). The module's work starts with the test session, in threads,
+its processes in the background (conftest's ``background``: it fills the core the other tests leave
+idle); the torchrun reference and the scenarios run two at a time, each with a job of its own,
+sharing the node's CPUs (--oversubscribe)."""
 
 import json
 import os
@@ -19,13 +20,13 @@ import re
 import subprocess
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import psutil
 import pytest
 
-from helpers import ENV, assert_same_weights, weights
+from helpers import ENV, assert_same_weights, in_the_background, weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from kill_loop import finish, free_port, launch, recipe_args  # noqa: E402
@@ -74,25 +75,29 @@ class Cluster:
         return (run.parent / f"job-{job}.out").read_text()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("slurm")
-    started = subprocess.run(["bash", str(CLUSTER), "start", str(folder)], capture_output=True, text=True,
-                             timeout=900)
-    try:
-        if started.returncode != 0:  # CI has root and the package registry: a cluster that fails to start fails
-            pytest.fail(f"the SLURM test cluster did not start: {started.stderr[-2000:]}")
-        yield Cluster(folder)
-    finally:
-        subprocess.run(["bash", str(CLUSTER), "stop", str(folder)], capture_output=True, timeout=120)
-        left = [p.info["name"] for p in psutil.process_iter(["name"]) if p.info["name"] in ("slurmctld", "slurmd")]
-        assert not left, f"SLURM daemons left running: {left}"
+def start_cluster(folder: Path) -> Cluster:
+    starting = subprocess.Popen(["bash", str(CLUSTER), "start", str(folder)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    in_the_background(starting.pid)  # before it installs or starts anything
+    _, stderr = starting.communicate(timeout=900)
+    if starting.returncode != 0:  # CI has root and the package registry: a cluster that fails to start fails
+        stop_cluster(folder)
+        pytest.fail(f"the SLURM test cluster did not start: {stderr[-2000:]}")
+    return Cluster(folder)
+
+
+def stop_cluster(folder: Path) -> list[str]:
+    """Stop the daemons; the names of any left running."""
+    subprocess.run(["bash", str(CLUSTER), "stop", str(folder)], capture_output=True, timeout=120)
+    return [p.info["name"] for p in psutil.process_iter(["name"]) if p.info["name"] in ("slurmctld", "slurmd")]
 
 
 def torchrun_reference(folder: Path) -> Path:
     """The same recipe under torchrun: 2 processes on one node, uninterrupted."""
     run = folder / "run"
-    finish(launch(run, ARGS))
+    started = launch(run, ARGS)
+    in_the_background(started.pid)
+    finish(started)
     return run
 
 
@@ -188,17 +193,42 @@ def worker_killed(cluster, reference, run):
 SCENARIOS = (uninterrupted, signalled, requeued, cancelled, worker_killed)
 
 
+class Background:
+    """The cluster, the torchrun reference and every scenario in threads, two at a time (the
+    jobs share the node's CPUs: --oversubscribe); the cluster stops when the last scenario ends,
+    even when one fails. ``outcomes``: each scenario's future; ``stopped``: the daemons left."""
+
+    def __init__(self, tmp_path_factory) -> None:
+        folder, reference = tmp_path_factory.mktemp("slurm"), tmp_path_factory.mktemp("torchrun")
+        runs = {s.__name__: tmp_path_factory.mktemp(s.__name__) / "job" / "run" for s in SCENARIOS}
+        self.pool, self.stopper = ThreadPoolExecutor(2), ThreadPoolExecutor(1)
+        cluster = self.pool.submit(start_cluster, folder)
+        self.reference = self.pool.submit(torchrun_reference, reference)
+        self.outcomes = {name: self.pool.submit(self._scenario, scenario, cluster, runs[name])
+                         for scenario, name in zip(SCENARIOS, runs)}
+        self.stopped = self.stopper.submit(self._stop_after_all, folder)
+
+    def _scenario(self, scenario, cluster: Future, run: Path) -> None:
+        run.parent.mkdir()
+        scenario(cluster.result(), self.reference, run)
+
+    def _stop_after_all(self, folder: Path) -> list[str]:
+        wait([self.reference, *self.outcomes.values()])
+        return stop_cluster(folder)
+
+    def close(self) -> None:
+        self.stopper.shutdown(wait=True)
+        self.pool.shutdown(wait=True)
+
+
+def start_in_background(request) -> Background:
+    """Called by conftest's ``background`` fixture when the session starts (this module's tests selected)."""
+    return Background(request.getfixturevalue("tmp_path_factory"))
+
+
 @pytest.fixture(scope="module")
-def outcomes(cluster, tmp_path_factory) -> dict[str, Future]:
-    """Every scenario in a thread of its own, three at a time, with its own job (the jobs share the
-    node's CPUs: --oversubscribe), beside the torchrun reference; a test reads its scenario's outcome."""
-    with ThreadPoolExecutor(3) as pool:
-        reference = pool.submit(torchrun_reference, tmp_path_factory.mktemp("torchrun"))
-        futures = {}
-        for scenario in SCENARIOS:
-            (folder := tmp_path_factory.mktemp(scenario.__name__) / "job").mkdir()
-            futures[scenario.__name__] = pool.submit(scenario, cluster, reference, folder / "run")
-    return futures
+def outcomes(background) -> dict[str, Future]:
+    return background[__name__].outcomes
 
 
 def test_a_two_task_job_trains_as_torchrun_on_one_node(outcomes):
@@ -219,3 +249,7 @@ def test_a_cancelled_job_leaves_no_half_checkpoint_and_the_next_job_resumes(outc
 
 def test_a_job_whose_worker_is_killed_fails_over_to_a_resume(outcomes):
     outcomes["worker_killed"].result()
+
+
+def test_the_cluster_stops_when_its_jobs_end_and_leaves_no_daemon(background):
+    assert background[__name__].stopped.result() == []
