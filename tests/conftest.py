@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import ENV, TINY, cli, drop_modules, install_wheels  # noqa: E402
+from helpers import ENV, TINY, cli, drop_modules, install_wheels, leave_the_background  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_PACKAGES = ROOT / "tests" / "plugin_packages"  # broken, colliding and faulty plugins, and one that works
@@ -50,6 +50,7 @@ def started_with_the_session(request, private_cache):
     yield started
     for work in started.values():
         work.close()
+    leave_the_background()
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,14 @@ def in_the_background(pid: int) -> None:
         pass
 
 
+def leave_the_background() -> None:
+    """Remove the background's cgroup (the kernel refuses while a process is in it)."""
+    try:
+        BACKGROUND.rmdir()
+    except OSError:
+        pass
+
+
 class Started:
     """A command started in the background (in_the_background) when the session starts, its
     stdout and stderr to the file ``log``; ``result()`` waits for it (conftest's ``background``)."""
