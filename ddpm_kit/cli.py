@@ -90,6 +90,9 @@ sampler_param_option = click.option(
          "(repeatable; `ddpm-kit plugins --details NAME` lists them).")
 steps_option = click.option("--steps", type=int, help="Sampling steps, for samplers with a 'steps' parameter "
                             "(respaced, ddim, diffusers-*, ...; `ddpm-kit plugins --details NAME` lists a sampler's).")
+raw_option = click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
+device_option = click.option("--device", help="torch device for one process (default: accelerate's: the GPU if "
+                             "there is one).")
 RECIPE_FILE = click.Path(dir_okay=False, path_type=Path)
 RUN_DIR = click.Path(file_okay=False, path_type=Path)
 set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -180,8 +183,8 @@ class ClassLabel(click.ParamType):
                    "label). Default: the recipe's sample.classes, else every class.")
 @click.option("--guidance-scale", type=click.FloatRange(min=0), help="Conditional runs: classifier-free guidance "
               "w in (1 + w) eps(x, y) - w eps(x); 0 is the conditional model (default: sample.guidance_scale).")
-@click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
-@click.option("--device", help="torch device for one process (default: accelerate's: the GPU if there is one).")
+@raw_option
+@device_option
 @click.pass_context
 def sample(ctx: click.Context, run_dir: Path, num_images: int | None, seed: int | None, sampler: str | None,
            steps: int | None, sampler_params: tuple[str, ...], name: str | None, classes: tuple[int, ...],
@@ -206,8 +209,8 @@ def sample(ctx: click.Context, run_dir: Path, num_images: int | None, seed: int 
 @sampler_param_option
 @click.option("--guidance-scale", type=click.FloatRange(min=0), help="Conditional runs: draw the metric's samples "
               "with this classifier-free guidance w (eval/<metric>_w<w>.json).")
-@click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
-@click.option("--device", help="torch device for one process (default: accelerate's: the GPU if there is one).")
+@raw_option
+@device_option
 @click.pass_context
 def evaluate(ctx: click.Context, run_dir: Path, limit: int | None, metric: str | None, num_samples: int | None,
              params: tuple[str, ...], sampler: str | None, steps: int | None, sampler_params: tuple[str, ...],

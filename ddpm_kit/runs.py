@@ -176,6 +176,11 @@ def _record(line: bytes) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def _records(path: Path) -> list[dict[str, Any]]:
+    """A JSON-lines file's records, oldest first; none when it is absent."""
+    return [record for line in path.read_bytes().splitlines() if (record := _record(line))] if path.is_file() else []
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     path: Path
@@ -315,15 +320,11 @@ class RunFolder:
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """metrics.jsonl's records; a damaged line (a crash mid-write, garbage) is skipped."""
-        if not self.metrics_file.is_file():
-            return []
-        return [record for line in self.metrics_file.read_bytes().splitlines() if (record := _record(line))]
+        return _records(self.metrics_file)
 
     def read_provenance(self) -> list[dict[str, Any]]:
         """provenance.jsonl's records, oldest first (a damaged line is skipped)."""
-        if not self.provenance_file.is_file():
-            return []
-        return [record for line in self.provenance_file.read_bytes().splitlines() if (record := _record(line))]
+        return _records(self.provenance_file)
 
     def read_summary(self) -> dict[str, Any]:
         """summary.json; a damaged one is set aside (summary.damaged.json) with a warning and the

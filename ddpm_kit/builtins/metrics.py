@@ -88,6 +88,7 @@ class BitsPerDim(Metric):
         with bar:
             both = context.map_batches(len(x), self.batch_size, terms_and_mse)
         all_terms, all_mse = both[:, :T + 1], both[:, T + 1:]
+
         def file(kind: str, suffix: str = ".npy"):
             return context.run.bpd_file(kind, self.label, suffix, out=context.out)
 
