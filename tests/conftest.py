@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import ENV, TINY, cli, drop_modules, install_wheels, leave_the_background  # noqa: E402
+from helpers import ENV, TINY, cli, drop_modules, install_wheels, leave_the_background, low_priority_group  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_PACKAGES = ROOT / "tests" / "plugin_packages"  # broken, colliding and faulty plugins, and one that works
@@ -61,6 +61,15 @@ def background(started_with_the_session):
 
 def reads_background(item) -> bool:
     return "background" in getattr(item, "fixturenames", ())
+
+
+@pytest.fixture(autouse=True)
+def launches_alone(request, started_with_the_session):
+    """Without the low-priority group, lock-step processes beside the background crawl (a 17 s
+    test took 124 s): a test marked ``launches`` then waits for the background to end."""
+    if request.node.get_closest_marker("launches") and low_priority_group() is None:
+        for work in started_with_the_session.values():
+            work.close()
 
 
 def pytest_collection_modifyitems(items):

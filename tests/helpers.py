@@ -1,5 +1,7 @@
 """Helpers shared by the tests (fixtures live in conftest.py)."""
 
+import contextlib
+import functools
 import os
 import subprocess
 import sys
@@ -38,19 +40,27 @@ def ddpm_kit(*args, site=None, **kw):
 BACKGROUND = Path("/sys/fs/cgroup/cpu/ddpm-kit-test-background")
 
 
-def in_the_background(pid: int) -> None:
-    """Process ``pid`` and the processes it starts from now on get a tenth of the CPU beside a test
-    (a cgroup v1 cpu group of weight 102 of 1024), so that work started with the session fills the
-    core a test leaves idle without slowing it. Niceness cannot do it: with the kernel's autogroups
-    (on by default), nice orders processes only within a session, and SLURM starts each job and job
-    step in a session of its own. Where the group cannot be written (no root, cgroup v2 only), the
-    background shares the CPUs alike with the tests: the suite is slower, its results the same."""
+@functools.cache
+def low_priority_group() -> Path | None:
+    """The background's cpu cgroup (v1), of weight 102 of 1024: its processes get a tenth of the
+    CPU beside a test, so that work started with the session fills the core a test leaves idle
+    without slowing it. Niceness cannot do it: with the kernel's autogroups (on by default), nice
+    orders processes only within a session, and SLURM starts each job and job step in a session
+    of its own. None where the group cannot be made (no root, cgroup v2 only)."""
     try:
         BACKGROUND.mkdir(exist_ok=True)
         (BACKGROUND / "cpu.shares").write_text("102\n")
-        (BACKGROUND / "cgroup.procs").write_text(f"{pid}\n")
     except OSError:
-        pass
+        return None
+    return BACKGROUND
+
+
+def in_the_background(pid: int) -> None:
+    """Process ``pid`` and the processes it starts from now on into ``low_priority_group()``; where
+    there is none, the background shares the CPUs alike with the tests (conftest's ``launches_alone``)."""
+    if (group := low_priority_group()) is not None:
+        with contextlib.suppress(OSError):  # it has ended already
+            (group / "cgroup.procs").write_text(f"{pid}\n")
 
 
 def leave_the_background() -> None:

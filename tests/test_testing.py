@@ -1,6 +1,9 @@
 """ddpm_kit.testing, the public test kit: its contract checks pass the built-ins and catch what they
 exist to catch (a sampler that ignores its noise, miscounts its steps or misses the moments; a
-schedule whose alpha-bar grows; an objective without gradients)."""
+schedule whose alpha-bar grows; an objective without gradients); and the suite's own machinery:
+work started in the background gets the CPU the tests leave idle."""
+
+import sys
 
 import pytest
 import torch
@@ -9,6 +12,7 @@ from ddpm_kit.api import Objective
 from ddpm_kit.interfaces import Schedule
 from ddpm_kit.testing import (assert_objective_contract, assert_sampler_contract, assert_schedule_contract,
                               diffusion, oracle, train_tiny_run)
+from helpers import Started, low_priority_group
 
 
 def test_the_builtin_schedules_and_objectives_keep_their_contracts(registry):
@@ -78,3 +82,14 @@ def test_train_tiny_run_trains_into_the_folder_and_names_a_failure(tmp_path):
     assert (run / "model" / "ema.safetensors").is_file() and not (run / "samples").exists()
     with pytest.raises(AssertionError, match="train.stpes"):
         train_tiny_run(tmp_path / "bad", "train.stpes=2")
+
+
+def test_a_command_started_in_the_background_runs_in_the_low_priority_group(tmp_path):
+    group = low_priority_group()
+    if group is None:
+        pytest.skip("no cpu cgroup (v1) can be made here: the background shares the CPUs alike")
+    assert (group / "cpu.shares").read_text().strip() == "102"
+    started = Started([sys.executable, "-c", "import time; time.sleep(0.3); print(open('/proc/self/cgroup').read())"],
+                      tmp_path / "log")
+    cgroups = started.result().stdout.splitlines()
+    assert any(line.split(":")[1:] == ["cpu", f"/{group.name}"] for line in cgroups), cgroups
