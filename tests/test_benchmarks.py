@@ -73,7 +73,7 @@ def test_quickstart_ablation_trains_measures_and_compares_its_settings(tmp_path,
 
 def start_in_background(request) -> Started:
     """The scaling smoke run: a process that times processes, started with the session (conftest's
-    ``background``; the figures of a smoke run mean nothing)."""
+    ``started_with_the_session``; the figures of a smoke run mean nothing)."""
     out = request.getfixturevalue("tmp_path_factory").mktemp("scaling") / "scaling.json"
     return Started([sys.executable, str(BENCHMARKS / "scaling.py"), "--smoke", "--run",
                     str(request.getfixturevalue("finished_run")[0]), "--out", str(out)], out.with_suffix(".log"))

@@ -332,7 +332,7 @@ def test_tinyconv_time_embedding_is_the_sinusoidal_formula(examples):
 
 def start_in_background(request) -> Started:
     """Every example's and every plugin package's tests/ copied away from this repository and run by
-    a pytest of their own, started with the session (conftest's ``background``): the examples from
+    a pytest of their own, started with the session (conftest's ``started_with_the_session``): the examples from
     their pip-installed wheels, the plugin packages as setup.sh installs them."""
     site = request.getfixturevalue("example_plugin_site")
     folder = request.getfixturevalue("tmp_path_factory").mktemp("packages")

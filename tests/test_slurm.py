@@ -10,9 +10,9 @@ preempting scheduler send) that requeues itself; a job requeued from outside (sc
 a job cancelled mid-step (scancel) and submitted again; a job one of whose workers is SIGKILLed.
 SLURM holds a requeued job until the credential of its previous start expires (cred_expire: 120 s
 by default, 5 s on the test cluster). The module's work starts with the test session, in threads,
-its processes in the background (conftest's ``background``: it fills the core the other tests leave
-idle); the torchrun reference and the scenarios run two at a time, each with a job of its own,
-sharing the node's CPUs (--oversubscribe)."""
+its processes in the background (conftest's ``started_with_the_session``: they fill the core the
+other tests leave idle); the torchrun reference and the scenarios run two at a time, each with a
+job of its own, sharing the node's CPUs (--oversubscribe)."""
 
 import json
 import os
@@ -222,7 +222,7 @@ class Background:
 
 
 def start_in_background(request) -> Background:
-    """Called by conftest's ``background`` fixture when the session starts (this module's tests selected)."""
+    """Called by conftest's ``started_with_the_session`` when the session starts (this module's tests selected)."""
     return Background(request.getfixturevalue("tmp_path_factory"))
 
 
