@@ -42,9 +42,9 @@ def free_port() -> int:
 
 
 def launch(run: Path, args: list[str], launcher: str = "torchrun", processes: int = 2,
-           program: tuple[str, ...] = ("-m", "ddpm_kit"), nice: int = 0) -> subprocess.Popen:
+           program: tuple[str, ...] = ("-m", "ddpm_kit")) -> subprocess.Popen:
     """``ddpm-kit run`` of the tiny recipe on ``processes`` CPU processes (``program``: what runs
-    the command line, e.g. a script that wraps it; ``nice``: the processes' niceness)."""
+    the command line, e.g. a script that wraps it)."""
     if launcher == "torchrun":
         head = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1",
                 "--master_port", str(free_port())]
@@ -52,8 +52,7 @@ def launch(run: Path, args: list[str], launcher: str = "torchrun", processes: in
         head = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                 "--main_process_port", str(free_port())]
-    command = [sys.executable, *head, *program, "run", str(TINY), "--run-dir", str(run), *args]
-    return subprocess.Popen(["nice", "-n", str(nice), *command],
+    return subprocess.Popen([sys.executable, *head, *program, "run", str(TINY), "--run-dir", str(run), *args],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
