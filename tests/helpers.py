@@ -65,10 +65,8 @@ def in_the_background(pid: int) -> None:
 
 def leave_the_background() -> None:
     """Remove the background's cgroup (the kernel refuses while a process is in it)."""
-    try:
+    with contextlib.suppress(OSError):
         BACKGROUND.rmdir()
-    except OSError:
-        pass
 
 
 class Started:
@@ -80,6 +78,10 @@ class Started:
         with log.open("w") as out:
             self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, text=True, **popen)
         in_the_background(self.process.pid)
+
+    def option(self, flag: str) -> str:
+        """The value the command was given for ``flag`` (its ``--run-dir``, say)."""
+        return self.process.args[self.process.args.index(flag) + 1]
 
     def result(self) -> subprocess.CompletedProcess:
         """The exit status; stdout holds stdout and stderr together."""

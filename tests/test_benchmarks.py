@@ -82,7 +82,7 @@ def start_in_background(request) -> Started:
 def test_scaling_measures_a_run_from_a_cold_store_and_the_sample_and_evaluate_commands(background):
     result = background[__name__].result()
     assert result.returncode == 0, result.stdout[-3000:]
-    tables = json.loads(Path(result.args[result.args.index("--out") + 1]).read_text())["tables"]
+    tables = json.loads(Path(background[__name__].option("--out")).read_text())["tables"]
     assert [row.split(" | ")[3] for row in tables if row.startswith("| 32 |")] == ["cold"]
     assert any(row.startswith("| `ddpm-kit sample -n 4`") for row in tables)
     assert result.stdout.endswith("\n".join(tables) + "\n")  # what it printed is what it wrote

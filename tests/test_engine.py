@@ -131,7 +131,7 @@ def test_compiled_training_equals_the_plain_run(background, tmp_path):
     assert result.returncode == 0, result.stderr
     compiled = background[__name__].result()
     assert compiled.returncode == 0, compiled.stdout[-3000:]
-    runs = {"false": tmp_path / "plain", "true": Path(compiled.args[compiled.args.index("--run-dir") + 1])}
+    runs = {"false": tmp_path / "plain", "true": Path(background[__name__].option("--run-dir"))}
     plain, compiled = (json.loads((r / "metrics.jsonl").read_text()) for r in runs.values())  # the one logged step
     paths = {k: json.loads((r / "summary.json").read_text())["train_paths"] for k, r in runs.items()}
     assert paths["false"]["compiled_graphs"] == 0 and paths["true"]["compiled_graphs"] >= 1  # dynamo compiled it
