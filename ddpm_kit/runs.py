@@ -12,7 +12,6 @@ import json
 import re
 import shutil
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -156,9 +155,7 @@ def verify_manifest(folder: Path, only: str | None = None) -> str | None:
         return f"unreadable manifest ({' '.join(str(exc).split())[:100]})"
     if only is not None and only not in files:
         return f"{only} is not in its manifest"
-    for name, meta in files.items():
-        if only is not None and name != only:
-            continue
+    for name, meta in files.items() if only is None else [(only, files[only])]:
         path = folder / name
         if not path.is_file():
             return f"missing file {name}"
@@ -181,8 +178,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return [record for line in path.read_bytes().splitlines() if (record := _record(line))] if path.is_file() else []
 
 
-@dataclass(frozen=True)
-class Checkpoint:
+class Checkpoint(NamedTuple):
     path: Path
     step: int
 
@@ -416,15 +412,12 @@ class RunFolder:
         summary = self.read_summary()
         for key, value in values.items():
             summary[key] = summary.get(key, 0.0) + value
-        self._write_summary(summary)
+        _write_json(self.summary_file, summary)
 
     def set_in_summary(self, **values: Any) -> None:
         """Record values such as the processes a stage ran on (replacing earlier ones)."""
         summary = self.read_summary()
         summary.update(values)
-        self._write_summary(summary)
-
-    def _write_summary(self, summary: dict[str, Any]) -> None:
         _write_json(self.summary_file, summary)
 
     def write_tracker_ids(self, ids: dict[str, str]) -> None:
