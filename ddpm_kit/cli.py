@@ -11,7 +11,7 @@ import click
 from . import __version__
 from .errors import DdpmKitError, PluginError
 from .plugins import Registry
-from .plugins.loading import PluginSet, call_each, get_plugin_manager
+from .plugins.loading import call_each, get_plugin_manager
 
 
 def get_registry_from(ctx: click.Context) -> Registry:
@@ -52,12 +52,10 @@ def plugins_command(ctx: click.Context, as_json: bool, details: str | None) -> N
         click.echo(json.dumps(entries, indent=2) if as_json else "\n\n".join(map(format_details, entries)))
         return
     rows = registry.rows()
-    for provider in dict.fromkeys(p for by_name in registry.providers.values() for ps in by_name.values()
-                                  for p in ps if registry.status(p) == "shadowed"):
-        click.echo(f"note: {registry.explain(provider)}", err=True)
-    conflicts = {(p.kind, p.name): p for by_name in registry.providers.values() for ps in by_name.values()
-                 for p in ps if registry.status(p) == "conflict"}
-    for provider in conflicts.values():
+    providers = [p for by_name in registry.providers.values() for ps in by_name.values() for p in ps]
+    shadowed = dict.fromkeys(p for p in providers if registry.status(p) == "shadowed")
+    conflicts = {(p.kind, p.name): p for p in providers if registry.status(p) == "conflict"}
+    for provider in [*shadowed, *conflicts.values()]:
         click.echo(f"note: {registry.explain(provider)}", err=True)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -214,8 +212,7 @@ def sample(ctx: click.Context, run_dir: Path, num_images: int | None, seed: int 
 @click.pass_context
 def evaluate(ctx: click.Context, run_dir: Path, limit: int | None, metric: str | None, num_samples: int | None,
              params: tuple[str, ...], sampler: str | None, steps: int | None, sampler_params: tuple[str, ...],
-             guidance_scale: float | None, raw: bool,
-             device: str | None) -> None:
+             guidance_scale: float | None, raw: bool, device: str | None) -> None:
     """Compute the recipe's metrics (bits/dim at least) for a trained run: eval/metrics.json; or one
     metric, e.g. `--metric fid --num-samples 1000 --sampler diffusers-unipc --steps 20`."""
     from .engine.sampling import SamplingOverride
@@ -223,8 +220,7 @@ def evaluate(ctx: click.Context, run_dir: Path, limit: int | None, metric: str |
 
     evaluate_run(get_registry_from(ctx), run_dir, limit=limit, use_ema=False if raw else None, device=device,
                  metric=metric, num_samples=num_samples, params=list(params),
-                 override=SamplingOverride(sampler, steps, guidance_scale=guidance_scale,
-                                           params=sampler_params))
+                 override=SamplingOverride(sampler, steps, guidance_scale=guidance_scale, params=sampler_params))
 
 
 class RunPair(click.ParamType):
@@ -295,35 +291,26 @@ def export_command(ctx: click.Context, run_dir: Path, out: Path, fmt: str, raw: 
         click.echo(f"note: {note}")
 
 
-def _add_plugin_commands() -> PluginSet:
-    """Load plugins once and let them add commands; failures are kept for `ddpm-kit plugins`."""
-    plugins = get_plugin_manager()
-    call_each(plugins, "register_commands", False, lambda info: ({"cli": cli}, lambda: None))
-    return plugins
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one line and exit 2; --debug shows the traceback."""
     try:
         _main(argv)
     finally:
-        _end_process_group()
+        # Tear a multi-process command's process group down before the interpreter exits: left to
+        # exit, gloo's threads can abort it ('terminate called without an active exception', SIGABRT).
+        import torch.distributed as dist
 
-
-def _end_process_group() -> None:
-    """Tear the process group of a multi-process command down before the interpreter exits: left to
-    exit, gloo's threads can abort it ('terminate called without an active exception', SIGABRT)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _main(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        plugins = _add_plugin_commands()
+        # Plugins are loaded once and add their commands; failures are kept for `ddpm-kit plugins`.
+        plugins = get_plugin_manager()
+        call_each(plugins, "register_commands", False, lambda info: ({"cli": cli}, lambda: None))
         cli.main(args=argv, prog_name="ddpm-kit", standalone_mode=False, obj={"plugins": plugins})
     except DdpmKitError as exc:
         if debug:
