@@ -1,7 +1,5 @@
-"""``ddpm-kit report RUN...``: one markdown table and one HTML page over many runs: the table, the
-runs compared on one figure each (bits per timestep, loss, rate-distortion overlaid; a row of samples
-per run side by side; the progressive x0-hat chains side by side), then each run's own figures. The
-report folder is self-contained: it holds a copy of every image the page shows."""
+"""``ddpm-kit report RUN...``: one markdown table and one self-contained HTML page over many runs
+(docs/evaluation.md, "Reports", describes both)."""
 
 from __future__ import annotations
 
@@ -39,10 +37,6 @@ def _array(run: RunFolder, path: Path) -> np.ndarray | None:
     """The array of a run's .npy file (None when absent; a damaged one is an error naming it)."""
     arrays = run.read_arrays(path)
     return None if arrays is None else arrays["array"]
-
-
-def _relative(run: RunFolder, path: Path) -> str:
-    return path.relative_to(run.path).as_posix()
 
 
 def summarize(run: RunFolder) -> dict[str, Any]:
@@ -108,9 +102,7 @@ def _against_first_of_group(rows: list[dict[str, Any]], data: dict[str, Any], gr
 def paired_bpd(rows: list[dict[str, Any]], pairs: list[tuple[str, str]] = ()) -> list[str]:
     """Each run's bits/dim minus that of the first run that bounded the same test images with the
     same noise (the same data settings, seed and number of images: image i's noise comes from
-    (seed, i)), image by image: the mean difference and its standard error. The images' and the
-    noise's variance cancel in the difference, so it resolves far smaller gaps than the two runs'
-    own standard errors would."""
+    (seed, i)), image by image: the mean difference and its standard error."""
     data = {}
     for row in rows:
         run = RunFolder(row["path"])
@@ -132,9 +124,7 @@ def paired_bpd(rows: list[dict[str, Any]], pairs: list[tuple[str, str]] = ()) ->
 def paired_fid(rows: list[dict[str, Any]], pairs: list[tuple[str, str]] = ()) -> list[str]:
     """Each run's FID and confident fraction minus those of the first run whose samples it can be
     paired with (the same feature extractor, number of samples and sample seed: sample i starts
-    from the same noise in every run of one data shape): the difference with its paired bootstrap
-    standard error, from eval/fid_features_<N>.npz. Samples drawn from the same noise share much of
-    their error, so the difference is measured more precisely than either FID."""
+    from the same noise in every run of one data shape), with the paired bootstrap standard error."""
     from .features import FeatureStats, paired_difference
 
     data = {}
@@ -155,9 +145,8 @@ def paired_fid(rows: list[dict[str, Any]], pairs: list[tuple[str, str]] = ()) ->
     def missing(row):
         if row["fid_samples"] is None:
             return None
-        run = RunFolder(row["path"])
-        return (f"no {_relative(run, run.features_file(row['fid_samples'], row['sampler']))} (ddpm-kit evaluate "
-                f"{row['path']} --metric fid writes it)")
+        features = RunFolder("").features_file(row["fid_samples"], row["sampler"]).as_posix()
+        return f"no {features} (ddpm-kit evaluate {row['path']} --metric fid writes it)"
 
     return _against_first_of_group(rows, data, group, difference, missing, pairs,
                                    unpaired="another feature extractor, number of samples or sample seed",
@@ -207,10 +196,9 @@ def compare(rows: list[dict[str, Any]], out: Path) -> list[tuple[Path, str]]:
 def check_pairs(pairs: list[tuple[str, str]], names: list[str]) -> None:
     """Every run a pair names is one of the reported runs (their folder names)."""
     for pair in pairs:
-        for name in pair:
-            if name not in names:
-                raise DdpmKitError(f"--pair {pair[0]}:{pair[1]}: no run named {name!r}; "
-                                   f"the runs are {', '.join(names)}")
+        if unknown := [name for name in pair if name not in names]:
+            raise DdpmKitError(f"--pair {pair[0]}:{pair[1]}: no run named {unknown[0]!r}; "
+                               f"the runs are {', '.join(names)}")
 
 
 def write_report(runs: list[Path], out: Path, pairs: list[tuple[str, str]] = ()) -> tuple[Path, Path]:
@@ -254,10 +242,8 @@ def environment_table(rows: list[dict[str, Any]]) -> str:
     a markdown table, or nothing when they agree or fewer than two runs have a record."""
     from .provenance import environment_rows
 
-    records = {}
-    for row in rows:
-        trained = [r for r in RunFolder(row["path"]).read_provenance() if r.get("command") == "run"]
-        records[row["run"]] = trained[0] if trained else None
+    records = {row["run"]: next((r for r in RunFolder(row["path"]).read_provenance() if r.get("command") == "run"),
+                                None) for row in rows}
     if sum(r is not None for r in records.values()) < 2:
         return ""
     differing = environment_rows(records)

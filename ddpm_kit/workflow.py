@@ -25,16 +25,14 @@ RESUMABLE_CHANGES = {("train", "steps"), ("sample",), ("eval",), ("data", "store
 
 
 def _first_difference(a, b, path=()) -> tuple[str, ...] | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            here = (*path, key)
-            if any(here[: len(p)] == p for p in RESUMABLE_CHANGES):
-                continue
-            diff = _first_difference(a.get(key), b.get(key), here)
-            if diff:
-                return diff
-        return None
-    return None if a == b else path
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return None if a == b else path
+    for key in sorted(set(a) | set(b)):
+        here = (*path, key)
+        resumable = any(here[: len(p)] == p for p in RESUMABLE_CHANGES)
+        if not resumable and (diff := _first_difference(a.get(key), b.get(key), here)):
+            return diff
+    return None
 
 
 def run_recipe(registry: Registry, recipe_file: Path, overrides: list[str], *, resume: bool, overwrite: bool,
@@ -186,16 +184,12 @@ def sweep(registry: Registry, recipe_files: list[Path], overrides: list[str], re
                    do_sample=True, do_evaluate=True)
     table, page = write_report([run.path for run in runs], report_dir, pairs)
     if doc is not None:
-        _replace_block(doc, table.read_text())
+        begin, end = "<!-- sweep:begin -->", "<!-- sweep:end -->"
+        content = doc.read_text()
+        if begin not in content or end not in content:
+            raise DdpmKitError(f"{doc}: has no '{begin}' ... '{end}' block for the sweep's table")
+        head, rest = content.split(begin, 1)
+        doc.write_text(f"{head}{begin}\n{table.read_text()}{end}{rest.split(end, 1)[1]}")
     click.echo(table.read_text(), nl=False)
     click.echo(f"wrote {table} and {page}")
     return table
-
-
-def _replace_block(doc: Path, text: str) -> None:
-    begin, end = "<!-- sweep:begin -->", "<!-- sweep:end -->"
-    content = doc.read_text()
-    if begin not in content or end not in content:
-        raise DdpmKitError(f"{doc}: has no '{begin}' ... '{end}' block for the sweep's table")
-    head, rest = content.split(begin, 1)
-    doc.write_text(f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")
