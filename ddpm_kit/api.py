@@ -2,31 +2,8 @@
 
 Write plugins against ``ddpm_kit.api`` only (``from ddpm_kit.api import hookimpl, Schedule, ...``);
 every other module of ddpm_kit is internal and may change between releases. docs/writing-a-plugin.md
-documents each name; tests/test_api.py fails when a documented name disappears from here or a name
-here goes undocumented.
-
-The names, by what they are for:
-
-    Hooks and registration
-        hookimpl                 marks a module's ``register_<kind>s(register)`` functions
-        get_registry             the registry of every installed component (for a plugin's tests)
-    Interfaces (what a factory returns)
-        Schedule, Parameterization, VarianceChoice, LearnedVariance, Decoder, Sampler, Objective,
-        Metric, Model, CannotSample
-    The diffusion a sampler, objective or metric is handed
-        GaussianDiffusion, PMeanVariance
-    What a metric is handed, and the bound to subclass for another reverse process
-        EvalContext, BitsPerDim
-    A finished run, for a plugin's own commands (statistics of the trained model)
-        open_run, FinishedRun, weights_digest
-    Helpers
-        randn_like, NoiseSource  a sampler's Gaussian draws (one generator per image)
-        spaced_timesteps, validate_steps, respace, on_original_timesteps   K-step samplers over a trained T-step chain
-        sample_ancestral         Algorithm 2, to wrap or to run on a respaced diffusion
-        mean_flat, normal_kl, discretized_gaussian_log_likelihood, approx_standard_normal_cdf
-    Errors
-        DdpmKitError             a message for the user (bad parameters): one line, exit 2
-        PluginError              what the engine raises when plugin code fails: names the plugin, exit 1
+documents each name (its table "The public API"); tests/test_api.py fails when a documented name
+disappears from here or a name here goes undocumented.
 """
 
 from __future__ import annotations
@@ -48,16 +25,18 @@ from .respacing import on_original_timesteps, respace, spaced_timesteps, validat
 
 __all__ = [
     "__version__",
-    "hookimpl", "get_registry",
+    "hookimpl", "get_registry",  # hooks and registration
+    # interfaces (what a factory returns)
     "Schedule", "Parameterization", "VarianceChoice", "LearnedVariance", "Decoder", "Sampler", "Objective",
     "Metric", "Model", "CannotSample",
-    "GaussianDiffusion", "PMeanVariance",
-    "EvalContext", "BitsPerDim",
+    "GaussianDiffusion", "PMeanVariance",  # the diffusion a sampler, objective or metric is handed
+    "EvalContext", "BitsPerDim",  # what a metric is handed; the bound to subclass for another reverse process
+    # helpers: a sampler's Gaussian draws, K-step samplers over a trained T-step chain, Algorithm 2, the bound's terms
     "randn_like", "NoiseSource", "spaced_timesteps", "validate_steps", "respace", "on_original_timesteps",
     "sample_ancestral",
     "mean_flat", "normal_kl", "discretized_gaussian_log_likelihood", "approx_standard_normal_cdf",
-    "DdpmKitError", "PluginError", "atomic_file",
-    "FinishedRun", "open_run", "weights_digest",
+    "DdpmKitError", "PluginError", "atomic_file",  # errors (one line for the user; a plugin's failure); safe writes
+    "FinishedRun", "open_run", "weights_digest",  # a finished run, for a plugin's own commands
 ]
 
 
@@ -108,11 +87,9 @@ class FinishedRun:
 def weights_digest(run_dir, *, use_ema: bool = True) -> str:
     """SHA-256 of a finished run's final weights (EMA unless ``use_ema=False``), without loading them
     into a network: what statistics a plugin computed from the weights are tied to."""
-    from pathlib import Path
-
     from .runs import RunFolder, sha256
 
-    return sha256(RunFolder(Path(run_dir)).weights_file(use_ema))
+    return sha256(RunFolder(run_dir).weights_file(use_ema))
 
 
 def open_run(run_dir, *, use_ema: bool = True, device=None) -> FinishedRun:

@@ -8,13 +8,7 @@ import torch
 
 from .engine import Components, load_run_model
 from .errors import DdpmKitError
-from .plugins import Registry
 from .runs import RunFolder
-
-def exportable_variances(registry: Registry) -> list[str]:
-    """The registered variances that declare a diffusers ``variance_type``."""
-    return [name for name in registry.names("variance")
-            if registry.build("variance", name).diffusers_variance_type is not None]
 
 
 def diffusers_scheduler_config(components: Components) -> tuple[dict, list[str]]:
@@ -26,9 +20,10 @@ def diffusers_scheduler_config(components: Components) -> tuple[dict, list[str]]
         raise DdpmKitError(f"diffusers' DDPMScheduler cannot express parameterization '{param.name}' (it predicts "
                            "epsilon, sample or v_prediction); retrain with eps or x0 to export")
     if variance.diffusers_variance_type is None:
+        registry = components.registry
+        exportable = [n for n in registry.names("variance") if registry.build("variance", n).diffusers_variance_type]
         raise DdpmKitError(f"cannot export variance '{variance.name}' to diffusers' DDPMScheduler: "
-                           f"{variance.not_in_diffusers}; exportable variances: "
-                           f"{', '.join(exportable_variances(components.registry))}")
+                           f"{variance.not_in_diffusers}; exportable variances: {', '.join(exportable)}")
     if components.num_classes is not None:
         raise DdpmKitError("cannot export a class-conditional run: diffusers' DDPMPipeline calls the UNet without "
                            "class labels; load model/ema.safetensors with ddpm-kit (ddpm-kit sample --class K)")

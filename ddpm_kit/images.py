@@ -51,24 +51,16 @@ def prepare_image(image: Image.Image, image_size: int, channels: int, resize: st
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
-def _open(item: dict | Image.Image) -> tuple[Image.Image, str]:
-    """A PIL image from an undecoded ``datasets.Image`` value ({'path', 'bytes'}), and its name."""
-    if isinstance(item, Image.Image):
-        return item, "<image>"
-    name = item.get("path") or "<in-memory image>"
-    source = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
-    image = Image.open(source)
-    image.load()  # decode now, so a truncated file fails here, named
-    return image, name
-
-
 def decode_images(items, image_size: int, channels: int, resize: str) -> np.ndarray:
-    """Undecoded ``datasets.Image`` values (or PIL images) -> uint8 [N, C, H, W]. An unreadable
-    image is an error naming it."""
+    """Undecoded ``datasets.Image`` values ({'path', 'bytes'}) or PIL images -> uint8 [N, C, H, W].
+    An unreadable image is an error naming it."""
     arrays = []
     for item in items:
         try:
-            image, name = _open(item)
+            image = item
+            if not isinstance(item, Image.Image):
+                image = Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"])
+                image.load()  # decode now, so a truncated file fails here, named
         except (OSError, ValueError, SyntaxError) as exc:
             where = item.get("path") if isinstance(item, dict) else None
             raise DdpmKitError(f"{where or 'an image in the dataset'}: cannot read image ({exc})") from None

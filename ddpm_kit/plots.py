@@ -33,8 +33,7 @@ def plot_bpd_terms(terms: np.ndarray | dict[str, np.ndarray], path: Path, title:
     a.set(xlabel="timestep t (0-based; 0 is the decoder L_0)", ylabel="bits/dim", title="L_t per timestep")
     b.set(xlabel="timestep t", ylabel="bits/dim",
           title=f"cumulative bound from T: total {totals[0]:.3f}" if len(named) == 1 else "cumulative bound from T")
-    _finish(fig, (a, b), path, title, legend=len(named) > 1)
-    return path
+    return _finish(fig, (a, b), path, title, legend=len(named) > 1)
 
 
 def plot_rate_distortion(terms: np.ndarray | dict[str, tuple[np.ndarray, np.ndarray]],
@@ -56,8 +55,8 @@ def plot_rate_distortion(terms: np.ndarray | dict[str, tuple[np.ndarray, np.ndar
     axes[0].set(xlabel="timestep t", ylabel="distortion (RMSE, 0..255)")
     axes[1].set(xlabel="timestep t", ylabel="rate (bits/dim)")
     axes[2].set(xlabel="rate (bits/dim)", ylabel="distortion (RMSE, 0..255)")
-    _finish(fig, axes, path, "rate-distortion along the reverse process (Ho et al. Fig. 5)", legend=len(named) > 1)
-    return path
+    title = "rate-distortion along the reverse process (Ho et al. Fig. 5)"
+    return _finish(fig, axes, path, title, legend=len(named) > 1)
 
 
 def plot_loss_curve(steps: list[int] | dict[str, tuple[list[int], list[float]]], losses: list[float] | None,
@@ -70,8 +69,7 @@ def plot_loss_curve(steps: list[int] | dict[str, tuple[list[int], list[float]]],
     for name, (run_steps, run_losses) in named.items():
         ax.semilogy(run_steps, run_losses, label=name or None)
     ax.set(xlabel="step", ylabel="training loss", title="loss")
-    _finish(fig, [ax], path, "", legend=len(named) > 1)
-    return path
+    return _finish(fig, [ax], path, "", legend=len(named) > 1)
 
 
 def plot_sample_rows(named: dict[str, np.ndarray], path: Path) -> Path:
@@ -87,13 +85,10 @@ def plot_sample_rows(named: dict[str, np.ndarray], path: Path) -> Path:
                   interpolation="nearest")
         ax.set_xticks([]), ax.set_yticks([])
         ax.set_ylabel(name, rotation=0, ha="right", va="center")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, [], path, "", legend=False)
 
 
-def _finish(fig, axes, path: Path, title: str, legend: bool) -> None:
+def _finish(fig, axes, path: Path, title: str, legend: bool) -> Path:
     for ax in axes:
         ax.grid(alpha=0.3)
         if legend:
@@ -102,6 +97,5 @@ def _finish(fig, axes, path: Path, title: str, legend: bool) -> None:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    _pyplot().close(fig)
+    return path
