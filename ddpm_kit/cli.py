@@ -62,8 +62,7 @@ def plugins_command(ctx: click.Context, as_json: bool, details: str | None) -> N
         return
     cols = ["kind", "name", "plugin", "distribution", "version", "status"]
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols[:-1]}
-    click.echo("  ".join(c.upper().ljust(widths.get(c, 0)) for c in cols).rstrip())
-    for r in rows:
+    for r in [{c: c.upper() for c in cols}, *rows]:
         click.echo("  ".join(r[c].ljust(widths.get(c, 0)) for c in cols).rstrip())
 
 

@@ -51,19 +51,14 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def device_name(state) -> str:
-    import torch
-
-    device = torch.device(state.device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
-
-
 def record(command: str, registry: Registry, recipe: Recipe, state, **extra: Any) -> dict[str, Any]:
     """This command's record: what it runs with, and ``extra`` (the step it resumes, what it writes)."""
+    import torch
+
     from .engine.distributed import describe
 
+    device = torch.device(state.device)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     components = {}
     for key, kind, component in recipe.components():
         plugin = registry.resolve(kind, component.name).plugin
@@ -74,7 +69,7 @@ def record(command: str, registry: Registry, recipe: Recipe, state, **extra: Any
             "ddpm_kit": source(), "libraries": library_versions(), "components": components,
             "plugins": [{"name": n, "distribution": d, "version": v} for d, v, n in plugins],
             "broken_plugins": [str(f) for f in registry.failures],
-            "processes": {**describe(state), "device_name": device_name(state)}}
+            "processes": {**describe(state), "device_name": gpu or platform.processor() or platform.machine()}}
 
 
 def changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:

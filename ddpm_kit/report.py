@@ -202,9 +202,8 @@ def check_pairs(pairs: list[tuple[str, str]], names: list[str]) -> None:
 
 
 def write_report(runs: list[Path], out: Path, pairs: list[tuple[str, str]] = ()) -> tuple[Path, Path]:
-    """report.md (the table) and report.html (the table, the runs compared, each run's figures).
-    Each run is paired with the first run it can be paired with; each ``(b, a)`` of ``pairs`` adds
-    "b minus a" (folder names)."""
+    """report.md (the table, the paired differences) and report.html (those, the runs compared, each
+    run's figures); each ``(b, a)`` of ``pairs`` adds "b minus a" (folder names)."""
     rows = [summarize(RunFolder.existing(r)) for r in runs]
     check_pairs(pairs, [row["run"] for row in rows])
     out.mkdir(parents=True, exist_ok=True)
@@ -289,11 +288,10 @@ def copy_figures(row: dict[str, Any], copies: Path) -> list[Path]:
     shown = []
     for figure in (run.grid_file(), run.progressive_file(), "loss", run.bpd_file("bpd_per_timestep", suffix=".png"),
                    run.bpd_file("rate_distortion", suffix=".png")):
-        if figure == "loss":
-            if row["losses"]:
-                steps, losses = zip(*row["losses"])
-                shown.append(plot_loss_curve(list(steps), list(losses), copies / "loss.png"))
-        elif figure.is_file():
+        if figure == "loss" and row["losses"]:
+            steps, losses = zip(*row["losses"])
+            shown.append(plot_loss_curve(list(steps), list(losses), copies / "loss.png"))
+        elif figure != "loss" and figure.is_file():
             shutil.copyfile(figure, copies / figure.name)
             shown.append(copies / figure.name)
     return shown

@@ -25,7 +25,6 @@ from .errors import DdpmKitError
 
 CHECKPOINT = re.compile(r"^step_(\d{7})$")
 MANIFEST = "manifest.json"
-BEST = "best"
 
 
 class LayoutEntry(NamedTuple):
@@ -36,6 +35,7 @@ class LayoutEntry(NamedTuple):
 
 RESUME = "ddpm-kit run {run}/recipe.toml --run-dir {run} --resume latest"
 REWEIGH = "rm -r {run}/model; " + RESUME  # the final weights again, from the latest checkpoint
+SAMPLE = "ddpm-kit sample {run} --name <name>"
 LAYOUT: tuple[LayoutEntry, ...] = (
     LayoutEntry("recipe.toml", "the resolved recipe (defaults filled in, overrides applied)"),
     LayoutEntry("metrics.jsonl", "one JSON object per log interval (step, loss, lr, grad_norm, steps_per_s, "
@@ -59,13 +59,11 @@ LAYOUT: tuple[LayoutEntry, ...] = (
     LayoutEntry("model/ema.safetensors", "the final EMA weights (sampling and evaluation use them)", REWEIGH),
     LayoutEntry("model/manifest.json", "the final weights' sizes and SHA-256", REWEIGH),
     LayoutEntry("samples/<name>.npz", "uint8 samples [N, C, H, W], their classes and what drew them: final, "
-                "or final_<tag> for another sampler or guidance", "ddpm-kit sample {run} --name <name>"),
+                "or final_<tag> for another sampler or guidance", SAMPLE),
     LayoutEntry("samples/eval_<N>[_<tag>].npz", "samples a metric drew (fid), reused while the same sampler, "
                 "guidance and weights would draw them", "rm {path}; ddpm-kit evaluate {run} --metric fid"),
-    LayoutEntry("samples/<name>.png", "their grid (a row per class for a conditional run)",
-                "ddpm-kit sample {run} --name <name>"),
-    LayoutEntry("samples/<name>_progressive.png", "x0-hat along the reverse chain of the first 8 images",
-                "ddpm-kit sample {run} --name <name>"),
+    LayoutEntry("samples/<name>.png", "their grid (a row per class for a conditional run)", SAMPLE),
+    LayoutEntry("samples/<name>_progressive.png", "x0-hat along the reverse chain of the first 8 images", SAMPLE),
     LayoutEntry("samples/step_<NNNNNNN>.png", "grids during training (train.sample_every)"),
     LayoutEntry("eval/metrics.json", "every figure of the recipe's metrics, and which weights",
                 "ddpm-kit evaluate {run}"),
@@ -200,7 +198,7 @@ class RunFolder:
     provenance_file = property(lambda self: self.path / "provenance.jsonl")
     trackers_file = property(lambda self: self.path / "trackers.json")
     checkpoints = property(lambda self: self.path / "checkpoints")
-    best_checkpoint = property(lambda self: self.checkpoints / BEST)
+    best_checkpoint = property(lambda self: self.checkpoints / "best")
     model = property(lambda self: self.path / "model")
     samples = property(lambda self: self.path / "samples")
     eval = property(lambda self: self.path / "eval")

@@ -162,12 +162,8 @@ def device_for(state, device: str | None) -> torch.device:
 
 def sweep(registry: Registry, recipe_files: list[Path], overrides: list[str], report_dir: Path,
           doc: Path | None = None, pairs: list[tuple[str, str]] = ()) -> Path:
-    """Run every recipe (finished runs are kept, interrupted ones resumed), then one report.
-
-    With ``doc``, the report's table replaces the block between ``<!-- sweep:begin -->`` and
-    ``<!-- sweep:end -->`` in that markdown file, so published tables come from the command.
-    ``pairs`` (run folder names, B minus A) are checked before any recipe runs.
-    """
+    """Run every recipe (finished runs are kept, interrupted ones resumed), then one report; with
+    ``doc``, its table replaces the file's sweep block. ``pairs`` are checked before any recipe runs."""
     from .report import check_pairs, write_report
 
     runs = []
