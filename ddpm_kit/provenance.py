@@ -13,6 +13,7 @@ import importlib.metadata as md
 import platform
 import subprocess
 import time
+from contextlib import suppress
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -29,25 +30,21 @@ def source() -> dict[str, Any]:
     """ddpm-kit's version, and its git commit and dirty flag when it runs from a checkout."""
     where = Path(__file__).resolve().parent.parent
     record: dict[str, Any] = {"version": __version__, "commit": None, "dirty": None}
-    try:
-        def git(*args: str) -> str:
-            return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10,
-                                  check=True).stdout.strip()
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    with suppress(OSError, subprocess.SubprocessError):
         if (where / ".git").exists():
             record["commit"] = git("rev-parse", "HEAD")
             record["dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        pass
     return record
 
 
 def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
+    versions: dict[str, str | None] = {"python": platform.python_version(), **dict.fromkeys(LIBRARIES)}
     for name in LIBRARIES:
-        try:
+        with suppress(md.PackageNotFoundError):
             versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            versions[name] = None
     return versions
 
 
@@ -112,9 +109,5 @@ def environment_rows(records: dict[str, dict[str, Any]]) -> list[tuple[str, dict
 
     table = {run: fields(r) for run, r in records.items() if r}
     names = list(dict.fromkeys(k for f in table.values() for k in f))
-    rows = []
-    for name in names:
-        values = {run: table.get(run, {}).get(name, "-") for run in records}
-        if len(set(values.values())) > 1:
-            rows.append((name, values))
-    return rows
+    rows = [(name, {run: table.get(run, {}).get(name, "-") for run in records}) for name in names]
+    return [(name, values) for name, values in rows if len(set(values.values())) > 1]

@@ -263,11 +263,8 @@ class RunFolder:
 
     def damaged(self, path: Path, reason: str) -> DamagedRunFile:
         """The error for a file of this run that cannot be read: its name, why, and how to write it again."""
-        try:
-            relative = path.relative_to(self.path).as_posix() + ("/" if path.is_dir() else "")
-        except ValueError:
-            relative = None
-        found = _entry_for(relative) if relative else None
+        inside = path.is_relative_to(self.path)
+        found = _entry_for(path.relative_to(self.path).as_posix() + ("/" if path.is_dir() else "")) if inside else None
         text = f"{path}: damaged ({reason})"
         if found is not None and found[0].rewrite is not None:
             entry, parts = found
@@ -353,13 +350,9 @@ class RunFolder:
     # -- checkpoints -----------------------------------------------------------------------------
     def list_checkpoints(self) -> list[Checkpoint]:
         """Checkpoints that were renamed into place (step_NNNNNNN with a manifest), oldest first."""
-        if not self.checkpoints.is_dir():
-            return []
-        found = []
-        for child in self.checkpoints.iterdir():
-            match = CHECKPOINT.match(child.name)
-            if match and (child / MANIFEST).is_file():
-                found.append(Checkpoint(child, int(match.group(1))))
+        children = self.checkpoints.iterdir() if self.checkpoints.is_dir() else ()
+        found = [Checkpoint(child, int(match.group(1))) for child in children
+                 if (match := CHECKPOINT.match(child.name)) and (child / MANIFEST).is_file()]
         return sorted(found, key=lambda c: c.step)
 
     def latest_checkpoint(self, report=print) -> Checkpoint | None:
@@ -436,8 +429,7 @@ class RunFolder:
     def save_results(self, results: dict[str, Any], metric: str | None = None, tag: str | None = None) -> Path:
         """eval/metrics.json, or eval/<metric>[_<tag>].json: an evaluation's figures."""
         path = self.results_file(metric, tag)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2))
+        _write_json(path, results)
         return path
 
     def save_array(self, path: Path, array: np.ndarray) -> Path:
