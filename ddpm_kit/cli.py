@@ -73,8 +73,7 @@ def format_details(entry: dict) -> str:
     for p in entry["parameters"]:
         value = "required" if p.get("required") else f"default {json.dumps(p['default'])}"
         lines.append(f"  {p['name']}: {p['type']} ({value})")
-    more = entry["more_parameters"]
-    if more:
+    if more := entry["more_parameters"]:
         lines.append(f"  also: {more if isinstance(more, str) else ', '.join(more)}")
     if entry["engine_supplies"]:
         lines.append(f"  supplied by the engine: {', '.join(entry['engine_supplies'])}")

@@ -211,8 +211,7 @@ def write_report(runs: list[Path], out: Path, pairs: list[tuple[str, str]] = ())
     differences = [(heading, lines) for heading, lines in
                    (("Bits/dim differences on the same test images and noise:", paired_bpd(rows, pairs)),
                     ("Sample-quality differences on the same sample indices:", paired_fid(rows, pairs))) if lines]
-    for heading, lines in differences:
-        table += f"\n{heading}\n\n" + "\n".join(lines) + "\n"
+    table += "".join(f"\n{heading}\n\n" + "\n".join(lines) + "\n" for heading, lines in differences)
     environments = environment_table(rows)
     table += environments
     (out / "report.md").write_text(table)
@@ -256,8 +255,6 @@ def environment_table(rows: list[dict[str, Any]]) -> str:
 
 def _html_table(markdown: str) -> str:
     """A markdown table (and the lines before it) as HTML."""
-    if not markdown.strip():
-        return ""
     lines = [line for line in markdown.strip().splitlines() if line and not line.startswith("|---")]
     text = "".join(f"<p>{html.escape(line)}</p>" for line in lines if not line.startswith("|"))
     cells = [[html.escape(c.strip()) for c in line.strip("|").split("|")] for line in lines if line.startswith("|")]
