@@ -1,11 +1,6 @@
-"""What made a run: one record per command that writes into a run folder (``provenance.jsonl``).
-
-A record holds ddpm-kit's version and, from a git checkout, its commit and whether the tree was
-dirty; the versions of Python and the libraries the engine stands on; for each component the recipe
-names, the plugin, distribution and version that provided it; every plugin loaded; the device, the
-number of processes and the launcher. ``--resume`` compares its record with the one training last
-wrote and says in one line what changed; ``ddpm-kit report`` tabulates what differs between runs.
-"""
+"""What made a run: one record per command that writes into a run folder (``provenance.jsonl``; its
+``LAYOUT`` entry lists what a record holds). ``--resume`` says in one line what changed since training
+last wrote one; ``ddpm-kit report`` tabulates what differs between runs."""
 
 from __future__ import annotations
 

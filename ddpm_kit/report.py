@@ -166,9 +166,7 @@ SIDE_BY_SIDE = 10  # samples per run in the side-by-side rows
 
 
 def compare(rows: list[dict[str, Any]], out: Path) -> list[tuple[Path, str]]:
-    """The runs on shared figures in ``out`` (each with its caption), for those runs that have the
-    data: bits per timestep and rate-distortion from eval/bpd_terms.npy and xstart_mse.npy, the
-    losses from metrics.jsonl, the first samples of samples/final.npz."""
+    """The runs on shared figures in ``out``, each with its caption, for those runs that have the data."""
     from .plots import plot_bpd_terms, plot_loss_curve, plot_rate_distortion, plot_sample_rows
 
     runs = {row["run"]: RunFolder(row["path"]) for row in rows}
@@ -275,9 +273,8 @@ def _figure(src: str, caption: str) -> str:
 
 
 def copy_figures(row: dict[str, Any], copies: Path) -> list[Path]:
-    """A run's own figures copied into ``copies`` (the report folder is self-contained: run folders
-    may be elsewhere), its loss curve drawn there from metrics.jsonl (the report never writes into a
-    run); the files in the order the page shows them."""
+    """A run's own figures copied into ``copies`` and its loss curve drawn there (the report never
+    writes into a run), in the order the page shows them."""
     from .plots import plot_loss_curve
 
     run = RunFolder(row["path"])
