@@ -83,14 +83,14 @@ LAYOUT: tuple[LayoutEntry, ...] = (
 )
 
 
-def layout_text(root: str = "runs/<name>/", width: int = 100) -> str:
+def layout_text() -> str:
     """The layout as docs/training.md shows it: each entry's pattern and what it holds."""
     import textwrap
 
     indent = max(len(e.pattern) for e in LAYOUT) + 4
-    lines = [root]
+    lines = ["runs/<name>/"]
     for e in LAYOUT:
-        lines += textwrap.wrap(e.holds, width, initial_indent=f"  {e.pattern}".ljust(indent),
+        lines += textwrap.wrap(e.holds, 100, initial_indent=f"  {e.pattern}".ljust(indent),
                                subsequent_indent=" " * indent)
     return "\n".join(lines) + "\n"
 
