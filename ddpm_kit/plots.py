@@ -22,17 +22,15 @@ def plot_bpd_terms(terms: np.ndarray | dict[str, np.ndarray], path: Path, title:
     plt = _pyplot()
     named = terms if isinstance(terms, dict) else {"": terms}
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    totals = []
     for name, run_terms in named.items():
         vb, prior = run_terms[:, :-1].mean(0), run_terms[:, -1].mean()
         t = np.arange(len(vb))
         cumulative = prior + np.cumsum(vb[::-1])[::-1]  # bits spent from T down to t
         a.semilogy(t, np.maximum(vb, 1e-8), label=name or None)
         b.plot(t, cumulative, label=f"{name}: {cumulative[0]:.3f}" if name else None)
-        totals.append(cumulative[0])
     a.set(xlabel="timestep t (0-based; 0 is the decoder L_0)", ylabel="bits/dim", title="L_t per timestep")
     b.set(xlabel="timestep t", ylabel="bits/dim",
-          title=f"cumulative bound from T: total {totals[0]:.3f}" if len(named) == 1 else "cumulative bound from T")
+          title=f"cumulative bound from T: total {cumulative[0]:.3f}" if len(named) == 1 else "cumulative bound from T")
     return _finish(fig, (a, b), path, title, legend=len(named) > 1)
 
 
