@@ -101,14 +101,10 @@ def _entry_for(relative: str) -> tuple[LayoutEntry, dict[str, str]] | None:
     for entry in LAYOUT:
         regex = re.escape(entry.pattern).replace(r"\[", "(?:").replace(r"\]", ")?")
         regex = re.sub(r"<(\w+)>", r"(?P<\1>.+?)", regex.replace(r"\<", "<").replace(r"\>", ">"))
-        match = re.fullmatch(regex, relative)
-        if match:
+        if match := re.fullmatch(regex, relative):
             literal = len(re.sub(r"<\w+>|\[|\]", "", entry.pattern))
             found.append((literal, entry, match.groupdict()))
-    if not found:
-        return None
-    _, entry, parts = max(found, key=lambda f: f[0])
-    return entry, parts
+    return max(found, key=lambda f: f[0])[1:] if found else None
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
@@ -147,8 +143,7 @@ def verify_manifest(folder: Path, only: str | None = None) -> str | None:
     """None if every file in the manifest (or just ``only``) is present with its size and checksum,
     else what is wrong."""
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        files = manifest["files"]
+        files = json.loads((folder / MANIFEST).read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"unreadable manifest ({' '.join(str(exc).split())[:100]})"
     if only is not None and only not in files:
