@@ -69,12 +69,10 @@ def prepare_run_folder(run: RunFolder, resolved: dict, recipe_file: Path, *, res
     """Refuse to touch an existing run unless asked to (``resume`` needs the same recipe up to
     ``RESUMABLE_CHANGES``), clear it for ``overwrite``, and write the resolved recipe."""
     exists = run.recipe_file.is_file()
-    if exists and resume:
-        diff = _first_difference(read_toml(run.recipe_file), resolved)
-        if diff:
-            raise DdpmKitError(f"{recipe_file}: key '{'.'.join(diff)}' differs from the run's {run.recipe_file}; "
-                               "resume with the same recipe, or start a new run with --overwrite / --run-dir")
-    elif exists and not overwrite:
+    if exists and resume and (diff := _first_difference(read_toml(run.recipe_file), resolved)):
+        raise DdpmKitError(f"{recipe_file}: key '{'.'.join(diff)}' differs from the run's {run.recipe_file}; "
+                           "resume with the same recipe, or start a new run with --overwrite / --run-dir")
+    if exists and not (resume or overwrite):
         raise DdpmKitError(f"{run.path} already holds a run; use --resume latest to continue it, --overwrite to "
                            "replace it, or --run-dir for a new folder")
     state.wait_for_everyone()
@@ -93,8 +91,7 @@ def record_provenance(run: RunFolder, command: str, registry: Registry, recipe, 
     now = provenance.record(command, registry, recipe, state, **extra)
     if command == "resume":
         trained = [r for r in run.read_provenance() if r.get("command") in ("run", "resume")]
-        changed = provenance.changes(trained[-1], now) if trained else []
-        if changed:
+        if trained and (changed := provenance.changes(trained[-1], now)):
             click.echo(f"note: since {run.path} last trained: {'; '.join(changed)}", err=True)
     run.record_provenance(now)
 
