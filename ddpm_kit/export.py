@@ -28,7 +28,6 @@ def diffusers_scheduler_config(components: Components) -> tuple[dict, list[str]]
         raise DdpmKitError("cannot export a class-conditional run: diffusers' DDPMPipeline calls the UNet without "
                            "class labels; load model/ema.safetensors with ddpm-kit (ddpm-kit sample --class K)")
     sampler = components.recipe.sample.sampler
-    clip = bool(sampler.params.get("clip_denoised", True))
     notes = [
         "betas are written exactly (trained_betas), but diffusers keeps them in float32: sampled images "
         "agree with ddpm-kit's to about 1e-4.",
@@ -41,7 +40,7 @@ def diffusers_scheduler_config(components: Components) -> tuple[dict, list[str]]
         notes.append(f"the run samples with '{sampler.name}'; the exported DDPMScheduler is ancestral sampling.")
     config = dict(num_train_timesteps=d.num_timesteps, trained_betas=d.betas.tolist(),
                   prediction_type=prediction_type, variance_type=variance.diffusers_variance_type,
-                  clip_sample=clip, clip_sample_range=1.0)
+                  clip_sample=bool(sampler.params.get("clip_denoised", True)), clip_sample_range=1.0)
     return config, notes
 
 
@@ -51,8 +50,7 @@ def export_diffusers(components: Components, run: RunFolder, out: Path, *, use_e
 
     config, notes = diffusers_scheduler_config(components)
     model = load_run_model(components, run, use_ema=use_ema, device=torch.device("cpu"))
-    unet = getattr(model, "unet", None)
-    if unet is None:
+    if (unet := getattr(model, "unet", None)) is None:
         raise DdpmKitError(f"backbone '{components.recipe.backbone.name}' is not a diffusers UNet2DModel; "
                            "only unet2d runs can be exported")
     pipeline = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(**config))

@@ -156,8 +156,7 @@ def paired_fid(rows: list[dict[str, Any]], pairs: list[tuple[str, str]] = ()) ->
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
-    extractors = sorted({r["extractor"] for r in rows if r["extractor"]})
-    if extractors:
+    if extractors := sorted({r["extractor"] for r in rows if r["extractor"]}):
         lines += ["", "FID features: " + "; ".join(extractors)]
     return "\n".join(lines) + "\n"
 
