@@ -36,7 +36,7 @@ def _first_difference(a, b, path=()) -> tuple[str, ...] | None:
 
 
 def run_recipe(registry: Registry, recipe_file: Path, overrides: list[str], *, resume: bool, overwrite: bool,
-               run_dir: Path | None, do_sample: bool, do_evaluate: bool) -> RunFolder:
+               run_dir: Path | None, do_sample: bool, do_evaluate: bool) -> None:
     """Validate, set up training, prepare the run folder, train, then sample and evaluate (on all
     processes). Everything that can reject the input is built before the run folder is touched,
     and training uses those very objects."""
@@ -61,7 +61,6 @@ def run_recipe(registry: Registry, recipe_file: Path, overrides: list[str], *, r
                           f"{run.path}` / `ddpm-kit evaluate {run.path}` (--sampler for another), or `ddpm-kit run "
                           f"{recipe_file} --run-dir {run.path} --resume latest`") from exc
     state.wait_for_everyone()
-    return run
 
 
 def prepare_run_folder(run: RunFolder, resolved: dict, recipe_file: Path, *, resume: bool, overwrite: bool,
@@ -158,7 +157,7 @@ def device_for(state, device: str | None) -> torch.device:
 
 
 def sweep(registry: Registry, recipe_files: list[Path], overrides: list[str], report_dir: Path,
-          doc: Path | None = None, pairs: list[tuple[str, str]] = ()) -> Path:
+          doc: Path | None = None, pairs: list[tuple[str, str]] = ()) -> None:
     """Run every recipe (finished runs are kept, interrupted ones resumed), then one report; with
     ``doc``, its table replaces the file's sweep block. ``pairs`` are checked before any recipe runs."""
     from .report import check_pairs, write_report
@@ -185,4 +184,3 @@ def sweep(registry: Registry, recipe_files: list[Path], overrides: list[str], re
         doc.write_text(f"{head}{begin}\n{table.read_text()}{end}{rest.split(end, 1)[1]}")
     click.echo(table.read_text(), nl=False)
     click.echo(f"wrote {table} and {page}")
-    return table
