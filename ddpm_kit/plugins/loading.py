@@ -18,8 +18,7 @@ from typing import Any
 import pluggy
 
 from .. import __version__, hookspecs
-from ..errors import DdpmKitError, did_you_mean
-from .attribution import one_line
+from ..errors import DdpmKitError, did_you_mean, one_line
 
 ENTRY_POINT_GROUP = "ddpm_kit"
 BUILTIN_DISTRIBUTION = "ddpm-kit"
@@ -45,6 +44,10 @@ class PluginInfo:
     name: str
     distribution: str
     version: str
+
+    def __str__(self) -> str:
+        """How messages name a plugin: ``'heun' (ddpm-kit-heun 0.1.0)``."""
+        return f"'{self.name}' ({self.distribution} {self.version})"
 
 
 @dataclass(frozen=True)
@@ -81,11 +84,6 @@ class _PluginManager(pluggy.PluginManager):
         return opts
 
 
-def hook_names() -> list[str]:
-    """The hooks a plugin may implement (``ddpm_kit.hookspecs``)."""
-    return sorted(n for n in dir(hookspecs) if n.startswith("register_"))
-
-
 @dataclass
 class PluginSet:
     """A plugin manager plus what is known about its plugins."""
@@ -95,7 +93,8 @@ class PluginSet:
     failures: list[PluginFailure] = field(default_factory=list)
 
 
-def _fail(plugins: PluginSet, failure: PluginFailure, strict: bool) -> None:
+def _fail(plugins: PluginSet, info: PluginInfo, stage: str, error: str, strict: bool) -> None:
+    failure = PluginFailure(info.name, info.distribution, info.version, stage, error)
     if strict:
         raise DdpmKitError(f"{failure} (strict plugin mode)")
     plugins.failures.append(failure)
@@ -111,24 +110,12 @@ def _register(plugins: PluginSet, module: Any, info: PluginInfo, strict: bool) -
     except Exception as exc:  # pluggy raises PluginValidationError / ValueError
         if plugins.pm.get_plugin(info.name) is not None:
             plugins.pm.unregister(name=info.name)
-        _fail(plugins, PluginFailure(info.name, info.distribution, info.version, "hooks", one_line(exc)), strict)
+        _fail(plugins, info, "hooks", one_line(exc), strict)
         return
     plugins.info[info.name] = info
     for name in plugins.pm.unknown_hooks:
-        hint = did_you_mean(name, hook_names())
-        _fail(plugins, PluginFailure(info.name, info.distribution, info.version, "hooks",
-                                     f"'{name}' is not a ddpm-kit hook{hint} (its other hooks are loaded)"), strict)
-
-
-def _entry_points() -> list[md.EntryPoint]:
-    seen: set[tuple[str, str, str]] = set()
-    unique = []
-    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
-        key = (ep.dist.name if ep.dist else "?", ep.name, ep.value)
-        if key not in seen:
-            seen.add(key)
-            unique.append(ep)
-    return unique
+        hint = did_you_mean(name, (hook for hook in dir(hookspecs) if hook.startswith("register_")))
+        _fail(plugins, info, "hooks", f"'{name}' is not a ddpm-kit hook{hint} (its other hooks are loaded)", strict)
 
 
 def get_plugin_manager(*, strict: bool = False, entry_points: bool = True) -> PluginSet:
@@ -139,16 +126,16 @@ def get_plugin_manager(*, strict: bool = False, entry_points: bool = True) -> Pl
         info = PluginInfo(module_name.rsplit(".", 1)[-1], BUILTIN_DISTRIBUTION, __version__)
         _register(plugins, importlib.import_module(module_name), info, strict=True)
     if entry_points:
-        for ep in _entry_points():
+        for ep in md.entry_points(group=ENTRY_POINT_GROUP):  # one distribution found twice on the path is one
             dist = ep.dist.name if ep.dist else "unknown"
-            version = ep.dist.version if ep.dist else "?"
             name = ep.name if plugins.pm.get_plugin(ep.name) is None else f"{dist}:{ep.name}"
+            info = PluginInfo(name, dist, ep.dist.version if ep.dist else "?")
             try:
                 module = ep.load()
             except Exception as exc:  # any error in third-party import code
-                _fail(plugins, PluginFailure(name, dist, version, "import", one_line(exc)), strict)
+                _fail(plugins, info, "import", one_line(exc), strict)
                 continue
-            _register(plugins, module, PluginInfo(name, dist, version), strict)
+            _register(plugins, module, info, strict)
     return plugins
 
 
@@ -169,7 +156,7 @@ def call_each(
         try:
             impl.function(*[kwargs[arg] for arg in impl.argnames])
         except Exception as exc:  # third-party code: report, keep the others
-            _fail(plugins, PluginFailure(info.name, info.distribution, info.version, "registration", one_line(exc)), strict)
+            _fail(plugins, info, "registration", one_line(exc), strict)
             continue
         commit()
 

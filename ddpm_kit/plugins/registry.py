@@ -7,12 +7,12 @@ shadowed); two third-party plugins offering one name are an error only for a rec
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import DdpmKitError, did_you_mean
-from .attribution import plugin_code
+from ..errors import DdpmKitError, PluginError, did_you_mean, one_line
 from .loading import BUILTIN_DISTRIBUTION, PluginFailure, PluginInfo, PluginSet, call_each, get_plugin_manager
 from .parameters import KINDS, accepts_var_kwargs, describe, signature, validate_params
 
@@ -33,9 +33,6 @@ class Provider:
     plugin: PluginInfo
     check: Callable[..., Any] | None = None
     extra_params: Callable[[], Iterable[str]] | None = None
-
-    def matches_prefix(self, prefix: str) -> bool:
-        return prefix in (self.plugin.name, self.plugin.distribution)
 
     @property
     def label(self) -> str:
@@ -107,10 +104,8 @@ class Registry:
         if kind not in self.providers:
             raise DdpmKitError(f"unknown component kind '{kind}'{did_you_mean(kind, self.providers)}")
         prefix, _, bare = name.rpartition(":")
-        candidates = self.providers[kind].get(bare, [])
-        if prefix:
-            candidates = [p for p in candidates if p.matches_prefix(prefix)]
-        elif any(p.builtin for p in candidates):
+        candidates = self._offering([kind], name)
+        if not prefix and any(p.builtin for p in candidates):
             candidates = [p for p in candidates if p.builtin]
         if not candidates:
             choices = list(self.providers[kind]) + [
@@ -118,7 +113,7 @@ class Registry:
             ] if prefix else list(self.providers[kind])
             raise DdpmKitError(f"unknown {kind} '{name}'{did_you_mean(name, choices)}{self._broken_note()}")
         if len(candidates) > 1:
-            who = " and ".join(f"'{p.plugin.name}' ({p.plugin.distribution} {p.plugin.version})" for p in candidates)
+            who = " and ".join(str(p.plugin) for p in candidates)
             picks = ", ".join(f"'{p.plugin.name}:{bare}'" for p in candidates)
             raise DdpmKitError(f"{kind} '{bare}' is provided by both {who}; pick one with {picks}")
         return candidates[0]
@@ -153,19 +148,16 @@ class Registry:
         return "shadowed" if any(p.builtin for p in others) else "conflict"
 
     def explain(self, provider: Provider) -> str:
-        """A shadowed or conflicting component's situation in plain words, with how to reach it."""
-        others = [p for p in self.providers[provider.kind][provider.name] if p is not provider]
+        """A shadowed or conflicting component's situation (its ``status`` is not ``ok``) in plain
+        words, with how to reach it."""
         what = f"{provider.kind} '{provider.name}'"
         if self.status(provider) == "shadowed":
-            return (f"plugin '{provider.plugin.name}' ({provider.plugin.distribution} {provider.plugin.version}) also "
-                    f"offers {what}, a built-in name: recipes that say '{provider.name}' get the built-in; "
-                    f"'{provider.plugin.name}:{provider.name}' reaches the plugin's")
-        if self.status(provider) == "conflict":
-            who = " and ".join(f"'{p.plugin.name}' ({p.plugin.distribution} {p.plugin.version})"
-                               for p in [provider, *others])
-            picks = " or ".join(f"'{p.plugin.name}:{provider.name}'" for p in [provider, *others])
-            return f"plugins {who} both offer {what}: a recipe names the one it means, {picks}"
-        return f"{provider.label} is the only {what}"
+            return (f"plugin {provider.plugin} also offers {what}, a built-in name: recipes that say '{provider.name}' "
+                    f"get the built-in; '{provider.plugin.name}:{provider.name}' reaches the plugin's")
+        offering = [provider, *(p for p in self.providers[provider.kind][provider.name] if p is not provider)]
+        who = " and ".join(str(p.plugin) for p in offering)
+        picks = " or ".join(f"'{p.plugin.name}:{provider.name}'" for p in offering)
+        return f"plugins {who} both offer {what}: a recipe names the one it means, {picks}"
 
     def buildable(self, kind: str, **context: Any) -> list[str]:
         """The names of ``kind`` whose factories build with their default parameters and ``context``
@@ -182,13 +174,18 @@ class Registry:
 
     def details(self, name: str) -> list[dict[str, Any]]:
         """``describe`` of every component called ``name`` (or ``plugin:name``), of any kind."""
-        prefix, _, bare = name.rpartition(":")
-        found = [describe(p) for kind in self.providers for p in self.providers[kind].get(bare, [])
-                 if not prefix or p.matches_prefix(prefix)]
+        found = [describe(p) for p in self._offering(self.providers, name)]
         if not found:
             every = {n for by_name in self.providers.values() for n in by_name}
-            raise DdpmKitError(f"no component called '{name}'{did_you_mean(bare, every)}")
+            raise DdpmKitError(f"no component called '{name}'{did_you_mean(name.rpartition(':')[2], every)}")
         return found
+
+    def _offering(self, kinds: Iterable[str], name: str) -> list[Provider]:
+        """The providers of ``name`` among ``kinds``; ``plugin:name`` (or ``distribution:name``) keeps
+        that plugin's."""
+        prefix, _, bare = name.rpartition(":")
+        return [p for kind in kinds for p in self.providers[kind].get(bare, [])
+                if prefix in ("", p.plugin.name, p.plugin.distribution)]
 
     def rows(self) -> list[dict[str, str]]:
         """One row per (kind, name, provider) plus one per failed plugin, for `ddpm-kit plugins`."""
@@ -229,6 +226,23 @@ class Validated:
             if str(exc).startswith((f"{provider.kind} '{provider.name}'", provider.label)):
                 raise
             raise type(exc)(f"{provider.title}: {exc}") from exc.__cause__
+
+
+@contextmanager
+def plugin_code(provider: Provider | tuple[Provider, ...], what: str,
+                error: type[DdpmKitError] = PluginError) -> Iterator[None]:
+    """Run a plugin's code: an exception it raises (other than a ``DdpmKitError``, which is already
+    a message for the user) becomes one ``PluginError`` line naming the component, the plugin and
+    its distribution, e.g. ``sampler 'heun2' (plugin 'mine', ddpm-kit-mine 0.1) failed while
+    sampling: RuntimeError: ...``; the original stays the cause (``--debug`` prints it). Code that
+    runs several plugins together (a training step: objective and backbone) names them all."""
+    try:
+        yield
+    except DdpmKitError:
+        raise
+    except Exception as exc:  # plugin code: name the plugin and its distribution
+        who = " or ".join(p.label for p in (provider if isinstance(provider, tuple) else (provider,)))
+        raise error(f"{who} {what}: {one_line(exc)}") from exc
 
 
 def run_check(provider: Provider, values: dict[str, Any]) -> None:
