@@ -292,13 +292,11 @@ def validate_recipe(data: dict[str, Any], registry: Registry, source: str) -> Re
             raise DdpmKitError(f"{source}: {key}.name: {exc}") from None
         try:
             values = validate_params(provider, comp.params)
-        except ParamError as exc:
-            raise DdpmKitError(f"{source}: {key}.{exc.key}: {exc}") from None
-        if kind != "dataset":  # a dataset's check runs when its data are needed
-            try:
+            if kind != "dataset":  # a dataset's check runs when its data are needed
                 run_check(provider, values)
-            except DdpmKitError as exc:
-                raise DdpmKitError(f"{source}: {key}: {exc}") from None
+        except DdpmKitError as exc:  # a parameter's error names the parameter
+            at = f"{key}.{exc.key}" if isinstance(exc, ParamError) else key
+            raise DdpmKitError(f"{source}: {at}: {exc}") from None
     return recipe
 
 

@@ -57,7 +57,8 @@ def describe(provider: Provider) -> dict[str, Any]:
         if p.default is inspect.Parameter.empty:
             entry["required"] = True
         else:
-            entry["default"] = p.default if isinstance(p.default, (bool, int, float, str, type(None))) else repr(p.default)
+            plain = isinstance(p.default, (bool, int, float, str, type(None)))
+            entry["default"] = p.default if plain else repr(p.default)
         params.append(entry)
     return {"kind": provider.kind, "name": provider.name, "plugin": provider.plugin.name,
             "distribution": provider.plugin.distribution, "version": provider.plugin.version,
@@ -107,11 +108,8 @@ def validate_params(provider: Provider, params: dict[str, Any]) -> dict[str, Any
         if key in KINDS[provider.kind].engine_context:
             raise ParamError(f"{label}: '{key}' is supplied by the engine, never by a recipe; remove it", key)
     settable = factory_params(provider)
-    fields: dict[str, Any] = {}
-    for n, p in settable.items():
-        annotation = Any if p.annotation is inspect.Parameter.empty else p.annotation
-        default = ... if p.default is inspect.Parameter.empty else p.default
-        fields[n] = (annotation, default)
+    fields = {n: (Any if p.annotation is p.empty else p.annotation, ... if p.default is p.empty else p.default)
+              for n, p in settable.items()}
     extra = "allow" if accepts_var_kwargs(provider.factory) else "forbid"
     model = pydantic.create_model(
         f"{provider.kind}_{provider.name}_params",

@@ -20,12 +20,9 @@ from .parameters import KINDS, accepts_var_kwargs, describe, signature, validate
 @dataclass(frozen=True)
 class Provider:
     """One component offered by one plugin, with the optional hooks its registration declared:
-    ``check(**params)`` rejects bad parameters cheaply, without building, by raising
-    ``DdpmKitError``; it gets every parameter, defaults filled in. Recipe validation calls it for
-    every kind but the dataset, whose check runs when a command first needs the data (``recipe
-    check``, ``run``; a finished run samples after its data folder moved), and ``Registry.build``
-    before every build. ``extra_params()`` names the keys a factory's ``**kwargs`` accept
-    (validation rejects the others)."""
+    ``check(**params)`` rejects bad parameters (every one, defaults filled in) without building;
+    ``extra_params()`` names the keys a factory's ``**kwargs`` accept. When each runs:
+    docs/writing-a-plugin.md, "Registering"."""
 
     kind: str
     name: str
@@ -37,7 +34,8 @@ class Provider:
     @property
     def label(self) -> str:
         """``sampler 'heun' (plugin 'heun', ddpm-kit-heun 0.1.0)``: who to ask when it fails."""
-        return f"{self.kind} '{self.name}' (plugin '{self.plugin.name}', {self.plugin.distribution} {self.plugin.version})"
+        info = self.plugin
+        return f"{self.kind} '{self.name}' (plugin '{info.name}', {info.distribution} {info.version})"
 
     @property
     def title(self) -> str:
@@ -100,7 +98,8 @@ class Registry:
     def resolve(self, kind: str, name: str) -> Provider:
         """Find a component by ``name`` or ``plugin:name``. A bare name a built-in plugin offers is
         the built-in (plugins that offer it too are shadowed); a bare name two third-party plugins
-        offer is an error; an unknown name suggests the closest and mentions broken plugins."""
+        offer is an error; an unknown name suggests the closest and mentions the plugins that failed
+        to load (it may be one of theirs)."""
         if kind not in self.providers:
             raise DdpmKitError(f"unknown component kind '{kind}'{did_you_mean(kind, self.providers)}")
         prefix, _, bare = name.rpartition(":")
@@ -111,7 +110,9 @@ class Registry:
             choices = list(self.providers[kind]) + [
                 f"{p.plugin.name}:{p.name}" for ps in self.providers[kind].values() for p in ps
             ] if prefix else list(self.providers[kind])
-            raise DdpmKitError(f"unknown {kind} '{name}'{did_you_mean(name, choices)}{self._broken_note()}")
+            broken = ", ".join(sorted({f"'{f.plugin}' ({f.distribution} {f.version})" for f in self.failures}))
+            note = f"; plugins that failed to load: {broken} (see `ddpm-kit plugins`)" if broken else ""
+            raise DdpmKitError(f"unknown {kind} '{name}'{did_you_mean(name, choices)}{note}")
         if len(candidates) > 1:
             who = " and ".join(str(p.plugin) for p in candidates)
             picks = ", ".join(f"'{p.plugin.name}:{bare}'" for p in candidates)
@@ -131,13 +132,6 @@ class Registry:
         values = validate_params(provider, params or {})
         run_check(provider, values)
         return Validated(provider, values)
-
-    def _broken_note(self) -> str:
-        """For an unknown name: the plugins that failed to load may be where it was meant to be."""
-        if not self.failures:
-            return ""
-        who = ", ".join(sorted({f"'{f.plugin}' ({f.distribution} {f.version})" for f in self.failures}))
-        return f"; plugins that failed to load: {who} (see `ddpm-kit plugins`)"
 
     def status(self, provider: Provider) -> str:
         """``ok``, ``shadowed`` (a built-in has the name: reach it as ``plugin:name``), or
@@ -189,17 +183,11 @@ class Registry:
 
     def rows(self) -> list[dict[str, str]]:
         """One row per (kind, name, provider) plus one per failed plugin, for `ddpm-kit plugins`."""
-        rows = []
-        for kind, by_name in self.providers.items():
-            for name in sorted(by_name):
-                for p in by_name[name]:
-                    rows.append({"kind": kind, "name": name, "plugin": p.plugin.name,
-                                 "distribution": p.plugin.distribution, "version": p.plugin.version,
-                                 "status": self.status(p)})
-        for f in self.failures:
-            rows.append({"kind": "-", "name": "-", "plugin": f.plugin, "distribution": f.distribution,
-                         "version": f.version, "status": f"broken ({f.stage}): {f.error}"})
-        return rows
+        rows = [{"kind": kind, "name": name, "plugin": p.plugin.name, "distribution": p.plugin.distribution,
+                 "version": p.plugin.version, "status": self.status(p)}
+                for kind, by_name in self.providers.items() for name in sorted(by_name) for p in by_name[name]]
+        return rows + [{"kind": "-", "name": "-", "plugin": f.plugin, "distribution": f.distribution,
+                        "version": f.version, "status": f"broken ({f.stage}): {f.error}"} for f in self.failures]
 
 
 @dataclass(frozen=True)
@@ -223,7 +211,7 @@ class Validated:
             with plugin_code(provider, "failed to build", error=DdpmKitError):  # its parameters, as a rule: exit 2
                 return provider.factory(**context, **self.values)
         except DdpmKitError as exc:
-            if str(exc).startswith((f"{provider.kind} '{provider.name}'", provider.label)):
+            if str(exc).startswith(f"{provider.kind} '{provider.name}'"):  # its title or label
                 raise
             raise type(exc)(f"{provider.title}: {exc}") from exc.__cause__
 
