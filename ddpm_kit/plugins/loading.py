@@ -1,11 +1,8 @@
-"""Loading plugins through pluggy, each in isolation (modelled on simonw/llm's plugins.py).
-
-Built-in plugins are registered through the same hooks as third-party ones. Third-party packages
-declare ``[project.entry-points.ddpm_kit]``. Unlike pluggy's own loader, a plugin that fails to
-import is recorded and skipped so the rest keep working, and a misspelled hook is recorded (with
-the hook it resembles) while the plugin's other hooks still work; ``strict=True`` makes either
-fatal. Duplicate entry-point names are both loaded.
-"""
+"""Loading plugins through pluggy, each in isolation (modelled on simonw/llm's plugins.py): the
+built-ins through the same hooks as third-party packages (``[project.entry-points.ddpm_kit]``).
+Unlike pluggy's own loader, a plugin that fails to import is recorded and skipped, and a misspelled
+hook is recorded (with the hook it resembles) while the plugin's other hooks still work;
+``strict=True`` makes either fatal. Duplicate entry-point names are both loaded."""
 
 from __future__ import annotations
 
@@ -61,10 +58,7 @@ class PluginFailure:
     error: str
 
     def __str__(self) -> str:
-        return (
-            f"plugin '{self.plugin}' from {self.distribution} {self.version} failed at "
-            f"{self.stage}: {self.error}"
-        )
+        return f"plugin '{self.plugin}' from {self.distribution} {self.version} failed at {self.stage}: {self.error}"
 
 
 class _PluginManager(pluggy.PluginManager):
