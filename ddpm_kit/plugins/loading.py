@@ -8,30 +8,21 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
 
-from .. import __version__, hookspecs
+from .. import __version__, builtins, hookspecs
 from ..errors import DdpmKitError, did_you_mean, one_line
 
 ENTRY_POINT_GROUP = "ddpm_kit"
 BUILTIN_DISTRIBUTION = "ddpm-kit"
 
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "ddpm_kit.builtins.schedules",
-    "ddpm_kit.builtins.parameterizations",
-    "ddpm_kit.builtins.variances",
-    "ddpm_kit.builtins.decoders",
-    "ddpm_kit.builtins.samplers",
-    "ddpm_kit.builtins.diffusers_samplers",
-    "ddpm_kit.builtins.objectives",
-    "ddpm_kit.builtins.backbones",
-    "ddpm_kit.builtins.datasets",
-    "ddpm_kit.builtins.metrics",
-)
+# every module of ddpm_kit.builtins is a plugin (in the order of their names)
+DEFAULT_PLUGINS = tuple(f"{builtins.__name__}.{m.name}" for m in pkgutil.iter_modules(builtins.__path__))
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,6 @@ expected variational bound of 8-bit quantized data is a sum of Gaussian KLs plus
 
 Everything here is written in float64 numpy from the paper's equations (eqs. 4-7, 11-13),
 independently of ddpm_kit's diffusion code, so tests can hold the library (and a plugin) against it.
-With the linear schedule (1e-4 to 0.02, T = 1000), m = 0.1 and s = 0.2, ancestral samples have
-standard deviation 0.19630 (sigma^2 = beta-tilde) and 0.20093 (sigma^2 = beta), and the expected
-bound is 7.457 and 6.844 bits/dim with the reference code's tanh approximation of the normal CDF.
 """
 
 from __future__ import annotations
@@ -19,8 +16,8 @@ import numpy as np
 import torch
 
 M, S = 0.1, 0.2
-# The figures above, computed independently of this module: the std of ancestral samples and the
-# expected bound in bits/dim, per sigma^2.
+# With the linear schedule (1e-4 to 0.02, T = 1000), computed independently of this module: the std of
+# ancestral samples and the expected bound in bits/dim (the reference code's tanh Phi), per sigma^2.
 REFERENCE_STD = {"fixed_beta_tilde": 0.19630, "fixed_beta": 0.20093}
 REFERENCE_BOUND = {"fixed_beta_tilde": 7.457, "fixed_beta": 6.844}
 
@@ -113,7 +110,8 @@ def guided_moments(betas: np.ndarray, variance: str, cond: tuple[float, float], 
 
 
 def _coefficients(betas: np.ndarray, m: float, s2: float):
-    """Per-step affine map of the oracle's reverse step: mu = A x_t + B (data variance s2)."""
+    """alpha-bar_t, the posterior mean's c1 and c2, and the oracle's x0-hat = a_x0 x_t + b_x0 (data
+    N(m, s2))."""
     ab, c1, c2, _ = _posterior(betas)
     # x0_hat = E[x0 | x_t] = m + sqrt(ab) s2 / (ab s2 + 1 - ab) (x_t - sqrt(ab) m)
     g = np.sqrt(ab) * s2 / (ab * s2 + 1 - ab)
