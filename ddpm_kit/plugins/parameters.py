@@ -28,19 +28,15 @@ class Kind:
     engine_context: tuple[str, ...] = ()
 
 
-# kind -> its hook and engine context; the order is the order `ddpm-kit plugins` lists them in.
+# kind -> its hook and engine context; the order is the order `ddpm-kit plugins` lists them in. What
+# each engine-supplied argument is: docs/writing-a-plugin.md, "The engine supplies some arguments".
 KINDS: dict[str, Kind] = {
     "schedule": Kind("register_schedules"),
     "parameterization": Kind("register_parameterizations"),
     "variance": Kind("register_variances"),
     "decoder": Kind("register_decoders"),
-    # the run's diffusion lets a sampler factory refuse what it cannot sample (interfaces.CannotSample);
-    # run_dir, the finished run being sampled (None while a run is set up), lets one read statistics
-    # of the trained model that a plugin command computed into it (ddpm-kit-analytic's Gamma);
-    # registry, the run's, builds other components by name (a fixed variance, say)
     "sampler": Kind("register_samplers", ("num_timesteps", "diffusion", "run_dir", "registry")),
     "objective": Kind("register_objectives"),
-    # num_classes reaches only conditional runs' backbones; a backbone that can be conditioned declares it
     "backbone": Kind("register_backbones", ("in_channels", "out_channels", "image_size", "num_classes")),
     "dataset": Kind("register_datasets"),
     "metric": Kind("register_metrics"),
