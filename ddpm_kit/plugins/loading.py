@@ -124,17 +124,11 @@ def get_plugin_manager(*, strict: bool = False, entry_points: bool = True) -> Pl
     return plugins
 
 
-def call_each(
-    plugins: PluginSet,
-    hook_name: str,
-    strict: bool,
-    make_kwargs: Callable[[PluginInfo], tuple[dict[str, Any], Callable[[], None]]],
-) -> None:
+def call_each(plugins: PluginSet, hook_name: str, strict: bool,
+              make_kwargs: Callable[[PluginInfo], tuple[dict[str, Any], Callable[[], None]]]) -> None:
     """Call a hook on each plugin separately, so that one plugin's error is attributed to it.
-
-    ``make_kwargs(info)`` returns the hook's arguments and a ``commit`` callback that runs only
-    when the plugin's implementation returned without raising.
-    """
+    ``make_kwargs(info)`` returns the hook's arguments and a ``commit`` callback that runs only when
+    the plugin's implementation returned without raising."""
     for impl in getattr(plugins.pm.hook, hook_name).get_hookimpls():
         info = plugins.info[impl.plugin_name]
         kwargs, commit = make_kwargs(info)

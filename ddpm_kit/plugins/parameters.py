@@ -76,10 +76,8 @@ def _type_name(annotation: Any) -> str:
 def factory_params(provider: Provider) -> dict[str, inspect.Parameter]:
     """The parameters a recipe may set: the factory's keyword parameters minus the engine context."""
     skip = set(KINDS[provider.kind].engine_context)
-    return {
-        n: p for n, p in signature(provider.factory).parameters.items()
-        if n not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
+    return {n: p for n, p in signature(provider.factory).parameters.items()
+            if n not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def accepts_var_kwargs(factory: Callable[..., Any]) -> bool:
@@ -107,11 +105,8 @@ def validate_params(provider: Provider, params: dict[str, Any]) -> dict[str, Any
     fields = {n: (Any if p.annotation is p.empty else p.annotation, ... if p.default is p.empty else p.default)
               for n, p in settable.items()}
     extra = "allow" if accepts_var_kwargs(provider.factory) else "forbid"
-    model = pydantic.create_model(
-        f"{provider.kind}_{provider.name}_params",
-        __config__=pydantic.ConfigDict(extra=extra, arbitrary_types_allowed=True),
-        **fields,
-    )
+    model = pydantic.create_model(f"{provider.kind}_{provider.name}_params",
+                                  __config__=pydantic.ConfigDict(extra=extra, arbitrary_types_allowed=True), **fields)
     try:
         validated = _validate_strictly(model, params)
     except pydantic.ValidationError as exc:

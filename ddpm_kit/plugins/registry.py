@@ -107,9 +107,9 @@ class Registry:
         if not prefix and any(p.builtin for p in candidates):
             candidates = [p for p in candidates if p.builtin]
         if not candidates:
-            choices = list(self.providers[kind]) + [
-                f"{p.plugin.name}:{p.name}" for ps in self.providers[kind].values() for p in ps
-            ] if prefix else list(self.providers[kind])
+            choices = list(self.providers[kind])
+            if prefix:  # a plugin's component was meant: suggest among every plugin:name too
+                choices += [f"{p.plugin.name}:{p.name}" for ps in self.providers[kind].values() for p in ps]
             broken = ", ".join(sorted({f"'{f.plugin}' ({f.distribution} {f.version})" for f in self.failures}))
             note = f"; plugins that failed to load: {broken} (see `ddpm-kit plugins`)" if broken else ""
             raise DdpmKitError(f"unknown {kind} '{name}'{did_you_mean(name, choices)}{note}")
