@@ -8,6 +8,7 @@ value and what would be valid. See docs/recipes.md.
 from __future__ import annotations
 
 import copy
+import operator
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -156,10 +157,7 @@ class Recipe(Strict):
 
     def component(self, key: str) -> Component:
         """The component at a key of ``COMPONENT_KEYS`` (``"diffusion.schedule"``, say)."""
-        node: Any = self
-        for part in key.split("."):
-            node = getattr(node, part)
-        return node
+        return operator.attrgetter(key)(self)
 
     def components(self) -> list[tuple[str, str, Component]]:
         """(key path, kind, component) for every plugin the recipe names."""
@@ -169,13 +167,11 @@ class Recipe(Strict):
         return found
 
 
-# Where a recipe names a plugin, and the plugin kind it names: what validation checks and what the
-# engine builds (engine.components) both walk this table.
-COMPONENT_KEYS: dict[str, str] = {
-    "data.dataset": "dataset", "backbone": "backbone", "diffusion.schedule": "schedule",
-    "diffusion.parameterization": "parameterization", "diffusion.variance": "variance",
-    "diffusion.decoder": "decoder", "objective": "objective", "sample.sampler": "sampler",
-}
+# Where a recipe names a plugin, and the plugin kind it names (the key's last part): what validation
+# checks and what the engine builds (engine.components) both walk this table.
+COMPONENT_KEYS: dict[str, str] = {key: key.rpartition(".")[2] for key in (
+    "data.dataset", "backbone", "diffusion.schedule", "diffusion.parameterization", "diffusion.variance",
+    "diffusion.decoder", "objective", "sample.sampler")}
 METRIC_LIST_KEYS = ("eval.metrics", "train.eval_metrics")  # lists of metric components
 
 
