@@ -25,3 +25,9 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"{hint}; valid: {', '.join(choices) if choices else '(none)'}"
+
+
+def one_line(exc: BaseException) -> str:
+    """``TypeName: message`` on one line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

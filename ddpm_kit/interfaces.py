@@ -2,7 +2,7 @@
 
 A recipe name becomes one of these objects through the registry (see docs/architecture.md). What
 a plugin may offer beyond the required methods is declared here too, with its default: an
-objective's ``check``, ``sample_t``, ``update`` and ``state_dict``; a variance's and a
+objective's ``validate_diffusion``, ``sample_t``, ``update`` and ``state_dict``; a variance's and a
 parameterization's diffusers names; a sampler factory's ``CannotSample``. What a factory may declare
 (engine-supplied arguments, a cheap ``check`` of its parameters, the keys its ``**kwargs`` take) is
 in ``ddpm_kit.plugins.KINDS`` and ``register``'s keywords (docs/writing-a-plugin.md).

@@ -8,9 +8,10 @@ value and what would be valid. See docs/recipes.md.
 from __future__ import annotations
 
 import copy
+import operator
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -156,10 +157,7 @@ class Recipe(Strict):
 
     def component(self, key: str) -> Component:
         """The component at a key of ``COMPONENT_KEYS`` (``"diffusion.schedule"``, say)."""
-        node: Any = self
-        for part in key.split("."):
-            node = getattr(node, part)
-        return node
+        return operator.attrgetter(key)(self)
 
     def components(self) -> list[tuple[str, str, Component]]:
         """(key path, kind, component) for every plugin the recipe names."""
@@ -169,13 +167,11 @@ class Recipe(Strict):
         return found
 
 
-# Where a recipe names a plugin, and the plugin kind it names: what validation checks and what the
-# engine builds (engine.components) both walk this table.
-COMPONENT_KEYS: dict[str, str] = {
-    "data.dataset": "dataset", "backbone": "backbone", "diffusion.schedule": "schedule",
-    "diffusion.parameterization": "parameterization", "diffusion.variance": "variance",
-    "diffusion.decoder": "decoder", "objective": "objective", "sample.sampler": "sampler",
-}
+# Where a recipe names a plugin, and the plugin kind it names (the key's last part): what validation
+# checks and what the engine builds (engine.components) both walk this table.
+COMPONENT_KEYS: dict[str, str] = {key: key.rpartition(".")[2] for key in (
+    "data.dataset", "backbone", "diffusion.schedule", "diffusion.parameterization", "diffusion.variance",
+    "diffusion.decoder", "objective", "sample.sampler")}
 METRIC_LIST_KEYS = ("eval.metrics", "train.eval_metrics")  # lists of metric components
 
 
@@ -219,7 +215,8 @@ def parse_override(text: str, flag: str = "--set", example: str = "train.steps=2
     """``train.steps=200`` -> (["train", "steps"], 200); values are TOML literals, else strings."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise DdpmKitError(f"{flag} {text!r}: expected {'KEY.PATH' if flag == '--set' else 'KEY'}=VALUE, e.g. {example}")
+        form = "KEY.PATH=VALUE" if flag == "--set" else "KEY=VALUE"
+        raise DdpmKitError(f"{flag} {text!r}: expected {form}, e.g. {example}")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -240,38 +237,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _key_path(loc: tuple[Any, ...]) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
-
-
-def _model_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model that owns the key at ``loc`` (to list its valid keys)."""
-    model: Any = Recipe
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return None
-        model = field.annotation
-        args = getattr(model, "__args__", ())
-        model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), model)
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
 def format_validation_error(source: str, exc: pydantic.ValidationError) -> str:
     """The most telling error as one line: an unknown key first (it usually explains a missing one)."""
     errors = exc.errors()
     err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(err["loc"])
-    key = _key_path(loc)
-    if err["type"] == "extra_forbidden":
-        owner = _model_for(loc)
-        valid = list(owner.model_fields) if owner else []
-        return f"{source}: unknown key '{key}'{did_you_mean(str(loc[-1]), valid)}"
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).removeprefix(".")
+    if err["type"] == "extra_forbidden":  # a key of the recipe or of a table in it: list that table's
+        owner: Any = Recipe
+        for part in loc[:-1]:  # down the tables; ``conditioning``'s is ``ConditioningSection | None``
+            held = owner.model_fields[part].annotation
+            owner = next(m for m in (held, *get_args(held)) if isinstance(m, type) and issubclass(m, BaseModel))
+        return f"{source}: unknown key '{key}'{did_you_mean(str(loc[-1]), owner.model_fields)}"
     if err["type"] == "missing":
         return f"{source}: missing key '{key}'"
     if isinstance(err.get("input"), dict):  # a check across keys (a model validator): its message says it all
@@ -292,13 +269,11 @@ def validate_recipe(data: dict[str, Any], registry: Registry, source: str) -> Re
             raise DdpmKitError(f"{source}: {key}.name: {exc}") from None
         try:
             values = validate_params(provider, comp.params)
-        except ParamError as exc:
-            raise DdpmKitError(f"{source}: {key}.{exc.key}: {exc}") from None
-        if kind != "dataset":  # a dataset's check runs when its data are needed
-            try:
+            if kind != "dataset":  # a dataset's check runs when its data are needed
                 run_check(provider, values)
-            except DdpmKitError as exc:
-                raise DdpmKitError(f"{source}: {key}: {exc}") from None
+        except DdpmKitError as exc:  # a parameter's error names the parameter
+            at = f"{key}.{exc.key}" if isinstance(exc, ParamError) else key
+            raise DdpmKitError(f"{source}: {at}: {exc}") from None
     return recipe
 
 

@@ -1,41 +1,28 @@
-"""Loading plugins through pluggy, each in isolation (modelled on simonw/llm's plugins.py).
-
-Built-in plugins are registered through the same hooks as third-party ones. Third-party packages
-declare ``[project.entry-points.ddpm_kit]``. Unlike pluggy's own loader, a plugin that fails to
-import is recorded and skipped so the rest keep working, and a misspelled hook is recorded (with
-the hook it resembles) while the plugin's other hooks still work; ``strict=True`` makes either
-fatal. Duplicate entry-point names are both loaded.
-"""
+"""Loading plugins through pluggy, each in isolation (modelled on simonw/llm's plugins.py): the
+built-ins through the same hooks as third-party packages (``[project.entry-points.ddpm_kit]``).
+Unlike pluggy's own loader, a plugin that fails to import is recorded and skipped, and a misspelled
+hook is recorded (with the hook it resembles) while the plugin's other hooks still work;
+``strict=True`` makes either fatal. Duplicate entry-point names are both loaded."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
 
-from .. import __version__, hookspecs
-from ..errors import DdpmKitError, did_you_mean
-from .attribution import one_line
+from .. import __version__, builtins, hookspecs
+from ..errors import DdpmKitError, did_you_mean, one_line
 
 ENTRY_POINT_GROUP = "ddpm_kit"
 BUILTIN_DISTRIBUTION = "ddpm-kit"
 
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "ddpm_kit.builtins.schedules",
-    "ddpm_kit.builtins.parameterizations",
-    "ddpm_kit.builtins.variances",
-    "ddpm_kit.builtins.decoders",
-    "ddpm_kit.builtins.samplers",
-    "ddpm_kit.builtins.diffusers_samplers",
-    "ddpm_kit.builtins.objectives",
-    "ddpm_kit.builtins.backbones",
-    "ddpm_kit.builtins.datasets",
-    "ddpm_kit.builtins.metrics",
-)
+# every module of ddpm_kit.builtins is a plugin (in the order of their names)
+DEFAULT_PLUGINS = tuple(f"{builtins.__name__}.{m.name}" for m in pkgutil.iter_modules(builtins.__path__))
 
 
 @dataclass(frozen=True)
@@ -45,6 +32,10 @@ class PluginInfo:
     name: str
     distribution: str
     version: str
+
+    def __str__(self) -> str:
+        """How messages name a plugin: ``'heun' (ddpm-kit-heun 0.1.0)``."""
+        return f"'{self.name}' ({self.distribution} {self.version})"
 
 
 @dataclass(frozen=True)
@@ -58,10 +49,7 @@ class PluginFailure:
     error: str
 
     def __str__(self) -> str:
-        return (
-            f"plugin '{self.plugin}' from {self.distribution} {self.version} failed at "
-            f"{self.stage}: {self.error}"
-        )
+        return f"plugin '{self.plugin}' from {self.distribution} {self.version} failed at {self.stage}: {self.error}"
 
 
 class _PluginManager(pluggy.PluginManager):
@@ -81,11 +69,6 @@ class _PluginManager(pluggy.PluginManager):
         return opts
 
 
-def hook_names() -> list[str]:
-    """The hooks a plugin may implement (``ddpm_kit.hookspecs``)."""
-    return sorted(n for n in dir(hookspecs) if n.startswith("register_"))
-
-
 @dataclass
 class PluginSet:
     """A plugin manager plus what is known about its plugins."""
@@ -95,7 +78,8 @@ class PluginSet:
     failures: list[PluginFailure] = field(default_factory=list)
 
 
-def _fail(plugins: PluginSet, failure: PluginFailure, strict: bool) -> None:
+def _fail(plugins: PluginSet, info: PluginInfo, stage: str, error: str, strict: bool) -> None:
+    failure = PluginFailure(info.name, info.distribution, info.version, stage, error)
     if strict:
         raise DdpmKitError(f"{failure} (strict plugin mode)")
     plugins.failures.append(failure)
@@ -111,24 +95,12 @@ def _register(plugins: PluginSet, module: Any, info: PluginInfo, strict: bool) -
     except Exception as exc:  # pluggy raises PluginValidationError / ValueError
         if plugins.pm.get_plugin(info.name) is not None:
             plugins.pm.unregister(name=info.name)
-        _fail(plugins, PluginFailure(info.name, info.distribution, info.version, "hooks", one_line(exc)), strict)
+        _fail(plugins, info, "hooks", one_line(exc), strict)
         return
     plugins.info[info.name] = info
     for name in plugins.pm.unknown_hooks:
-        hint = did_you_mean(name, hook_names())
-        _fail(plugins, PluginFailure(info.name, info.distribution, info.version, "hooks",
-                                     f"'{name}' is not a ddpm-kit hook{hint} (its other hooks are loaded)"), strict)
-
-
-def _entry_points() -> list[md.EntryPoint]:
-    seen: set[tuple[str, str, str]] = set()
-    unique = []
-    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
-        key = (ep.dist.name if ep.dist else "?", ep.name, ep.value)
-        if key not in seen:
-            seen.add(key)
-            unique.append(ep)
-    return unique
+        hint = did_you_mean(name, (hook for hook in dir(hookspecs) if hook.startswith("register_")))
+        _fail(plugins, info, "hooks", f"'{name}' is not a ddpm-kit hook{hint} (its other hooks are loaded)", strict)
 
 
 def get_plugin_manager(*, strict: bool = False, entry_points: bool = True) -> PluginSet:
@@ -139,37 +111,31 @@ def get_plugin_manager(*, strict: bool = False, entry_points: bool = True) -> Pl
         info = PluginInfo(module_name.rsplit(".", 1)[-1], BUILTIN_DISTRIBUTION, __version__)
         _register(plugins, importlib.import_module(module_name), info, strict=True)
     if entry_points:
-        for ep in _entry_points():
+        for ep in md.entry_points(group=ENTRY_POINT_GROUP):  # one distribution found twice on the path is one
             dist = ep.dist.name if ep.dist else "unknown"
-            version = ep.dist.version if ep.dist else "?"
             name = ep.name if plugins.pm.get_plugin(ep.name) is None else f"{dist}:{ep.name}"
+            info = PluginInfo(name, dist, ep.dist.version if ep.dist else "?")
             try:
                 module = ep.load()
             except Exception as exc:  # any error in third-party import code
-                _fail(plugins, PluginFailure(name, dist, version, "import", one_line(exc)), strict)
+                _fail(plugins, info, "import", one_line(exc), strict)
                 continue
-            _register(plugins, module, PluginInfo(name, dist, version), strict)
+            _register(plugins, module, info, strict)
     return plugins
 
 
-def call_each(
-    plugins: PluginSet,
-    hook_name: str,
-    strict: bool,
-    make_kwargs: Callable[[PluginInfo], tuple[dict[str, Any], Callable[[], None]]],
-) -> None:
+def call_each(plugins: PluginSet, hook_name: str, strict: bool,
+              make_kwargs: Callable[[PluginInfo], tuple[dict[str, Any], Callable[[], None]]]) -> None:
     """Call a hook on each plugin separately, so that one plugin's error is attributed to it.
-
-    ``make_kwargs(info)`` returns the hook's arguments and a ``commit`` callback that runs only
-    when the plugin's implementation returned without raising.
-    """
+    ``make_kwargs(info)`` returns the hook's arguments and a ``commit`` callback that runs only when
+    the plugin's implementation returned without raising."""
     for impl in getattr(plugins.pm.hook, hook_name).get_hookimpls():
         info = plugins.info[impl.plugin_name]
         kwargs, commit = make_kwargs(info)
         try:
             impl.function(*[kwargs[arg] for arg in impl.argnames])
         except Exception as exc:  # third-party code: report, keep the others
-            _fail(plugins, PluginFailure(info.name, info.distribution, info.version, "registration", one_line(exc)), strict)
+            _fail(plugins, info, "registration", one_line(exc), strict)
             continue
         commit()
 

@@ -28,19 +28,15 @@ class Kind:
     engine_context: tuple[str, ...] = ()
 
 
-# kind -> its hook and engine context; the order is the order `ddpm-kit plugins` lists them in.
+# kind -> its hook and engine context; the order is the order `ddpm-kit plugins` lists them in. What
+# each engine-supplied argument is: docs/writing-a-plugin.md, "The engine supplies some arguments".
 KINDS: dict[str, Kind] = {
     "schedule": Kind("register_schedules"),
     "parameterization": Kind("register_parameterizations"),
     "variance": Kind("register_variances"),
     "decoder": Kind("register_decoders"),
-    # the run's diffusion lets a sampler factory refuse what it cannot sample (interfaces.CannotSample);
-    # run_dir, the finished run being sampled (None while a run is set up), lets one read statistics
-    # of the trained model that a plugin command computed into it (ddpm-kit-analytic's Gamma);
-    # registry, the run's, builds other components by name (a fixed variance, say)
     "sampler": Kind("register_samplers", ("num_timesteps", "diffusion", "run_dir", "registry")),
     "objective": Kind("register_objectives"),
-    # num_classes reaches only conditional runs' backbones; a backbone that can be conditioned declares it
     "backbone": Kind("register_backbones", ("in_channels", "out_channels", "image_size", "num_classes")),
     "dataset": Kind("register_datasets"),
     "metric": Kind("register_metrics"),
@@ -57,7 +53,8 @@ def describe(provider: Provider) -> dict[str, Any]:
         if p.default is inspect.Parameter.empty:
             entry["required"] = True
         else:
-            entry["default"] = p.default if isinstance(p.default, (bool, int, float, str, type(None))) else repr(p.default)
+            plain = isinstance(p.default, (bool, int, float, str, type(None)))
+            entry["default"] = p.default if plain else repr(p.default)
         params.append(entry)
     return {"kind": provider.kind, "name": provider.name, "plugin": provider.plugin.name,
             "distribution": provider.plugin.distribution, "version": provider.plugin.version,
@@ -79,10 +76,8 @@ def _type_name(annotation: Any) -> str:
 def factory_params(provider: Provider) -> dict[str, inspect.Parameter]:
     """The parameters a recipe may set: the factory's keyword parameters minus the engine context."""
     skip = set(KINDS[provider.kind].engine_context)
-    return {
-        n: p for n, p in signature(provider.factory).parameters.items()
-        if n not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
+    return {n: p for n, p in signature(provider.factory).parameters.items()
+            if n not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def accepts_var_kwargs(factory: Callable[..., Any]) -> bool:
@@ -107,17 +102,11 @@ def validate_params(provider: Provider, params: dict[str, Any]) -> dict[str, Any
         if key in KINDS[provider.kind].engine_context:
             raise ParamError(f"{label}: '{key}' is supplied by the engine, never by a recipe; remove it", key)
     settable = factory_params(provider)
-    fields: dict[str, Any] = {}
-    for n, p in settable.items():
-        annotation = Any if p.annotation is inspect.Parameter.empty else p.annotation
-        default = ... if p.default is inspect.Parameter.empty else p.default
-        fields[n] = (annotation, default)
+    fields = {n: (Any if p.annotation is p.empty else p.annotation, ... if p.default is p.empty else p.default)
+              for n, p in settable.items()}
     extra = "allow" if accepts_var_kwargs(provider.factory) else "forbid"
-    model = pydantic.create_model(
-        f"{provider.kind}_{provider.name}_params",
-        __config__=pydantic.ConfigDict(extra=extra, arbitrary_types_allowed=True),
-        **fields,
-    )
+    model = pydantic.create_model(f"{provider.kind}_{provider.name}_params",
+                                  __config__=pydantic.ConfigDict(extra=extra, arbitrary_types_allowed=True), **fields)
     try:
         validated = _validate_strictly(model, params)
     except pydantic.ValidationError as exc:

@@ -7,12 +7,12 @@ shadowed); two third-party plugins offering one name are an error only for a rec
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import DdpmKitError, did_you_mean
-from .attribution import plugin_code
+from ..errors import DdpmKitError, PluginError, did_you_mean, one_line
 from .loading import BUILTIN_DISTRIBUTION, PluginFailure, PluginInfo, PluginSet, call_each, get_plugin_manager
 from .parameters import KINDS, accepts_var_kwargs, describe, signature, validate_params
 
@@ -20,12 +20,9 @@ from .parameters import KINDS, accepts_var_kwargs, describe, signature, validate
 @dataclass(frozen=True)
 class Provider:
     """One component offered by one plugin, with the optional hooks its registration declared:
-    ``check(**params)`` rejects bad parameters cheaply, without building, by raising
-    ``DdpmKitError``; it gets every parameter, defaults filled in. Recipe validation calls it for
-    every kind but the dataset, whose check runs when a command first needs the data (``recipe
-    check``, ``run``; a finished run samples after its data folder moved), and ``Registry.build``
-    before every build. ``extra_params()`` names the keys a factory's ``**kwargs`` accept
-    (validation rejects the others)."""
+    ``check(**params)`` rejects bad parameters (every one, defaults filled in) without building;
+    ``extra_params()`` names the keys a factory's ``**kwargs`` accept. When each runs:
+    docs/writing-a-plugin.md, "Registering"."""
 
     kind: str
     name: str
@@ -34,13 +31,11 @@ class Provider:
     check: Callable[..., Any] | None = None
     extra_params: Callable[[], Iterable[str]] | None = None
 
-    def matches_prefix(self, prefix: str) -> bool:
-        return prefix in (self.plugin.name, self.plugin.distribution)
-
     @property
     def label(self) -> str:
         """``sampler 'heun' (plugin 'heun', ddpm-kit-heun 0.1.0)``: who to ask when it fails."""
-        return f"{self.kind} '{self.name}' (plugin '{self.plugin.name}', {self.plugin.distribution} {self.plugin.version})"
+        info = self.plugin
+        return f"{self.kind} '{self.name}' (plugin '{info.name}', {info.distribution} {info.version})"
 
     @property
     def title(self) -> str:
@@ -103,22 +98,23 @@ class Registry:
     def resolve(self, kind: str, name: str) -> Provider:
         """Find a component by ``name`` or ``plugin:name``. A bare name a built-in plugin offers is
         the built-in (plugins that offer it too are shadowed); a bare name two third-party plugins
-        offer is an error; an unknown name suggests the closest and mentions broken plugins."""
+        offer is an error; an unknown name suggests the closest and mentions the plugins that failed
+        to load (it may be one of theirs)."""
         if kind not in self.providers:
             raise DdpmKitError(f"unknown component kind '{kind}'{did_you_mean(kind, self.providers)}")
         prefix, _, bare = name.rpartition(":")
-        candidates = self.providers[kind].get(bare, [])
-        if prefix:
-            candidates = [p for p in candidates if p.matches_prefix(prefix)]
-        elif any(p.builtin for p in candidates):
+        candidates = self._offering([kind], name)
+        if not prefix and any(p.builtin for p in candidates):
             candidates = [p for p in candidates if p.builtin]
         if not candidates:
-            choices = list(self.providers[kind]) + [
-                f"{p.plugin.name}:{p.name}" for ps in self.providers[kind].values() for p in ps
-            ] if prefix else list(self.providers[kind])
-            raise DdpmKitError(f"unknown {kind} '{name}'{did_you_mean(name, choices)}{self._broken_note()}")
+            choices = list(self.providers[kind])
+            if prefix:  # a plugin's component was meant: suggest among every plugin:name too
+                choices += [f"{p.plugin.name}:{p.name}" for ps in self.providers[kind].values() for p in ps]
+            broken = ", ".join(sorted({f"'{f.plugin}' ({f.distribution} {f.version})" for f in self.failures}))
+            note = f"; plugins that failed to load: {broken} (see `ddpm-kit plugins`)" if broken else ""
+            raise DdpmKitError(f"unknown {kind} '{name}'{did_you_mean(name, choices)}{note}")
         if len(candidates) > 1:
-            who = " and ".join(f"'{p.plugin.name}' ({p.plugin.distribution} {p.plugin.version})" for p in candidates)
+            who = " and ".join(str(p.plugin) for p in candidates)
             picks = ", ".join(f"'{p.plugin.name}:{bare}'" for p in candidates)
             raise DdpmKitError(f"{kind} '{bare}' is provided by both {who}; pick one with {picks}")
         return candidates[0]
@@ -137,13 +133,6 @@ class Registry:
         run_check(provider, values)
         return Validated(provider, values)
 
-    def _broken_note(self) -> str:
-        """For an unknown name: the plugins that failed to load may be where it was meant to be."""
-        if not self.failures:
-            return ""
-        who = ", ".join(sorted({f"'{f.plugin}' ({f.distribution} {f.version})" for f in self.failures}))
-        return f"; plugins that failed to load: {who} (see `ddpm-kit plugins`)"
-
     def status(self, provider: Provider) -> str:
         """``ok``, ``shadowed`` (a built-in has the name: reach it as ``plugin:name``), or
         ``conflict`` (another third-party plugin has it: a recipe must say which)."""
@@ -153,19 +142,16 @@ class Registry:
         return "shadowed" if any(p.builtin for p in others) else "conflict"
 
     def explain(self, provider: Provider) -> str:
-        """A shadowed or conflicting component's situation in plain words, with how to reach it."""
-        others = [p for p in self.providers[provider.kind][provider.name] if p is not provider]
+        """A shadowed or conflicting component's situation (its ``status`` is not ``ok``) in plain
+        words, with how to reach it."""
         what = f"{provider.kind} '{provider.name}'"
         if self.status(provider) == "shadowed":
-            return (f"plugin '{provider.plugin.name}' ({provider.plugin.distribution} {provider.plugin.version}) also "
-                    f"offers {what}, a built-in name: recipes that say '{provider.name}' get the built-in; "
-                    f"'{provider.plugin.name}:{provider.name}' reaches the plugin's")
-        if self.status(provider) == "conflict":
-            who = " and ".join(f"'{p.plugin.name}' ({p.plugin.distribution} {p.plugin.version})"
-                               for p in [provider, *others])
-            picks = " or ".join(f"'{p.plugin.name}:{provider.name}'" for p in [provider, *others])
-            return f"plugins {who} both offer {what}: a recipe names the one it means, {picks}"
-        return f"{provider.label} is the only {what}"
+            return (f"plugin {provider.plugin} also offers {what}, a built-in name: recipes that say '{provider.name}' "
+                    f"get the built-in; '{provider.plugin.name}:{provider.name}' reaches the plugin's")
+        offering = [provider, *(p for p in self.providers[provider.kind][provider.name] if p is not provider)]
+        who = " and ".join(str(p.plugin) for p in offering)
+        picks = " or ".join(f"'{p.plugin.name}:{provider.name}'" for p in offering)
+        return f"plugins {who} both offer {what}: a recipe names the one it means, {picks}"
 
     def buildable(self, kind: str, **context: Any) -> list[str]:
         """The names of ``kind`` whose factories build with their default parameters and ``context``
@@ -182,27 +168,26 @@ class Registry:
 
     def details(self, name: str) -> list[dict[str, Any]]:
         """``describe`` of every component called ``name`` (or ``plugin:name``), of any kind."""
-        prefix, _, bare = name.rpartition(":")
-        found = [describe(p) for kind in self.providers for p in self.providers[kind].get(bare, [])
-                 if not prefix or p.matches_prefix(prefix)]
+        found = [describe(p) for p in self._offering(self.providers, name)]
         if not found:
             every = {n for by_name in self.providers.values() for n in by_name}
-            raise DdpmKitError(f"no component called '{name}'{did_you_mean(bare, every)}")
+            raise DdpmKitError(f"no component called '{name}'{did_you_mean(name.rpartition(':')[2], every)}")
         return found
+
+    def _offering(self, kinds: Iterable[str], name: str) -> list[Provider]:
+        """The providers of ``name`` among ``kinds``; ``plugin:name`` (or ``distribution:name``) keeps
+        that plugin's."""
+        prefix, _, bare = name.rpartition(":")
+        return [p for kind in kinds for p in self.providers[kind].get(bare, [])
+                if prefix in ("", p.plugin.name, p.plugin.distribution)]
 
     def rows(self) -> list[dict[str, str]]:
         """One row per (kind, name, provider) plus one per failed plugin, for `ddpm-kit plugins`."""
-        rows = []
-        for kind, by_name in self.providers.items():
-            for name in sorted(by_name):
-                for p in by_name[name]:
-                    rows.append({"kind": kind, "name": name, "plugin": p.plugin.name,
-                                 "distribution": p.plugin.distribution, "version": p.plugin.version,
-                                 "status": self.status(p)})
-        for f in self.failures:
-            rows.append({"kind": "-", "name": "-", "plugin": f.plugin, "distribution": f.distribution,
-                         "version": f.version, "status": f"broken ({f.stage}): {f.error}"})
-        return rows
+        rows = [{"kind": kind, "name": name, "plugin": p.plugin.name, "distribution": p.plugin.distribution,
+                 "version": p.plugin.version, "status": self.status(p)}
+                for kind, by_name in self.providers.items() for name in sorted(by_name) for p in by_name[name]]
+        return rows + [{"kind": "-", "name": "-", "plugin": f.plugin, "distribution": f.distribution,
+                        "version": f.version, "status": f"broken ({f.stage}): {f.error}"} for f in self.failures]
 
 
 @dataclass(frozen=True)
@@ -226,9 +211,26 @@ class Validated:
             with plugin_code(provider, "failed to build", error=DdpmKitError):  # its parameters, as a rule: exit 2
                 return provider.factory(**context, **self.values)
         except DdpmKitError as exc:
-            if str(exc).startswith((f"{provider.kind} '{provider.name}'", provider.label)):
+            if str(exc).startswith(f"{provider.kind} '{provider.name}'"):  # its title or label
                 raise
             raise type(exc)(f"{provider.title}: {exc}") from exc.__cause__
+
+
+@contextmanager
+def plugin_code(provider: Provider | tuple[Provider, ...], what: str,
+                error: type[DdpmKitError] = PluginError) -> Iterator[None]:
+    """Run a plugin's code: an exception it raises (other than a ``DdpmKitError``, which is already
+    a message for the user) becomes one ``PluginError`` line naming the component, the plugin and
+    its distribution, e.g. ``sampler 'heun2' (plugin 'mine', ddpm-kit-mine 0.1) failed while
+    sampling: RuntimeError: ...``; the original stays the cause (``--debug`` prints it). Code that
+    runs several plugins together (a training step: objective and backbone) names them all."""
+    try:
+        yield
+    except DdpmKitError:
+        raise
+    except Exception as exc:  # plugin code: name the plugin and its distribution
+        who = " or ".join(p.label for p in (provider if isinstance(provider, tuple) else (provider,)))
+        raise error(f"{who} {what}: {one_line(exc)}") from exc
 
 
 def run_check(provider: Provider, values: dict[str, Any]) -> None:

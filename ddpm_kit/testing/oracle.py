@@ -6,9 +6,6 @@ expected variational bound of 8-bit quantized data is a sum of Gaussian KLs plus
 
 Everything here is written in float64 numpy from the paper's equations (eqs. 4-7, 11-13),
 independently of ddpm_kit's diffusion code, so tests can hold the library (and a plugin) against it.
-With the linear schedule (1e-4 to 0.02, T = 1000), m = 0.1 and s = 0.2, ancestral samples have
-standard deviation 0.19630 (sigma^2 = beta-tilde) and 0.20093 (sigma^2 = beta), and the expected
-bound is 7.457 and 6.844 bits/dim with the reference code's tanh approximation of the normal CDF.
 """
 
 from __future__ import annotations
@@ -19,9 +16,8 @@ import numpy as np
 import torch
 
 M, S = 0.1, 0.2
-# Reference figures for this data under the linear schedule, T = 1000, computed independently of
-# this module (the reference code's tanh approximation of Phi for the bound): the std of ancestral
-# samples and the expected bound in bits/dim, with sigma^2 = beta-tilde and with sigma^2 = beta.
+# With the linear schedule (1e-4 to 0.02, T = 1000), computed independently of this module: the std of
+# ancestral samples and the expected bound in bits/dim (the reference code's tanh Phi), per sigma^2.
 REFERENCE_STD = {"fixed_beta_tilde": 0.19630, "fixed_beta": 0.20093}
 REFERENCE_BOUND = {"fixed_beta_tilde": 7.457, "fixed_beta": 6.844}
 
@@ -30,17 +26,33 @@ def linear_betas(T: int = 1000) -> np.ndarray:
     return np.linspace(1e-4, 0.02, T, dtype=np.float64)
 
 
+def _posterior(betas: np.ndarray):
+    """alpha-bar_t and the posterior q(x_{t-1} | x_t, x0) (eqs. 6-7): its mean's coefficients,
+    mu~ = c1 x0 + c2 x_t, and its variance beta-tilde_t."""
+    ab = np.cumprod(1 - betas)
+    ab_prev = np.append(1.0, ab[:-1])
+    c1 = betas * np.sqrt(ab_prev) / (1 - ab)
+    c2 = (1 - ab_prev) * np.sqrt(1 - betas) / (1 - ab)
+    return ab, c1, c2, betas * (1 - ab_prev) / (1 - ab)
+
+
+def _reverse_moments(A: np.ndarray, B: np.ndarray, var: np.ndarray) -> tuple[float, float]:
+    """Mean and std of x_0 from x_T ~ N(0, 1) through x_{t-1} = A x_t + B + sigma z:
+    M <- A M + B, V <- A^2 V + sigma^2 (no noise at the last step)."""
+    mean, v = 0.0, 1.0
+    for t in reversed(range(len(A))):
+        mean, v = A[t] * mean + B[t], A[t] ** 2 * v + (var[t] if t > 0 else 0.0)
+    return mean, math.sqrt(v)
+
+
 class EpsOracle(torch.nn.Module):
     """A 'backbone' that outputs the exact optimal prediction, converted to a parameterization."""
 
     def __init__(self, betas: np.ndarray, param: str = "eps", m: float = M, s: float = S,
                  extra_channels: int = 0) -> None:
         super().__init__()
-        ab = np.cumprod(1 - betas)
-        ab_prev = np.append(1.0, ab[:-1])
-        self.ab = torch.tensor(ab)
-        self.c1 = torch.tensor(betas * np.sqrt(ab_prev) / (1 - ab))
-        self.c2 = torch.tensor((1 - ab_prev) * np.sqrt(1 - betas) / (1 - ab))
+        ab, c1, c2, _ = _posterior(betas)
+        self.ab, self.c1, self.c2 = torch.tensor(ab), torch.tensor(c1), torch.tensor(c2)
         self.param, self.m, self.s, self.extra = param, m, s, extra_channels
 
     def forward(self, x, t):
@@ -84,10 +96,7 @@ def guided_moments(betas: np.ndarray, variance: str, cond: tuple[float, float], 
     a = sqrt(1-ab) / (ab s^2 + 1 - ab), b = -a sqrt(ab) m; so is eps~, and so the step
     x_{t-1} = c1 (x_t - sqrt(1-ab) eps~) / sqrt(ab) + c2 x_t + sigma z (eqs. 4, 7, 11):
     M <- A M + B, V <- A^2 V + sigma^2, from N(0, 1)."""
-    ab = np.cumprod(1 - betas)
-    ab_prev = np.append(1.0, ab[:-1])
-    c1 = betas * np.sqrt(ab_prev) / (1 - ab)
-    c2 = (1 - ab_prev) * np.sqrt(1 - betas) / (1 - ab)
+    ab, c1, c2, _ = _posterior(betas)
 
     def affine(m, s):
         a = np.sqrt(1 - ab) / (ab * s**2 + 1 - ab)
@@ -97,41 +106,27 @@ def guided_moments(betas: np.ndarray, variance: str, cond: tuple[float, float], 
     a, b = (1 + w) * a_c - w * a_u, (1 + w) * b_c - w * b_u
     A = c1 * (1 - np.sqrt(1 - ab) * a) / np.sqrt(ab) + c2
     B = -c1 * np.sqrt(1 - ab) * b / np.sqrt(ab)
-    var = sigma2(betas, variance)
-    mean, v = 0.0, 1.0
-    for t in reversed(range(len(betas))):
-        mean, v = A[t] * mean + B[t], A[t] ** 2 * v + (var[t] if t > 0 else 0.0)
-    return mean, math.sqrt(v)
+    return _reverse_moments(A, B, sigma2(betas, variance))
 
 
 def _coefficients(betas: np.ndarray, m: float, s2: float):
-    """Per-step affine map of the oracle's reverse step: mu = A x_t + B (data variance s2)."""
-    ab = np.cumprod(1 - betas)
-    ab_prev = np.append(1.0, ab[:-1])
-    c1 = betas * np.sqrt(ab_prev) / (1 - ab)
-    c2 = (1 - ab_prev) * np.sqrt(1 - betas) / (1 - ab)
+    """alpha-bar_t, the posterior mean's c1 and c2, and the oracle's x0-hat = a_x0 x_t + b_x0 (data
+    N(m, s2))."""
+    ab, c1, c2, _ = _posterior(betas)
     # x0_hat = E[x0 | x_t] = m + sqrt(ab) s2 / (ab s2 + 1 - ab) (x_t - sqrt(ab) m)
     g = np.sqrt(ab) * s2 / (ab * s2 + 1 - ab)
     a_x0, b_x0 = g, m - g * np.sqrt(ab) * m
-    return ab, ab_prev, c1, c2, a_x0, b_x0
+    return ab, c1, c2, a_x0, b_x0
 
 
 def sigma2(betas: np.ndarray, variance: str) -> np.ndarray:
-    ab = np.cumprod(1 - betas)
-    ab_prev = np.append(1.0, ab[:-1])
-    tilde = betas * (1 - ab_prev) / (1 - ab)
-    return {"fixed_beta_tilde": tilde, "fixed_beta": betas}[variance]
+    return {"fixed_beta_tilde": _posterior(betas)[3], "fixed_beta": betas}[variance]
 
 
 def sampled_moments(betas: np.ndarray, variance: str, m: float = M, s: float = S) -> tuple[float, float]:
     """Mean and std of ancestral samples: iterate M <- A M + B, V <- A^2 V + sigma^2 from N(0, 1)."""
-    ab, ab_prev, c1, c2, a_x0, b_x0 = _coefficients(betas, m, s**2)
-    A, B = c1 * a_x0 + c2, c1 * b_x0
-    var = sigma2(betas, variance)
-    mean, v = 0.0, 1.0
-    for t in reversed(range(len(betas))):
-        mean, v = A[t] * mean + B[t], A[t] ** 2 * v + (var[t] if t > 0 else 0.0)
-    return mean, math.sqrt(v)
+    _, c1, c2, a_x0, b_x0 = _coefficients(betas, m, s**2)
+    return _reverse_moments(c1 * a_x0 + c2, c1 * b_x0, sigma2(betas, variance))
 
 
 def quantized_distribution(m: float = M, s: float = S, bits: int = 8):
@@ -182,7 +177,7 @@ def expected_bound(betas: np.ndarray, variance: str | np.ndarray, m: float = M, 
     grid, p = quantized_distribution(m, s)
     mq = float((grid * p).sum())
     vq = float(((grid - mq) ** 2 * p).sum())
-    ab, ab_prev, c1, c2, a_x0, b_x0 = _coefficients(betas, m, s**2)
+    ab, c1, _, a_x0, b_x0 = _coefficients(betas, m, s**2)
     log_tilde, log_sig = log_variances(betas, variance)
     # x0_hat - x0 = (a sqrt(ab) - 1) x0 + a sqrt(1-ab) eps + b  -> its second moment
     bias = (a_x0 * np.sqrt(ab) - 1) * mq + b_x0
@@ -204,9 +199,7 @@ def expected_bound(betas: np.ndarray, variance: str | np.ndarray, m: float = M, 
 def log_variances(betas: np.ndarray, variance: str | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """log beta-tilde_t and the model's log sigma_t^2, both with index 0 set to index 1 (Ho's clipping);
     ``variance`` an array: the model's log sigma_t^2 as given (index 0: the decoder's)."""
-    ab = np.cumprod(1 - betas)
-    ab_prev = np.append(1.0, ab[:-1])
-    tilde = betas * (1 - ab_prev) / (1 - ab)
+    tilde = _posterior(betas)[3]
     log_tilde = np.log(np.append(tilde[1], tilde[1:]))
     if isinstance(variance, np.ndarray):
         return log_tilde, variance
@@ -225,7 +218,7 @@ def sampled_bound_terms(betas: np.ndarray, variance: str | np.ndarray, x0: np.nd
     ``exact_cdf``), L_T = KL(q(x_T | x0) || N(0, I)).
     """
     T = len(betas)
-    ab, _, c1, c2, a_x0, b_x0 = _coefficients(betas, m, s**2)
+    ab, c1, c2, a_x0, b_x0 = _coefficients(betas, m, s**2)
     log_tilde, log_sig = log_variances(betas, variance)
     out = np.empty((x0.shape[0], T + 1))
     noise = eps if callable(eps) else eps.__getitem__
