@@ -3,13 +3,12 @@
 - ``components``: the recipe's plugins, built (diffusion, objective, sampler, backbone); ``splits``: its data
 - ``batches``: the global batch of each training step, batches decoded ahead
 - ``distributed``: the accelerate state, the launcher, work split by batch and gathered in order
-- ``training``: the ``Trainer`` (set-up, resume, one step, logging, evaluation, checkpoint, finish)
+- ``training``: the ``Trainer`` (set-up, resume, one step, logging, evaluation, checkpoints and the best, finish)
 - ``dropout``: dropout masks of the global batch; ``stops``: Ctrl-C and non-finite steps
 - ``fast_paths``: mixed precision, channels-last and torch.compile, and what a run computed in
 - ``checkpoints``: atomic checkpoints, EMA, final weights, safe loading
 - ``sampling``: samples split over processes, each image a function of (seed, index); the sampling stage
 - ``evaluation``: metrics on every process, ``EvalContext``, the one metric loop; the evaluation stage
-- ``monitoring``: evaluation during training and the best checkpoint
 - ``trackers``: experiment trackers (TensorBoard, W&B, MLflow, ...), guarded
 """
 

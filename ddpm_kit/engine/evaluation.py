@@ -1,7 +1,7 @@
 """Evaluation of a run: every metric on every process, the work split by batch and gathered.
 
 ``compute_metrics`` is the one metric loop: the end-of-run evaluation (``evaluate``) and the
-evaluations during training (``monitoring.TrainingEvaluation``) both call it.
+evaluations during training (``Trainer.evaluation``) both call it.
 """
 
 from __future__ import annotations
