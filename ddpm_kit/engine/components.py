@@ -1,9 +1,6 @@
-"""What a recipe names, built: the diffusion, objective and sampler, the backbone and the data.
-
-Every plugin is built by walking ``recipe.COMPONENT_KEYS`` (the table validation walks too), with
-the engine context of its kind (``plugins.KINDS``); a factory's complaint names the recipe file and
-the key.
-"""
+"""What a recipe names, built by walking ``recipe.COMPONENT_KEYS`` (as validation does): the
+diffusion, objective and sampler, the backbone and the data; a factory's complaint names the recipe
+file and the key."""
 
 from __future__ import annotations
 

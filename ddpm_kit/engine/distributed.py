@@ -1,11 +1,6 @@
-"""Processes working as one: the accelerate state, the launcher, and splitting work by batch.
-
-Work that has an order (samples, bits/dim per image) is cut into the same batches whatever the
-number of processes; each process takes a contiguous run of those batches
-(``PartialState.split_between_processes``) and the results are gathered in order on every
-process (``accelerate.utils.gather_object``). Together with per-image noise (``ddpm_kit.noise``)
-this makes P processes give byte for byte what one process gives.
-"""
+"""Processes working as one: the accelerate state, the launcher, and work that has an order cut
+into the same batches whatever the number of processes, each taking a contiguous run of them, the
+results gathered in order on every process (docs/training.md, "Many processes, GPUs and clusters")."""
 
 from __future__ import annotations
 

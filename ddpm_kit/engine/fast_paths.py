@@ -25,11 +25,8 @@ def quiet_known_dynamo_warnings() -> None:
 
 
 def correct_compiled_gradients(compiling: bool):
-    """Inductor's layout optimisation (convolutions switched to channels-last inside the graph)
-    gives wrong UNet2DModel gradients on CPU in torch 2.13: no gradient flows back through the
-    first up block's upsampler, while the loss is exact. Off while compiling a training step; the
-    forward alone (sampling) is unaffected. Found with torch._inductor.compiler_bisector; tested in
-    tests/test_engine.py::test_compiled_training_equals_the_plain_run."""
+    """Inductor's layout optimisation off while compiling a training step: it gives wrong UNet2DModel
+    gradients on CPU in torch 2.13 (docs/performance.md; the forward alone, sampling, is unaffected)."""
     import torch._inductor.config as inductor_config
 
     return inductor_config.patch(layout_optimization=False) if compiling else nullcontext()

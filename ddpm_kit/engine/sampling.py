@@ -1,10 +1,6 @@
-"""Sampling from a model: batches split over processes, every image a function of (seed, index).
-
-Image i starts from x_T drawn by its own generator (``ImageNoise``, seeded by (seed, i)) and the
-sampler draws its step noise from the same generator, so image i is the same whatever the batch
-size or the number of processes (up to the float kernels, which see the same batches for the
-same ``sample.batch_size``: then the bytes are identical).
-"""
+"""Sampling from a model: batches split over processes, every image a function of (seed, index):
+its x_T and step noise come from its own generator (``ImageNoise``), so it is the same whatever the
+batch size or the number of processes, byte for byte for the same ``sample.batch_size`` (docs/training.md)."""
 
 from __future__ import annotations
 

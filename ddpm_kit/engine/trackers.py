@@ -106,12 +106,8 @@ class Trackers:
 
     def _keep_ids(self) -> None:
         """trackers.json: the ids a resumed run reopens."""
-        ids = {}
-        for tracker in self.active:
-            if tracker.name == "wandb":
-                ids["wandb"] = tracker.run.id
-            elif tracker.name == "mlflow":
-                ids["mlflow"] = tracker.active_run.info.run_id
+        ids = {tracker.name: tracker.run.id if tracker.name == "wandb" else tracker.active_run.info.run_id
+               for tracker in self.active if tracker.name in ("wandb", "mlflow")}
         if ids:
             self.run.write_tracker_ids(ids)
 

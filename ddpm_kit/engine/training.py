@@ -1,13 +1,6 @@
-"""Training, as an object with named phases (improved-diffusion's TrainLoop, with plugins for its flags).
-
-    trainer = Trainer(components, run)   # set-up: checks input and builds; writes nothing
-    trainer.fit(resume=False)            # resume -> (train_step, after_step) per step -> finish
-
-``train_step`` is one optimizer step: ``forward_backward`` on each micro-batch (``draw`` gives this
-process's rows of the step's global batch), then the lr schedule and the EMA. ``after_step`` logs,
-evaluates, checkpoints, draws a grid and answers Ctrl-C, each when due. Checkpoints are complete or
-absent; a non-finite step never reaches the weights.
-"""
+"""Training, as an object with named phases (improved-diffusion's TrainLoop, with plugins for its
+flags): ``Trainer(components, run)`` checks input and builds, writing nothing; ``fit`` resumes, then
+calls ``train_step`` and ``after_step`` per step, then ``finish`` (docs/architecture.md, "The Trainer")."""
 
 from __future__ import annotations
 
@@ -28,9 +21,9 @@ from ..seeds import step_generator, step_seed
 from .batches import MicroBatch, draw_global_batch, step_rows
 from .checkpoints import ema_state_dict, ema_weights, make_ema, refuse_unsafe_pickles, save_checkpoint
 from .components import Components
-from .evaluation import EvalContext, compute_metrics
 from .distributed import describe, process_state
 from .dropout import use_global_batch_dropout
+from .evaluation import EvalContext, compute_metrics
 from .fast_paths import PathsTaken, correct_compiled_gradients, quiet_known_dynamo_warnings
 from .sampling import sample_images
 from .stops import GracefulStop, Interrupted, NonFiniteError, StopAgreement
