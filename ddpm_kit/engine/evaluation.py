@@ -1,8 +1,5 @@
-"""Evaluation of a run: every metric on every process, the work split by batch and gathered.
-
-``compute_metrics`` is the one metric loop: the end-of-run evaluation (``evaluate``) and the
-evaluations during training (``Trainer.evaluation``) both call it.
-"""
+"""Evaluation of a run: every metric on every process, the work split by batch and gathered;
+``compute_metrics`` is the one metric loop (``evaluate`` and ``Trainer.evaluation`` call it)."""
 
 from __future__ import annotations
 

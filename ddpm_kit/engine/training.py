@@ -222,11 +222,8 @@ class Trainer:
 
     def clip_gradients(self, step: int) -> bool:
         """Clip the all-reduced gradient (its norm is the same on every process); False for a
-        non-finite one, which is dropped (``train.on_nonfinite = "skip"``) or stops the run ("stop")
-        before it reaches the weights or the EMA. One host sync per step. Under fp16 an overflowing
-        gradient is the gradient scaler's to skip (it then lowers its scale): counted as skipped,
-        and "stop" stops only when the loss itself is non-finite on some process (divergence, not
-        the scale's calibration)."""
+        non-finite one, dropped or stopping the run by ``train.on_nonfinite`` before it reaches the
+        weights; under fp16 the scaler's to skip (docs/training.md, "Faults"). One host sync per step."""
         tr = self.settings
         self.stats.grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), tr.grad_clip or math.inf)
         diverged, self.loss_nonfinite = self.loss_nonfinite, torch.zeros_like(self.loss_nonfinite)
