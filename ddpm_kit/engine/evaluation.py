@@ -7,6 +7,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +121,7 @@ class EvalContext:
                     desc: str | None = None) -> np.ndarray:
         """``work(rows)`` for batches of 0..total-1 split over the processes; all results, in
         order, on every process. A progress bar on the main process when ``desc`` is given."""
-        def progress(batches):
-            return progress_bar(batches, desc=desc, unit="batch", enabled=desc is not None and self.is_main_process)
-
+        progress = partial(progress_bar, desc=desc, unit="batch", enabled=desc is not None and self.is_main_process)
         return map_batches(self.state, total, batch_size, work, progress)
 
     def map_rows(self, x: torch.Tensor, fn: Callable[[torch.Tensor], np.ndarray], batch_size: int = 256,
