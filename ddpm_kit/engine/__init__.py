@@ -1,17 +1,4 @@
-"""The engine: what runs a recipe. One module per part:
-
-- ``components``: the recipe's plugins, built (diffusion, objective, sampler, backbone); ``splits``: its data
-- ``batches``: the global batch of each training step, batches decoded ahead
-- ``distributed``: the accelerate state, the launcher, work split by batch and gathered in order
-- ``training``: the ``Trainer`` (set-up, resume, one step, logging, evaluation, checkpoint, finish)
-- ``dropout``: dropout masks of the global batch; ``stops``: Ctrl-C and non-finite steps
-- ``fast_paths``: mixed precision, channels-last and torch.compile, and what a run computed in
-- ``checkpoints``: atomic checkpoints, EMA, final weights, safe loading
-- ``sampling``: samples split over processes, each image a function of (seed, index); the sampling stage
-- ``evaluation``: metrics on every process, ``EvalContext``, the one metric loop; the evaluation stage
-- ``monitoring``: evaluation during training and the best checkpoint
-- ``trackers``: experiment trackers (TensorBoard, W&B, MLflow, ...), guarded
-"""
+"""The engine: what runs a recipe, one module per part (docs/architecture.md lists them)."""
 
 from .checkpoints import ema_state_dict, ema_weights, load_run_model, make_ema, save_checkpoint
 from .components import Components, build_components

@@ -1,9 +1,6 @@
-"""The global batch of each training step, and batches decoded ahead for encoded data.
-
-One global batch per optimizer (micro-)step is drawn from the generator of (seed, step, micro-step)
-(``ddpm_kit.seeds``) and each process takes its slice, so P processes with batch B/P train exactly
-like one process with batch B, and a resumed run sees the same batches as an uninterrupted one.
-"""
+"""The global batch of each training (micro-)step, drawn from the generator of (seed, step,
+micro-step) with each process taking its slice (docs/training.md, "Batches"), and batches decoded
+ahead for encoded data."""
 
 from __future__ import annotations
 

@@ -31,19 +31,15 @@ def ema_state_dict(model: torch.nn.Module, ema) -> dict[str, torch.Tensor]:
     return state
 
 
-class ema_weights:
-    """Context manager: the model temporarily holds the EMA weights."""
-
-    def __init__(self, model: torch.nn.Module, ema) -> None:
-        self.model, self.ema = model, ema
-
-    def __enter__(self):
-        self.ema.store(self.model.parameters())
-        self.ema.copy_to(self.model.parameters())
-        return self.model
-
-    def __exit__(self, *exc):
-        self.ema.restore(self.model.parameters())
+@contextmanager
+def ema_weights(model: torch.nn.Module, ema):
+    """The model temporarily holding the EMA weights."""
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    try:
+        yield model
+    finally:
+        ema.restore(model.parameters())
 
 
 def refuse_unsafe_pickles(folder: Path) -> None:
@@ -108,11 +104,6 @@ def _reason(exc: Exception) -> str:
         if reason in text:
             return reason
     return text[:200]
-
-
-def save_final_weights(run: RunFolder, model: torch.nn.Module, ema, step: int | None = None) -> None:
-    """model/model.safetensors (raw) and model/ema.safetensors, on CPU."""
-    run.save_weights(step, model=model.state_dict(), ema=ema_state_dict(model, ema))
 
 
 def load_run_model(components: Components, run: RunFolder, *, use_ema: bool, device: torch.device) -> torch.nn.Module:

@@ -1,9 +1,6 @@
-"""What a recipe names, built: the diffusion, objective and sampler, the backbone and the data.
-
-Every plugin is built by walking ``recipe.COMPONENT_KEYS`` (the table validation walks too), with
-the engine context of its kind (``plugins.KINDS``); a factory's complaint names the recipe file and
-the key.
-"""
+"""What a recipe names, built by walking ``recipe.COMPONENT_KEYS`` (as validation does): the
+diffusion, objective and sampler, the backbone and the data; a factory's complaint names the recipe
+file and the key."""
 
 from __future__ import annotations
 
@@ -36,22 +33,17 @@ class Components:
     def __post_init__(self) -> None:
         self.data = RunData(self.recipe, self.registry, self.source)
 
-    def backbone_context(self) -> dict[str, Any]:
-        """What the engine tells a backbone factory: the data's size, the variance's output channels,
-        and in a conditional run the number of classes."""
+    def build_backbone(self) -> torch.nn.Module:
+        """The backbone, sized for the data and for the variance's output channels (its factory gets
+        ``in_channels``, ``out_channels``, ``image_size``, and in a conditional run ``num_classes``)."""
         r = self.recipe
         context = {"in_channels": r.data.channels, "out_channels": self.diffusion.output_channels(r.data.channels),
                    "image_size": r.data.image_size}
         if self.num_classes is not None:
+            if not self.registry.resolve("backbone", r.backbone.name).takes("num_classes"):
+                raise DdpmKitError(f"{self.source}: conditioning: backbone '{r.backbone.name}' takes no class labels "
+                                   "(its factory has no num_classes parameter); use unet2d, or drop [conditioning]")
             context["num_classes"] = self.num_classes
-        return context
-
-    def build_backbone(self) -> torch.nn.Module:
-        """The backbone, sized for the data and for the variance's output channels."""
-        r, context = self.recipe, self.backbone_context()
-        if "num_classes" in context and not self.registry.resolve("backbone", r.backbone.name).takes("num_classes"):
-            raise DdpmKitError(f"{self.source}: conditioning: backbone '{r.backbone.name}' takes no class labels (its "
-                               "factory has no num_classes parameter); use unet2d, or drop [conditioning]")
         try:
             return self.registry.build("backbone", r.backbone.name, r.backbone.params, **context)
         except DdpmKitError as exc:
@@ -76,7 +68,8 @@ def build_at(recipe: Recipe, registry: Registry, source: str, key: str, context:
 
 def build_components(recipe: Recipe, registry: Registry, source: str = "recipe",
                      run_dir: Path | None = None) -> Components:
-    """Build the diffusion, objective and sampler; a factory's complaint names ``source`` and the key.
+    """Build the diffusion, objective and sampler; a factory's complaint names ``source`` and the key,
+    and a sampler that cannot sample the diffusion is refused with those that can.
     ``run_dir``: the finished run being sampled or evaluated (None while a run is set up)."""
     diffusion = GaussianDiffusion(*(build_at(recipe, registry, source, f"diffusion.{part}")
                                     for part in ("schedule", "parameterization", "variance", "decoder")))
@@ -85,17 +78,11 @@ def build_components(recipe: Recipe, registry: Registry, source: str = "recipe",
         objective.validate_diffusion(diffusion)
     except DdpmKitError as exc:
         raise DdpmKitError(f"{source}: objective: {exc}") from None
-    return Components(recipe, diffusion, objective, build_sampler(recipe, registry, source, diffusion, run_dir),
-                      registry, source=source)
-
-
-def build_sampler(recipe: Recipe, registry: Registry, source: str, diffusion: GaussianDiffusion,
-                  run_dir: Path | None = None) -> Sampler:
-    """The recipe's sampler for ``diffusion``; one that cannot sample it is refused with those that can."""
     context = {"num_timesteps": diffusion.num_timesteps, "diffusion": diffusion, "run_dir": run_dir,
                "registry": registry}
     try:
-        return build_at(recipe, registry, source, "sample.sampler", context)
+        sampler = build_at(recipe, registry, source, "sample.sampler", context)
     except CannotSample as exc:
         able = ", ".join(registry.buildable("sampler", **context)) or "(none installed)"
         raise CannotSample(f"{exc}; samplers that can: {able}") from None
+    return Components(recipe, diffusion, objective, sampler, registry, source=source)

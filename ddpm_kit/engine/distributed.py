@@ -1,11 +1,6 @@
-"""Processes working as one: the accelerate state, the launcher, and splitting work by batch.
-
-Work that has an order (samples, bits/dim per image) is cut into the same batches whatever the
-number of processes; each process takes a contiguous run of those batches
-(``PartialState.split_between_processes``) and the results are gathered in order on every
-process (``accelerate.utils.gather_object``). Together with per-image noise (``ddpm_kit.noise``)
-this makes P processes give byte for byte what one process gives.
-"""
+"""Processes working as one: the accelerate state, the launcher, and work that has an order cut
+into the same batches whatever the number of processes, each taking a contiguous run of them, the
+results gathered in order on every process (docs/training.md, "Many processes, GPUs and clusters")."""
 
 from __future__ import annotations
 
@@ -28,11 +23,6 @@ def has_accelerator() -> bool:
     return bool(xpu is not None and xpu.is_available())
 
 
-def launched_processes() -> int:
-    """How many processes the launcher started (WORLD_SIZE, as torchrun and accelerate set it)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def process_state():
     """The shared accelerate state. Several processes on a machine without a GPU form one gloo
     group (``cpu=True``); without it each would run alone (``DistributedType.NO``). accelerate's
@@ -40,8 +30,8 @@ def process_state():
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    return PartialState(cpu=launched_processes() > 1 and not has_accelerator()
-                        or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    launched = int(os.environ.get("WORLD_SIZE", "1"))  # the processes torchrun or accelerate started
+    return PartialState(cpu=launched > 1 and not has_accelerator() or parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def launcher() -> str:
@@ -62,14 +52,11 @@ def describe(state) -> dict[str, Any]:
             "distributed_type": str(state.distributed_type).split(".")[-1], "device": str(state.device)}
 
 
-def batches(total: int, batch_size: int) -> list[range]:
-    """Index ranges of ``batch_size`` (the last one shorter) covering 0..total-1."""
-    return [range(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
-
-
 def my_batches(state, total: int, batch_size: int) -> list[range]:
-    """This process's contiguous share of ``batches(total, batch_size)``."""
-    with state.split_between_processes(batches(total, batch_size)) as mine:
+    """This process's contiguous share of the index ranges of ``batch_size`` (the last one shorter)
+    covering 0..total-1."""
+    batches = [range(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
+    with state.split_between_processes(batches) as mine:
         return list(mine)
 
 

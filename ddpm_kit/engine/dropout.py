@@ -1,11 +1,7 @@
-"""Dropout whose masks belong to the global batch, not to the process.
-
-``torch.nn.Dropout`` draws from each process's own RNG, so P processes with batch B/P see other
-masks than one process with batch B, and the runs part ways (the paper's CIFAR-10 net has
-dropout 0.1). ``GlobalBatchDropout`` draws the mask of the whole global batch from a generator
-seeded by (micro-step seed, call number) (``ddpm_kit.seeds.dropout_seed``) and keeps this process's
-rows: every process, and a resumed run, drops exactly what one uninterrupted process drops.
-"""
+"""Dropout whose masks belong to the global batch, not to the process (``torch.nn.Dropout`` draws
+from each process's own RNG): ``GlobalBatchDropout`` draws the whole global batch's mask from a
+generator seeded by (micro-step seed, call number) (``seeds.dropout_seed``) and keeps this process's
+rows, so P processes and a resumed run drop what one uninterrupted process drops (docs/training.md)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Evaluation of a run: every metric on every process, the work split by batch and gathered.
-
-``compute_metrics`` is the one metric loop: the end-of-run evaluation (``evaluate``) and the
-evaluations during training (``monitoring.TrainingEvaluation``) both call it.
-"""
+"""Evaluation of a run: every metric on every process, the work split by batch and gathered;
+``compute_metrics`` is the one metric loop (``evaluate`` and ``Trainer.evaluation`` call it)."""
 
 from __future__ import annotations
 
@@ -10,6 +7,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -90,22 +88,21 @@ class EvalContext:
         guidance and weights drew them, else drawn now by all processes together (and kept as
         samples/eval_<n>[_<tag>].npz, reused on the same condition)."""
         seed = self.samples_seed = evaluation_sample_seed(self.seed)
-        if not self.keep_samples:
-            images = sample_images(self.components, self.model, n, self.device, seed=seed, state=self.state)
-            return to_model_range(images), sample_labels(self.components, n)
-        mine = drawn_by(self.components, self.use_ema)
-        name = self.run.metric_sample_name(n, self.sample_tag)
-        for stored, drawn_with in ((self.run.read_samples(), self.components.recipe.sample.seed),
-                                   (self.run.read_samples(name), seed)):
-            if stored is not None and stored.drawn_by == mine and len(stored.images) >= n:
-                self.samples_seed = drawn_with
-                labels = stored.labels
-                return to_model_range(stored.images[:n]), None if labels is None else labels[:n]
+        if self.keep_samples:
+            mine = drawn_by(self.components, self.use_ema)
+            name = self.run.metric_sample_name(n, self.sample_tag)
+            for stored, drawn_with in ((self.run.read_samples(), self.components.recipe.sample.seed),
+                                       (self.run.read_samples(name), seed)):
+                if stored is not None and stored.drawn_by == mine and len(stored.images) >= n:
+                    self.samples_seed = drawn_with
+                    labels = stored.labels
+                    return to_model_range(stored.images[:n]), None if labels is None else labels[:n]
         images = sample_images(self.components, self.model, n, self.device, seed=seed, state=self.state)
         labels = sample_labels(self.components, n)
-        if self.is_main_process:
-            self.run.save_samples(images, name, labels, mine)
-        self.state.wait_for_everyone()
+        if self.keep_samples:
+            if self.is_main_process:
+                self.run.save_samples(images, name, labels, mine)
+            self.state.wait_for_everyone()
         return to_model_range(images), labels
 
     def image_noise(self, rows: range) -> ImageNoise:
@@ -124,9 +121,7 @@ class EvalContext:
                     desc: str | None = None) -> np.ndarray:
         """``work(rows)`` for batches of 0..total-1 split over the processes; all results, in
         order, on every process. A progress bar on the main process when ``desc`` is given."""
-        def progress(batches):
-            return progress_bar(batches, desc=desc, unit="batch", enabled=desc is not None and self.is_main_process)
-
+        progress = partial(progress_bar, desc=desc, unit="batch", enabled=desc is not None and self.is_main_process)
         return map_batches(self.state, total, batch_size, work, progress)
 
     def map_rows(self, x: torch.Tensor, fn: Callable[[torch.Tensor], np.ndarray], batch_size: int = 256,

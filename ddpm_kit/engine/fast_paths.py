@@ -25,30 +25,11 @@ def quiet_known_dynamo_warnings() -> None:
 
 
 def correct_compiled_gradients(compiling: bool):
-    """Inductor's layout optimisation (convolutions switched to channels-last inside the graph)
-    gives wrong UNet2DModel gradients on CPU in torch 2.13: no gradient flows back through the
-    first up block's upsampler, while the loss is exact. Off while compiling a training step; the
-    forward alone (sampling) is unaffected. Found with torch._inductor.compiler_bisector; tested in
-    tests/test_engine.py::test_compiled_training_equals_the_plain_run."""
+    """Inductor's layout optimisation off while compiling a training step: it gives wrong UNet2DModel
+    gradients on CPU in torch 2.13 (docs/performance.md; the forward alone, sampling, is unaffected)."""
     import torch._inductor.config as inductor_config
 
     return inductor_config.patch(layout_optimization=False) if compiling else nullcontext()
-
-
-class FirstConvolution:
-    """Watches the backbone's first 2-d convolution in the first training forward: the dtype and
-    memory format it really computed in (autocast and channels-last are settings until seen)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.seen: dict[str, object] = {}
-        conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
-        self.handle = conv.register_forward_hook(self._record) if conv is not None else None
-
-    def _record(self, module, args, output) -> None:
-        self.seen = {"forward_dtype": str(output.dtype).removeprefix("torch."),
-                     "channels_last": bool(output.is_contiguous(memory_format=torch.channels_last)
-                                           and not output.is_contiguous())}
-        self.handle.remove()
 
 
 def compiled_graphs() -> int:
@@ -58,10 +39,25 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def paths_taken(accelerator, model: torch.nn.Module, first_conv: FirstConvolution, graphs_before: int) -> dict[str, object]:
-    """What the training steps ran through (summary.json's train_paths): graphs dynamo compiled
-    while training, the precision setting, and the dtype and memory format the first convolution
-    computed in."""
-    parameter = next(accelerator.unwrap_model(model, keep_torch_compile=False).parameters())
-    return {"compiled_graphs": compiled_graphs() - graphs_before, "mixed_precision": accelerator.mixed_precision,
-            "parameter_dtype": str(parameter.dtype).removeprefix("torch."), **first_conv.seen}
+class PathsTaken:
+    """What the training steps ran through (summary.json's train_paths): the graphs dynamo compiled
+    after set-up, and the dtype and memory format the backbone's first 2-d convolution computed in,
+    watched in the first training forward (autocast and channels-last are settings until seen)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.seen: dict[str, object] = {}
+        conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        self.handle = conv.register_forward_hook(self._record) if conv is not None else None
+        self.graphs_before = compiled_graphs()
+
+    def _record(self, module, args, output) -> None:
+        self.seen = {"forward_dtype": str(output.dtype).removeprefix("torch."),
+                     "channels_last": bool(output.is_contiguous(memory_format=torch.channels_last)
+                                           and not output.is_contiguous())}
+        self.handle.remove()
+
+    def summary(self, accelerator, model: torch.nn.Module) -> dict[str, object]:
+        """These figures, with the precision setting and the dtype of ``model``'s (unwrapped) parameters."""
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        return {"compiled_graphs": compiled_graphs() - self.graphs_before,
+                "mixed_precision": accelerator.mixed_precision, "parameter_dtype": dtype, **self.seen}

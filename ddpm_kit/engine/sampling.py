@@ -1,10 +1,6 @@
-"""Sampling from a model: batches split over processes, every image a function of (seed, index).
-
-Image i starts from x_T drawn by its own generator (``ImageNoise``, seeded by (seed, i)) and the
-sampler draws its step noise from the same generator, so image i is the same whatever the batch
-size or the number of processes (up to the float kernels, which see the same batches for the
-same ``sample.batch_size``: then the bytes are identical).
-"""
+"""Sampling from a model: batches split over processes, every image a function of (seed, index):
+its x_T and step noise come from its own generator (``ImageNoise``), so it is the same whatever the
+batch size or the number of processes, byte for byte for the same ``sample.batch_size`` (docs/training.md)."""
 
 from __future__ import annotations
 
@@ -123,13 +119,15 @@ class Countdown:
 
 class StepBar:
     """One tqdm bar over every reverse step of this process's batches (main process only): its
-    total from the first chain's countdown, or counting reports when a sampler breaks the contract."""
+    total from the first chain's countdown, or counting reports when a sampler breaks the contract
+    (``problem``: the first break)."""
 
-    def __init__(self, num_batches: int, enabled: bool, desc: str = "sample") -> None:
-        self.num_batches = num_batches
-        self.bar = progress_bar(total=None, desc=desc, unit="step", enabled=enabled)
+    def __init__(self, num_batches: int, enabled: bool) -> None:
+        self.num_batches, self.problem = num_batches, None
+        self.bar = progress_bar(total=None, desc="sample", unit="step", enabled=enabled)
 
     def __call__(self, countdown: Countdown) -> None:
+        self.problem = self.problem or countdown.problem
         if self.bar.total is None and countdown.total is not None and countdown.kept:
             self.bar.total = countdown.total * self.num_batches
             self.bar.refresh()
@@ -174,9 +172,7 @@ def sample_images(components: Components, model: torch.nn.Module, num_images: in
     state = state or LocalState()
     model = prepare_for_sampling(model, components)
     bar = StepBar(len(my_batches(state, num_images, s.batch_size)), enabled=state.is_main_process)
-
     provider = components.registry.resolve("sampler", s.sampler.name)
-    problems: list[str] = []
 
     def draw(rows: range) -> np.ndarray:
         noise = ImageNoise(seed, rows, device)
@@ -193,25 +189,19 @@ def sample_images(components: Components, model: torch.nn.Module, num_images: in
             net = guided(model, None if labels is None else labels[rows.start:rows.stop], s.guidance_scale)
             x = components.sampler(components.diffusion, net, x_T, callback=steps, noise=noise)
         if not isinstance(x, torch.Tensor) or x.shape != x_T.shape:
-            raise PluginError(f"{provider.label} returned {_shape_of(x)}, not a tensor shaped like x_T "
-                              f"{tuple(x_T.shape)}")
-        if countdown.problem and not problems:
-            problems.append(countdown.problem)
+            got = f"a tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise PluginError(f"{provider.label} returned {got}, not a tensor shaped like x_T {tuple(x_T.shape)}")
         return to_uint8(x).cpu().numpy()
 
     try:
         images = map_batches(state, num_images, s.batch_size, draw)
     finally:
         bar.close()
-    if problems and state.is_main_process:
-        click.echo(f"warning: sampler '{provider.name}' breaks the callback contract: {problems[0]} (the i of "
+    if bar.problem and state.is_main_process:
+        click.echo(f"warning: sampler '{provider.name}' breaks the callback contract: {bar.problem} (the i of "
                    "ddpm_kit.api.Sampler counts the steps left, down to 0); progress and the progressive grid "
                    "counted its reports instead", err=True)
     return torch.from_numpy(images)
-
-
-def _shape_of(x: Any) -> str:
-    return f"a tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
 
 
 class ProgressiveChain:

@@ -1,9 +1,6 @@
-"""The recipe's dataset as the engine reads it: each split as uint8 rows, and a conditional run's labels.
-
-A split is decoded once into the data store (``ddpm_kit.store``) by the first process of each
-machine, the others waiting and reading it, or kept encoded (``data.store = "encoded"``). The
-dataset plugin is built once, and every split and label column is read once per ``RunData``.
-"""
+"""The recipe's dataset as the engine reads it: each split as uint8 rows (decoded once into the data
+store by the first process of each machine, or kept encoded: docs/training.md), and a conditional
+run's labels; the plugin is built and each split and label column read once per ``RunData``."""
 
 from __future__ import annotations
 

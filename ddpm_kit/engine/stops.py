@@ -81,10 +81,11 @@ class NonFiniteError(DdpmKitError):
 
     def __init__(self, step: int, run: RunFolder) -> None:
         last = run.latest_checkpoint(report=lambda _: None)
-        kept = f"the last good checkpoint is {last.path} (step {last.step})" if last else "no checkpoint was written yet"
+        kept = (f"the last good checkpoint is {last.path} (step {last.step})" if last
+                else "no checkpoint was written yet")
         super().__init__(f"non-finite loss or gradient at step {step}; stopped before applying it, {kept}. "
-                         "Lower train.lr, or set "
-                         "train.on_nonfinite = \"skip\" to skip such steps; resume with --resume latest")
+                         "Lower train.lr, or set train.on_nonfinite = \"skip\" to skip such steps; resume with "
+                         "--resume latest")
 
 
 class Interrupted(DdpmKitError):

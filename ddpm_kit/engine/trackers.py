@@ -1,11 +1,7 @@
 """Experiment trackers (``train.log_with``): accelerate's tracker classes, started on the main
 process with the recipe as the run's configuration, fed what metrics.jsonl holds, and guarded so
 that a tracker that fails (its folder unwritable, its server gone) costs a warning, never the run.
-
-A resumed run continues its tracker runs where the tracker can: TensorBoard writes into the same
-folder (``<run>/<run name>/``), MLflow reopens the run whose id ``trackers.json`` keeps, W&B online
-resumes its run id; W&B in offline mode cannot resume and starts a new offline run (said in one
-line: ``wandb sync`` uploads both)."""
+How each tracker continues a resumed run: docs/monitoring.md."""
 
 from __future__ import annotations
 
@@ -20,13 +16,11 @@ import numpy as np
 from ..errors import DdpmKitError
 from ..runs import RunFolder
 
-PACKAGES = {"comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive", "aim": "aim"}
-
 
 def require_installed(names: list[str]) -> None:
     """``train.log_with`` checked: each tracker's package must be installed (a one-line error if not)."""
     for name in names:
-        if importlib.util.find_spec(PACKAGES.get(name, name)) is None:
+        if importlib.util.find_spec(name) is None:
             raise DdpmKitError(f"train.log_with: tracker '{name}' is not installed (pip install {name}); "
                                "remove it from the recipe or install it")
 
@@ -73,7 +67,9 @@ class Trackers:
         kept = self.run.read_json(self.run.trackers_file)
         for name in self.names:
             cls = LOGGER_TYPE_TO_CLASS[name]
-            kwargs = self._init_kwargs(name, kept)
+            kwargs = {"wandb": {"dir": str(self.run.path), "name": self.run.path.name, "resume": "allow",
+                                "id": kept.get("wandb")},
+                      "mlflow": {"run_name": self.run.path.name, "run_id": kept.get("mlflow")}}.get(name, {})
             try:
                 tracker = (cls(self.run.path.name, str(self.run.path), **kwargs) if cls.requires_logging_directory
                            else cls(self.run.path.name, **kwargs))
@@ -86,14 +82,6 @@ class Trackers:
             if resuming:
                 self._say_how_it_resumed(name, tracker, kept)
         self._keep_ids()
-
-    def _init_kwargs(self, name: str, kept: dict[str, Any]) -> dict[str, Any]:
-        if name == "wandb":
-            return {"dir": str(self.run.path), "name": self.run.path.name, "resume": "allow",
-                    **({"id": kept["wandb"]} if "wandb" in kept else {})}
-        if name == "mlflow":
-            return {"run_name": self.run.path.name, **({"run_id": kept["mlflow"]} if "mlflow" in kept else {})}
-        return {}
 
     def _configuration(self, tracker, config: dict[str, Any]) -> dict[str, Any]:
         """The recipe to store; for a reopened MLflow run, only the parameters it lacks (MLflow's
@@ -118,39 +106,33 @@ class Trackers:
 
     def _keep_ids(self) -> None:
         """trackers.json: the ids a resumed run reopens."""
-        ids = {}
-        for tracker in self.active:
-            if tracker.name == "wandb":
-                ids["wandb"] = tracker.run.id
-            elif tracker.name == "mlflow":
-                ids["mlflow"] = tracker.active_run.info.run_id
+        ids = {tracker.name: tracker.run.id if tracker.name == "wandb" else tracker.active_run.info.run_id
+               for tracker in self.active if tracker.name in ("wandb", "mlflow")}
         if ids:
             self.run.write_tracker_ids(ids)
 
     def log(self, values: dict[str, float], step: int) -> None:
-        for tracker in list(self.active):
-            self._guarded(tracker, "could not log", lambda t=tracker: t.log(values, step=step))
+        self._each("could not log", lambda tracker: tracker.log(values, step=step))
 
     def log_grid(self, step: int, path: Path) -> None:
         """Send a saved sample grid (PNG) to every tracker that takes images."""
         from PIL import Image
 
         grid = np.asarray(Image.open(path).convert("RGB"))
-        for tracker in list(self.active):
-            self._guarded(tracker, "could not log the sample grid", lambda t=tracker: send_image(t, grid, step))
+        self._each("could not log the sample grid", lambda tracker: send_image(tracker, grid, step))
 
     def finish(self) -> None:
-        for tracker in list(self.active):
-            self._guarded(tracker, "could not finish", tracker.finish)
+        self._each("could not finish", lambda tracker: tracker.finish())
         self.active = []
 
-    def _guarded(self, tracker, what: str, call) -> None:
-        """Run one tracker call; a failure drops that tracker with a warning."""
-        try:
-            call()
-        except Exception as exc:  # noqa: BLE001 - a tracker never costs the run
-            self.active.remove(tracker)
-            self._warn(tracker.name, what, exc)
+    def _each(self, what: str, call) -> None:
+        """``call(tracker)`` for every tracker; a failure drops that tracker with a warning."""
+        for tracker in list(self.active):
+            try:
+                call(tracker)
+            except Exception as exc:  # noqa: BLE001 - a tracker never costs the run
+                self.active.remove(tracker)
+                self._warn(tracker.name, what, exc)
 
     def _warn(self, name: str, what: str, exc: BaseException) -> None:
         text = str(exc)

@@ -1,13 +1,6 @@
-"""Training, as an object with named phases (improved-diffusion's TrainLoop, with plugins for its flags).
-
-    trainer = Trainer(components, run)   # set-up: checks input and builds; writes nothing
-    trainer.fit(resume=False)            # resume -> (train_step, after_step) per step -> finish
-
-``train_step`` is one optimizer step: ``forward_backward`` on each micro-batch (``draw`` gives this
-process's rows of the step's global batch), then the lr schedule and the EMA. ``after_step`` logs,
-evaluates, checkpoints, draws a grid and answers Ctrl-C, each when due. Checkpoints are complete or
-absent; a non-finite step never reaches the weights.
-"""
+"""Training, as an object with named phases (improved-diffusion's TrainLoop, with plugins for its
+flags): ``Trainer(components, run)`` checks input and builds, writing nothing; ``fit`` resumes, then
+calls ``train_step`` and ``after_step`` per step, then ``finish`` (docs/architecture.md, "The Trainer")."""
 
 from __future__ import annotations
 
@@ -26,13 +19,12 @@ from ..progress import progress_bar
 from ..runs import RunFolder
 from ..seeds import step_generator, step_seed
 from .batches import MicroBatch, draw_global_batch, step_rows
-from .checkpoints import ema_weights, make_ema, refuse_unsafe_pickles, save_checkpoint, save_final_weights
+from .checkpoints import ema_state_dict, ema_weights, make_ema, refuse_unsafe_pickles, save_checkpoint
 from .components import Components
 from .distributed import describe, process_state
 from .dropout import use_global_batch_dropout
-from .fast_paths import (FirstConvolution, compiled_graphs, correct_compiled_gradients, paths_taken,
-                         quiet_known_dynamo_warnings)
-from .monitoring import TrainingEvaluation
+from .evaluation import EvalContext, compute_metrics
+from .fast_paths import PathsTaken, correct_compiled_gradients, quiet_known_dynamo_warnings
 from .sampling import sample_images
 from .stops import GracefulStop, Interrupted, NonFiniteError, StopAgreement
 from .trackers import Trackers, require_installed
@@ -114,7 +106,7 @@ class Trainer:
         self.masks = use_global_batch_dropout(model)
         if tr.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.first_conv, self.graphs_before = FirstConvolution(model), compiled_graphs()
+        self.paths = PathsTaken(model)
         self.ema = make_ema(model, tr.ema_decay, warmup=tr.ema_warmup)
         optimizer = torch.optim.Adam(model.parameters(), lr=tr.lr, betas=tr.adam_betas, weight_decay=tr.weight_decay)
         lr_schedule = get_scheduler("constant_with_warmup" if tr.lr_schedule == "constant" else tr.lr_schedule,
@@ -143,8 +135,8 @@ class Trainer:
         self.trackers = Trackers(tr.log_with, self.run, self.is_main_process)
         self.trackers.start(self.components.recipe, resuming=resume)
         try:  # a stopped or failed run closes its tracker runs too
-            self.evaluation = (TrainingEvaluation(self.components, self.run, self.accelerator, self.trackers)
-                               if tr.eval_every else None)
+            record = self.run.read_best() if tr.eval_every else None  # a resumed run continues its checkpoints/best
+            self.best: float | None = None if record is None else record["value"]
             first = self.resume() if resume else 0
             self.start(first)
             bar = progress_bar(range(first, tr.steps), initial=first, total=tr.steps, desc="train",
@@ -230,11 +222,8 @@ class Trainer:
 
     def clip_gradients(self, step: int) -> bool:
         """Clip the all-reduced gradient (its norm is the same on every process); False for a
-        non-finite one, which is dropped (``train.on_nonfinite = "skip"``) or stops the run ("stop")
-        before it reaches the weights or the EMA. One host sync per step. Under fp16 an overflowing
-        gradient is the gradient scaler's to skip (it then lowers its scale): counted as skipped,
-        and "stop" stops only when the loss itself is non-finite on some process (divergence, not
-        the scale's calibration)."""
+        non-finite one, dropped or stopping the run by ``train.on_nonfinite`` before it reaches the
+        weights; under fp16 the scaler's to skip (docs/training.md, "Faults"). One host sync per step."""
         tr = self.settings
         self.stats.grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), tr.grad_clip or math.inf)
         diverged, self.loss_nonfinite = self.loss_nonfinite, torch.zeros_like(self.loss_nonfinite)
@@ -257,11 +246,11 @@ class Trainer:
         checkpoint: a new best is saved with it), the checkpoint, a sample grid; then a stop that
         Ctrl-C or SIGTERM asked for, agreed by every process (``StopAgreement``)."""
         tr = self.settings
-        checkpoint_due = bool(tr.checkpoint_every) and (done % tr.checkpoint_every == 0 or done == tr.steps)
-        if done % tr.log_every == 0 or done == tr.steps:
+        checkpoint_due = self.due(tr.checkpoint_every, done)
+        if self.due(tr.log_every, done):
             self.log(done, bar)
-        if self.evaluation is not None and self.evaluation.due(done, tr.steps):
-            self.evaluation(self.accelerator, self.model, self.ema, done, keep=tr.keep_checkpoints)
+        if self.due(tr.eval_every, done):
+            self.evaluation(done)
         if checkpoint_due:
             self.checkpoint(done)
         if tr.sample_every and done % tr.sample_every == 0 and self.is_main_process:
@@ -273,6 +262,10 @@ class Trainer:
             if not checkpoint_due:
                 self.checkpoint(done)
             raise Interrupted(done, self.run, signum)
+
+    def due(self, every: int, done: int) -> bool:
+        """Whether what comes every ``every`` steps (0: never) is due after ``done``; the last step's always is."""
+        return bool(every) and (done % every == 0 or done == self.settings.steps)
 
     def log(self, done: int, bar) -> None:
         """One line of metrics.jsonl (and the trackers): the mean loss over processes and steps since
@@ -291,6 +284,32 @@ class Trainer:
             self.run.log_metrics(record)
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}")
         s.restart()
+
+    def evaluation(self, done: int) -> None:
+        """``train.eval_metrics`` (default: ``eval.metrics``) on the EMA weights, on all processes, to
+        metrics.jsonl and the trackers; a new best ``train.best_metric`` is kept as checkpoints/best."""
+        tr, recipe, model = self.settings, self.components.recipe, self.unwrapped()
+        with ema_weights(model, self.ema), torch.random.fork_rng(devices=[]), torch.inference_mode():
+            model.eval()
+            context = EvalContext(self.components, model, self.accelerator.device, self.run, seed=recipe.run.seed,
+                                  state=self.accelerator, out=self.run.training_eval_dir(done), keep_samples=False)
+            results = compute_metrics(context, recipe.eval.metrics if tr.eval_metrics is None else tr.eval_metrics)
+        model.train()
+        figures = {k: v for k, v in results.items() if isinstance(v, (int, float))}
+        if tr.best_metric is not None and tr.best_metric not in figures:
+            raise DdpmKitError(f"train.best_metric '{tr.best_metric}' is not among the evaluation's figures: "
+                               f"{', '.join(figures)}")
+        self.trackers.log({f"eval/{k}": v for k, v in figures.items()}, step=done)
+        if self.is_main_process:
+            self.run.log_metrics({"step": done, "eval": results})
+        value = figures.get(tr.best_metric)
+        if value is not None and (self.best is None or (value < self.best if tr.best_mode == "min"
+                                                         else value > self.best)):
+            self.best = value  # the full training state at this step, as checkpoints/best (replaced atomically)
+            save_checkpoint(self.accelerator, self.run, done, self.ema, keep=tr.keep_checkpoints,
+                            folder=self.run.best_checkpoint)
+            if self.is_main_process:
+                self.run.write_best(done, tr.best_metric, tr.best_mode, self.best)
 
     def checkpoint(self, done: int) -> None:
         """checkpoints/step_<done>: the full training state, complete or absent."""
@@ -316,12 +335,12 @@ class Trainer:
     def finish(self) -> None:
         """The final weights (raw and EMA) and the training's figures in summary.json."""
         if self.is_main_process:
-            save_final_weights(self.run, self.unwrapped(), self.ema, self.settings.steps)
+            model = self.unwrapped()
+            self.run.save_weights(self.settings.steps, model=model.state_dict(), ema=ema_state_dict(model, self.ema))
             self.count_train_time()
             seconds = time.time() - self.created
             self.run.set_in_summary(trained_steps=self.settings.steps, train_processes=describe(self.accelerator.state),
-                                    train_paths=paths_taken(self.accelerator, self.model, self.first_conv,
-                                                            self.graphs_before))
+                                    train_paths=self.paths.summary(self.accelerator, model))
             click.echo(f"trained {self.settings.steps} steps in {seconds:.0f} s on "
                        f"{self.accelerator.num_processes} process(es) -> {self.run.path}")
         self.accelerator.wait_for_everyone()
