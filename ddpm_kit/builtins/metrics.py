@@ -18,15 +18,8 @@ from ..interfaces import Metric, Model
 class BitsPerDim(Metric):
     """The full variational bound L_T + sum L_{t-1} + L_0 in bits/dim on a split (eq. 5).
 
-    Saves per-image terms (eval/bpd_terms.npy: L_0..L_{T-1}, L_T), x0-hat errors, and plots of
-    bits per timestep and of rate-distortion (Fig. 5). Image i's noise comes from its own
-    generator (seed, i), so its terms do not depend on the batch size or the number of processes.
-
-    ``steps`` K: the bound of the K-step chain over evenly respaced timesteps (Nichol & Dhariwal
-    2021 section 4; the network is called at the original timesteps); ``variance``: a fixed
-    variance plugin (``fixed_beta_tilde``, say) in place of the run's, for runs trained with a
-    fixed one. Either makes the figures and files carry it: ``bpd_fixed_beta_tilde_50``,
-    ``..._stderr``, eval/bpd_fixed_beta_tilde_50_bpd_terms.npy.
+    Image i's noise comes from its own generator (seed, i), so its terms do not depend on the batch
+    size or the number of processes. Its settings, files and figures: docs/evaluation.md.
 
     A plugin computes the bound of another reverse process of the same network (Analytic-DPM's
     variance, say) by subclassing it with its own ``name`` and overriding ``chain``; its figures and
@@ -109,15 +102,9 @@ class ClassifierFID(Metric):
     beside its real-vs-real floor at the same sample count, and how many samples the classifier
     labels with confidence: for digit-like data, offline. Names its extractor.
 
-    ``fid``: N samples against the test split; ``fid_real_floor``: N training images against the
-    same test split (what FID a perfect model would get with N samples); ``confident``: the
-    fraction of samples whose top class has probability > 0.9, beside ``confident_real`` for the
-    test split (images the classifier has not seen, like the samples). ``fid_stderr``: the
-    bootstrap standard error of ``fid`` over the draw of the samples; ``confident_stderr``: the
-    binomial one, sqrt(p (1 - p) / N). The test split's and the floor's statistics depend only on
-    the extractor and the data settings and are cached. Writes eval/fid_features_<N>[_<sampler
-    tag>].npz: the samples' features, confident flags and seed beside the test split's statistics, what
-    ``ddpm-kit report`` needs to compare two runs' samples index by index.
+    Each figure it reports, and eval/fid_features_<N>[_<sampler tag>].npz (what ``ddpm-kit report``
+    compares index by index), is described in docs/evaluation.md. The test split's and the floor's
+    statistics depend only on the extractor and the data settings and are cached.
     """
 
     name = "fid"
