@@ -32,9 +32,6 @@ class DigitClassifier(nn.Module):
             nn.Flatten(), nn.Linear(64 * (image_size // 4) ** 2, 128), nn.ReLU())
         self.head = nn.Linear(128, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
 
@@ -85,7 +82,7 @@ def cached_classifier(key: dict, x: torch.Tensor, labels: torch.Tensor) -> tuple
 def features_and_probs(net: DigitClassifier, x: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     feats, probs = [], []
     for batch in x.split(batch_size):
-        f = net.features(batch)
+        f = net.body(batch)  # the 128-d features
         feats.append(f.double().numpy())
         probs.append(net.head(f).softmax(-1).double().numpy())
     return np.concatenate(feats), np.concatenate(probs)

@@ -30,8 +30,7 @@ class ImageNoise:
     """
 
     def __init__(self, seed: int, indices: Sequence[int], device: torch.device | str = "cpu") -> None:
-        self.indices = list(indices)
-        self.generators = [torch.Generator(device=device).manual_seed(image_seed(seed, i)) for i in self.indices]
+        self.generators = [torch.Generator(device=device).manual_seed(image_seed(seed, i)) for i in indices]
 
     def __call__(self, like: torch.Tensor) -> torch.Tensor:
         if like.shape[0] != len(self.generators):
