@@ -1,10 +1,8 @@
 """Feature networks for sample-quality metrics, and the Frechet distance.
 
-For digit-like data no pretrained network can be downloaded here, so a small classifier is trained
-once on the dataset's labelled train split and cached; its penultimate layer gives the features
-(like Inception's pool3 for FID) and its softmax the class probabilities (for the Inception-Score
-counterpart). Numbers from different extractors are not comparable, so every result names its
-extractor.
+A small classifier, trained once on the dataset's labelled train split and cached, gives the
+features (penultimate layer) and class probabilities (softmax) where no pretrained network can be
+downloaded (docs/evaluation.md). Numbers from different extractors are not comparable.
 """
 
 from __future__ import annotations
