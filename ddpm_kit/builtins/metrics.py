@@ -46,7 +46,7 @@ class BitsPerDim(Metric):
     def chain(self, context) -> tuple[GaussianDiffusion, Callable[[Model], Model]]:
         """The diffusion whose bound is computed, and how the network is called on it (a respaced
         chain's ``on_original_timesteps``): the run's own, respaced to ``steps``, with ``variance``."""
-        from ..respacing import on_original_timesteps, respace, validate_steps
+        from ..respacing import on_original_timesteps, respace
 
         d = context.diffusion
         try:
@@ -54,10 +54,9 @@ class BitsPerDim(Metric):
                 d = d.with_variance(context.components.registry.build("variance", self.variance, {}))
             if self.steps is None:
                 return d, lambda model: model
-            validate_steps(self.steps, d.num_timesteps)
+            short, timestep_map = respace(d, self.steps)  # steps checked by respacing.validate_steps
         except DdpmKitError as exc:
             raise DdpmKitError(f"metric '{self.name}': {exc}") from None
-        short, timestep_map = respace(d, self.steps)
         return short, lambda model: on_original_timesteps(model, timestep_map)
 
     def compute(self, context) -> dict[str, float]:
