@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +123,7 @@ class ClassifierFID(Metric):
         fake, fake_y = context.labelled_samples(self.num_samples)
         floor_n = min(len(fake), len(train_x))
         key = {"extractor": f"classifier-{digest}", "data": context.data_key()}
-        summary = _FeatureSummary(context, net, int(train_y.max()) + 1)
+        summary = partial(_feature_summary, context, net, int(train_y.max()) + 1)
         test = context.cached({**key, "split": self.split, "rows": len(real)},
                               lambda: summary(real, f"features: {self.split} split", real_y))
         train = context.cached({**key, "split": "train", "rows": floor_n},
@@ -146,27 +147,22 @@ class ClassifierFID(Metric):
                 "fid_extractor": f"classifier-{digest} (test acc {float(test['accuracy']):.3f})"}
 
 
-class _FeatureSummary:
+def _feature_summary(context, net, num_classes: int, x: torch.Tensor, what: str, labels: torch.Tensor | None = None,
+                     keep_features: bool = False) -> dict[str, np.ndarray]:
     """A set of images as the classifier sees it: the Gaussian of its features, the confident
     fraction, the classifier score and (given labels) the accuracy. Work shared by the processes."""
+    from ..features import FeatureStats, classifier_score, confident_fraction, confident_rows, features_and_probs
 
-    def __init__(self, context, net, num_classes: int) -> None:
-        self.context, self.net, self.num_classes = context, net, num_classes
-
-    def __call__(self, x: torch.Tensor, what: str, labels: torch.Tensor | None = None,
-                 keep_features: bool = False) -> dict[str, np.ndarray]:
-        from ..features import FeatureStats, classifier_score, confident_fraction, confident_rows, features_and_probs
-
-        both = self.context.map_rows(x, lambda b: np.concatenate(features_and_probs(self.net, b), 1), desc=what)
-        feats, probs = both[:, :-self.num_classes], both[:, -self.num_classes:]
-        out = {**FeatureStats.fit(feats).arrays(), "confident": np.asarray(confident_fraction(probs)),
-               "classifier_score": np.asarray(classifier_score(probs))}
-        if keep_features:
-            out["features"], out["confident_rows"] = feats, confident_rows(probs)
-        if labels is not None:
-            out["accuracy"] = np.asarray((probs.argmax(1) == labels.numpy()).mean())
-            out["predicted"] = probs.argmax(1)
-        return out
+    both = context.map_rows(x, lambda b: np.concatenate(features_and_probs(net, b), 1), desc=what)
+    feats, probs = both[:, :-num_classes], both[:, -num_classes:]
+    out = {**FeatureStats.fit(feats).arrays(), "confident": np.asarray(confident_fraction(probs)),
+           "classifier_score": np.asarray(classifier_score(probs))}
+    if keep_features:
+        out["features"], out["confident_rows"] = feats, confident_rows(probs)
+    if labels is not None:
+        out["accuracy"] = np.asarray((probs.argmax(1) == labels.numpy()).mean())
+        out["predicted"] = probs.argmax(1)
+    return out
 
 
 def class_accuracy(samples: dict[str, np.ndarray], labels: torch.Tensor | None) -> dict[str, float]:
