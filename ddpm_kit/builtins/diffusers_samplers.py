@@ -107,11 +107,11 @@ class DiffusersSampler:
         return x
 
 
-def _factory(name: str, class_name: str, preset: dict[str, Any] | None = None):
+def _factory(name: str, class_name: str, preset: dict[str, Any]):
     def make(steps: int = 50, options: dict[str, Any] | None = None, num_timesteps: int | None = None,
              diffusion=None) -> DiffusersSampler:
         validate_steps(steps, num_timesteps)
-        sampler = DiffusersSampler(name, scheduler_class(class_name), steps, {**(preset or {}), **(options or {})})
+        sampler = DiffusersSampler(name, scheduler_class(class_name), steps, {**preset, **(options or {})})
         if diffusion is not None:
             sampler.scheduler(diffusion)  # refuse what the scheduler cannot express, before any training
         return sampler
@@ -123,7 +123,6 @@ def _factory(name: str, class_name: str, preset: dict[str, Any] | None = None):
 
 @hookimpl
 def register_samplers(register):
-    for class_name, name in NAMES.items():
-        register(f"diffusers-{name}", _factory(f"diffusers-{name}", class_name))
-    for name, (class_name, preset) in VARIANTS.items():
+    named = {name: (class_name, {}) for class_name, name in NAMES.items()}
+    for name, (class_name, preset) in {**named, **VARIANTS}.items():
         register(f"diffusers-{name}", _factory(f"diffusers-{name}", class_name, preset))
