@@ -60,9 +60,8 @@ def cached_classifier(key: dict, x: torch.Tensor, labels: torch.Tensor) -> tuple
 
     digest = content_hash(key)
     path = cache_dir() / f"classifier-{digest}.safetensors"
-    num_classes = int(labels.max()) + 1
     if path.is_file():
-        net = DigitClassifier(x.shape[1], x.shape[-1], num_classes)
+        net = DigitClassifier(x.shape[1], x.shape[-1], int(labels.max()) + 1)
         try:
             net.load_state_dict(load_file(str(path)))
             return net.eval(), digest
