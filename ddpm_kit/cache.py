@@ -1,12 +1,6 @@
-"""The cache: where ddpm-kit keeps what it can rebuild, how an entry is named, how it is written.
-
-    <cache>/data-store/<hash>/     prepared splits (``ddpm_kit.store``)
-    <cache>/feature-nets/          feature classifiers and real-data statistics (``ddpm_kit.features``)
-
-``<cache>`` is ``$DDPM_KIT_CACHE``, else ``$XDG_CACHE_HOME/ddpm-kit``, else ``~/.cache/ddpm-kit``.
-An entry is named by the hash of what it depends on (``content_hash``), so equal names mean equal
-contents; entries are written under a temporary name and renamed into place (``atomic_file``), so
-a crash or two processes racing never leave a half-written entry under the real name.
+"""The cache: where ddpm-kit keeps what it can rebuild (prepared splits in ``<cache>/data-store``,
+feature classifiers and real-data statistics in ``<cache>/feature-nets``), how an entry is named
+(``content_hash``) and written (``atomic_file``).
 """
 
 from __future__ import annotations
@@ -21,7 +15,8 @@ from typing import Any
 
 
 def cache_root() -> Path:
-    """The folder that holds every cache (see the module docstring for the order)."""
+    """The folder that holds every cache: ``$DDPM_KIT_CACHE``, else ``$XDG_CACHE_HOME/ddpm-kit``, else
+    ``~/.cache/ddpm-kit``."""
     configured = os.environ.get("DDPM_KIT_CACHE")
     if configured:
         return Path(configured)

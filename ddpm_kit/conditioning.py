@@ -1,14 +1,8 @@
 """Conditioning: class labels from the data to the backbone; label dropout and classifier-free guidance.
 
-A backbone is called ``model(x, t)``; a conditional run calls it ``model(x, t, **cond)`` with
-``cond`` a ``Conditioning`` (keyword tensors, batch first: ``{"class_labels": y}`` today; other
-kinds, a text embedding say, are other keys). Samplers, objectives and metrics never see the
-conditioning: they get the model with it bound (``bind``, ``guided``) and call ``model(x, t)``
-as before, so every sampler and every third-party plugin written for ``model(x, t)`` samples a
-class and uses guidance unchanged.
-
-``NULL_LABEL`` (-1) is "no label": the label-dropped branch of classifier-free guidance training
-(Ho & Salimans 2022), which the backbone maps to an embedding of its own.
+A conditional run calls the backbone ``model(x, t, **cond)`` (``Conditioning``: keyword tensors, batch
+first); samplers, objectives and metrics get the model with it bound (``bind``, ``guided``) and call
+``model(x, t)`` as before (docs/conditioning.md). ``NULL_LABEL`` (-1) is "no label".
 """
 
 from __future__ import annotations
@@ -48,14 +42,9 @@ def bind(model: Model, labels: torch.Tensor | None) -> Model:
 
 class Guided:
     """Classifier-free guidance (Ho & Salimans 2022, eq. 6): eps~ = (1 + w) eps(x_t, y) - w eps(x_t),
-    both branches in one batched call.
-
-    The mean channels are combined whatever the parameterization predicts: eps, x0, mu and v
-    are each affine in eps at a given (x_t, t), with the same coefficients for both branches, and
-    weights 1 + w and -w sum to 1, so combining them is combining eps. Learned variance channels
-    are the conditional branch's (as GLIDE). ``w = 0`` is the conditional model; ``w`` here is
-    diffusers' ``guidance_scale - 1``.
-    """
+    both branches in one batched call, on the mean channels whatever the parameterization predicts
+    (why that is right, and ``w`` against diffusers' ``guidance_scale``: docs/conditioning.md).
+    Learned variance channels are the conditional branch's (as GLIDE)."""
 
     def __init__(self, model: Model, labels: torch.Tensor, scale: float) -> None:
         self.model, self.labels, self.scale = model, labels, scale

@@ -35,13 +35,8 @@ class PMeanVariance:
 class GaussianDiffusion:
     """The DDPM diffusion process, with plugins for every ablated choice."""
 
-    def __init__(
-        self,
-        schedule: Schedule,
-        parameterization: Parameterization,
-        variance: VarianceChoice,
-        decoder: Decoder,
-    ) -> None:
+    def __init__(self, schedule: Schedule, parameterization: Parameterization, variance: VarianceChoice,
+                 decoder: Decoder) -> None:
         self.schedule = schedule
         self.parameterization = parameterization
         self.variance = variance

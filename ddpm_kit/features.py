@@ -1,10 +1,8 @@
 """Feature networks for sample-quality metrics, and the Frechet distance.
 
-For digit-like data no pretrained network can be downloaded here, so a small classifier is trained
-once on the dataset's labelled train split and cached; its penultimate layer gives the features
-(like Inception's pool3 for FID) and its softmax the class probabilities (for the Inception-Score
-counterpart). Numbers from different extractors are not comparable, so every result names its
-extractor.
+A small classifier, trained once on the dataset's labelled train split and cached, gives the
+features (penultimate layer) and class probabilities (softmax) where no pretrained network can be
+downloaded (docs/evaluation.md). Numbers from different extractors are not comparable.
 """
 
 from __future__ import annotations
@@ -31,9 +29,6 @@ class DigitClassifier(nn.Module):
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(64 * (image_size // 4) ** 2, 128), nn.ReLU())
         self.head = nn.Linear(128, num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
@@ -65,9 +60,8 @@ def cached_classifier(key: dict, x: torch.Tensor, labels: torch.Tensor) -> tuple
 
     digest = content_hash(key)
     path = cache_dir() / f"classifier-{digest}.safetensors"
-    num_classes = int(labels.max()) + 1
     if path.is_file():
-        net = DigitClassifier(x.shape[1], x.shape[-1], num_classes)
+        net = DigitClassifier(x.shape[1], x.shape[-1], int(labels.max()) + 1)
         try:
             net.load_state_dict(load_file(str(path)))
             return net.eval(), digest
@@ -85,7 +79,7 @@ def cached_classifier(key: dict, x: torch.Tensor, labels: torch.Tensor) -> tuple
 def features_and_probs(net: DigitClassifier, x: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     feats, probs = [], []
     for batch in x.split(batch_size):
-        f = net.features(batch)
+        f = net.body(batch)  # the 128-d features
         feats.append(f.double().numpy())
         probs.append(net.head(f).softmax(-1).double().numpy())
     return np.concatenate(feats), np.concatenate(probs)

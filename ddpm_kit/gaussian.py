@@ -28,14 +28,8 @@ def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
 
 
-def discretized_gaussian_log_likelihood(
-    x: torch.Tensor,
-    means: torch.Tensor,
-    log_scales: torch.Tensor,
-    *,
-    bin_width: float = 2.0 / 255.0,
-    exact_cdf: bool = False,
-) -> torch.Tensor:
+def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor, *,
+                                        bin_width: float = 2.0 / 255.0, exact_cdf: bool = False) -> torch.Tensor:
     """log p(x) of data on a grid in [-1, 1] under a Gaussian integrated over each bin (eq. 13).
 
     Bins are x +- bin_width/2; the edge bins (x = -1 and x = 1) extend to -inf / +inf. They are

@@ -1,13 +1,6 @@
-"""Noise that belongs to an image, not to a batch.
-
-Sampling and bits/dim draw Gaussian noise at every step. Drawn from one generator per batch, an
-image's noise depends on which batch it landed in, so the results change with the batch size and
-with the number of processes. ``ImageNoise`` gives each image its own generator, seeded by
-(seed, image index): image i's noise is the same whichever batch or process computes it.
-
-Samplers take it as ``noise`` (k-diffusion's ``noise_sampler`` idea) and draw through
-``randn_like``, which falls back to a shared ``generator`` when no ``noise`` is given (a sampler
-called directly, outside the engine).
+"""Noise that belongs to an image, not to a batch: ``ImageNoise`` gives each image its own generator,
+seeded by (seed, image index), so image i's noise is the same whichever batch or process computes
+it (docs/training.md). Samplers draw through ``randn_like`` (docs/writing-a-plugin.md).
 """
 
 from __future__ import annotations
@@ -30,8 +23,7 @@ class ImageNoise:
     """
 
     def __init__(self, seed: int, indices: Sequence[int], device: torch.device | str = "cpu") -> None:
-        self.indices = list(indices)
-        self.generators = [torch.Generator(device=device).manual_seed(image_seed(seed, i)) for i in self.indices]
+        self.generators = [torch.Generator(device=device).manual_seed(image_seed(seed, i)) for i in indices]
 
     def __call__(self, like: torch.Tensor) -> torch.Tensor:
         if like.shape[0] != len(self.generators):

@@ -1,14 +1,9 @@
 """The prepared-data store: each split decoded once, on disk, read row by row.
 
-A (dataset source, split, image size, channels, resize) is decoded once, by parallel worker
-processes, into ``<store>/<fingerprint>/pixels.u8`` (uint8 [N, C, H, W], C order) with a
-``meta.json`` written last. Every process of a run and every later run reads the same file; a
-batch reads only its rows (``os.pread``), so resident memory does not grow with the dataset.
-
-The fingerprint covers the dataset plugin's name and parameters, the ``datasets`` fingerprint of
-the split (its content for in-memory data, its files for folders and hub data) and the pixel
-settings. Where the store lives: ``data.store_dir`` in the recipe, else ``$DDPM_KIT_DATA_STORE``,
-else ``<cache>/data-store`` (``ddpm_kit.cache``).
+A split is decoded once, by parallel worker processes, into ``<store>/<fingerprint>/pixels.u8``
+(uint8 [N, C, H, W], C order) with a ``meta.json`` written last; a batch reads only its rows
+(``os.pread``), so resident memory does not grow with the dataset. docs/training.md describes
+the layout, what the fingerprint covers and where the store lives.
 """
 
 from __future__ import annotations
@@ -36,7 +31,8 @@ PIXELS = "pixels.u8"
 
 
 def store_root(configured: str | None = None) -> Path:
-    """The folder that holds prepared splits (see the module docstring for the order)."""
+    """The folder that holds prepared splits: ``data.store_dir``, else ``$DDPM_KIT_DATA_STORE``, else
+    ``<cache>/data-store``."""
     if configured:
         return Path(configured).expanduser()
     if os.environ.get("DDPM_KIT_DATA_STORE"):
@@ -50,6 +46,26 @@ def fingerprint(source: dict[str, Any], split_fingerprint: str, split: str, imag
     key = {"format": STORE_FORMAT, "source": source, "split": split, "split_fingerprint": split_fingerprint,
            "image_size": image_size, "channels": channels, "resize": resize}
     return content_hash(key, length=20)
+
+
+def _undecoded(ds) -> tuple[Any, str]:
+    """The split with its image column left encoded (decoded by ``decode_images``), and that column."""
+    import datasets
+
+    if len(ds) == 0:
+        raise DdpmKitError("dataset split is empty")
+    column = image_column(ds)
+    if isinstance(ds.features.get(column), datasets.Image):
+        ds = ds.cast_column(column, datasets.Image(decode=False))
+    return ds, column
+
+
+def _row_indices(index, rows: int) -> np.ndarray:
+    """Row indices (a tensor, array, list or int) as a flat int64 array, checked to lie in 0..rows-1."""
+    wanted = np.asarray(index, dtype=np.int64).reshape(-1)
+    if len(wanted) and (wanted.min() < 0 or wanted.max() >= rows):
+        raise IndexError(f"row index out of range for a split of {rows} images")
+    return wanted
 
 
 class PixelStore:
@@ -80,9 +96,7 @@ class PixelStore:
             start, stop, step = index.indices(len(self))
             rows = self._read(start, max(0, stop - start))[::step]
         else:
-            wanted = np.asarray(index, dtype=np.int64).reshape(-1)
-            if len(wanted) and (wanted.min() < 0 or wanted.max() >= len(self)):
-                raise IndexError(f"row index out of range for a split of {len(self)} images")
+            wanted = _row_indices(index, len(self))
             rows = np.stack([self._read(int(i), 1)[0] for i in wanted]) if len(wanted) else \
                 np.empty((0, *self.shape[1:]), np.uint8)
         return torch.from_numpy(np.array(rows))  # a writable copy
@@ -108,20 +122,10 @@ def _decode_range(bounds: tuple[int, int]) -> int:
     return stop - start
 
 
-def _chunks(n: int, size: int) -> list[tuple[int, int]]:
-    return [(start, min(start + size, n)) for start in range(0, n, size)]
-
-
 def build_store(ds, folder: Path, image_size: int, channels: int, resize: str, *, workers: int | None = None,
                 chunk: int = 256, progress: bool = True, desc: str = "preparing data") -> PixelStore:
     """Decode ``ds`` into ``folder`` (written under a temporary name, renamed when complete)."""
-    import datasets
-
-    if len(ds) == 0:
-        raise DdpmKitError("dataset split is empty")
-    column = image_column(ds)
-    if isinstance(ds.features.get(column), datasets.Image):
-        ds = ds.cast_column(column, datasets.Image(decode=False))
+    ds, column = _undecoded(ds)
     shape = (len(ds), channels, image_size, image_size)
     tmp = folder.with_name(f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
@@ -130,7 +134,7 @@ def build_store(ds, folder: Path, image_size: int, channels: int, resize: str, *
         with open(tmp / PIXELS, "wb") as f:
             f.truncate(len(ds) * row_bytes)
         workers = workers or min(8, os.cpu_count() or 1)
-        bounds = _chunks(len(ds), chunk)
+        bounds = [(start, min(start + chunk, len(ds))) for start in range(0, len(ds), chunk)]
         args = (ds, column, (image_size, channels, resize), str(tmp / PIXELS), row_bytes)
         bar = progress_bar(total=len(ds), desc=desc, unit="img", enabled=progress)
         if workers > 1 and len(bounds) > 1:
@@ -209,13 +213,7 @@ class EncodedSplit:
     decoded size would not fit on disk. Same interface as ``PixelStore``."""
 
     def __init__(self, ds, image_size: int, channels: int, resize: str) -> None:
-        import datasets
-
-        if len(ds) == 0:
-            raise DdpmKitError("dataset split is empty")
-        self.column = image_column(ds)
-        if isinstance(ds.features.get(self.column), datasets.Image):
-            ds = ds.cast_column(self.column, datasets.Image(decode=False))
+        ds, self.column = _undecoded(ds)
         self.ds, self.settings = ds, (image_size, channels, resize)
         self.shape = (len(ds), channels, image_size, image_size)
 
@@ -226,9 +224,7 @@ class EncodedSplit:
         if isinstance(index, slice):
             items = self.ds[index][self.column]
         else:
-            wanted = [int(i) for i in np.asarray(index, dtype=np.int64).reshape(-1)]
-            if wanted and (min(wanted) < 0 or max(wanted) >= len(self)):
-                raise IndexError(f"row index out of range for a split of {len(self)} images")
+            wanted = _row_indices(index, len(self)).tolist()
             items = self.ds[wanted][self.column] if wanted else []
         if not items:
             return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)

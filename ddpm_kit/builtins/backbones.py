@@ -100,7 +100,7 @@ def unet_keyword_arguments() -> list[str]:
 
 
 def load_pretrained_unet(path: str, in_channels: int, out_channels: int, image_size: int,
-                         classes: dict[str, int] | None = None):
+                         classes: dict[str, int]):
     """A UNet2DModel from a local folder (safetensors only, never a download), checked against the recipe."""
     from diffusers import UNet2DModel
 
@@ -116,7 +116,7 @@ def load_pretrained_unet(path: str, in_channels: int, out_channels: int, image_s
         raise DdpmKitError(f"backbone.pretrained: cannot load '{folder}': {' '.join(str(exc).split())[:300]}") from None
     got = (unet.config.in_channels, unet.config.out_channels, unet.config.sample_size,
            unet.config.num_class_embeds)
-    want = (in_channels, out_channels, image_size, (classes or {}).get("num_class_embeds"))
+    want = (in_channels, out_channels, image_size, classes.get("num_class_embeds"))
     if got != want:
         raise DdpmKitError(f"backbone.pretrained: '{folder}' has in/out channels, size and class embeddings "
                            f"{got}, the recipe needs {want} (data.channels, the variance's output channels, "

@@ -1,13 +1,9 @@
-"""diffusers' schedulers as sampler plugins: DDIM, DPM-Solver++, UniPC, Euler, Heun, DEIS, PNDM,
-LMS, KDPM2, ... whatever the installed diffusers ships.
+"""diffusers' schedulers as sampler plugins (``diffusers-<name>``): DDIM, DPM-Solver++, UniPC, Euler,
+Heun, DEIS, PNDM, LMS, KDPM2, ...
 
-The schedulers' code stays in diffusers; this module adapts. Every scheduler of diffusers'
-``KarrasDiffusionSchedulers`` family that takes ``trained_betas`` and ``prediction_type`` is
-registered as ``diffusers-<name>`` (NAMES; a test fails when a diffusers release adds one that is
-missing here), built from the run's exact betas (float64) and its parameterization's
-``diffusers_prediction_type`` (eps -> "epsilon", x0 -> "sample", v -> "v_prediction") with ``steps``
-inference steps. A run that predicts mu, or learns its variance, is refused with the samplers that
-can sample it. diffusers is imported only when a sampler is built, so listing plugins stays fast.
+The schedulers' code stays in diffusers; this module adapts it: each is built from the run's exact
+betas and its parameterization's ``diffusers_prediction_type`` (docs/sampling.md). diffusers is
+imported only when a sampler is built, so listing plugins stays fast.
 """
 
 from __future__ import annotations
@@ -111,11 +107,11 @@ class DiffusersSampler:
         return x
 
 
-def _factory(name: str, class_name: str, preset: dict[str, Any] | None = None):
+def _factory(name: str, class_name: str, preset: dict[str, Any]):
     def make(steps: int = 50, options: dict[str, Any] | None = None, num_timesteps: int | None = None,
              diffusion=None) -> DiffusersSampler:
         validate_steps(steps, num_timesteps)
-        sampler = DiffusersSampler(name, scheduler_class(class_name), steps, {**(preset or {}), **(options or {})})
+        sampler = DiffusersSampler(name, scheduler_class(class_name), steps, {**preset, **(options or {})})
         if diffusion is not None:
             sampler.scheduler(diffusion)  # refuse what the scheduler cannot express, before any training
         return sampler
@@ -127,7 +123,6 @@ def _factory(name: str, class_name: str, preset: dict[str, Any] | None = None):
 
 @hookimpl
 def register_samplers(register):
-    for class_name, name in NAMES.items():
-        register(f"diffusers-{name}", _factory(f"diffusers-{name}", class_name))
-    for name, (class_name, preset) in VARIANTS.items():
+    named = {name: (class_name, {}) for class_name, name in NAMES.items()}
+    for name, (class_name, preset) in {**named, **VARIANTS}.items():
         register(f"diffusers-{name}", _factory(f"diffusers-{name}", class_name, preset))

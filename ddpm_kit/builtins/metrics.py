@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +19,8 @@ from ..interfaces import Metric, Model
 class BitsPerDim(Metric):
     """The full variational bound L_T + sum L_{t-1} + L_0 in bits/dim on a split (eq. 5).
 
-    Saves per-image terms (eval/bpd_terms.npy: L_0..L_{T-1}, L_T), x0-hat errors, and plots of
-    bits per timestep and of rate-distortion (Fig. 5). Image i's noise comes from its own
-    generator (seed, i), so its terms do not depend on the batch size or the number of processes.
-
-    ``steps`` K: the bound of the K-step chain over evenly respaced timesteps (Nichol & Dhariwal
-    2021 section 4; the network is called at the original timesteps); ``variance``: a fixed
-    variance plugin (``fixed_beta_tilde``, say) in place of the run's, for runs trained with a
-    fixed one. Either makes the figures and files carry it: ``bpd_fixed_beta_tilde_50``,
-    ``..._stderr``, eval/bpd_fixed_beta_tilde_50_bpd_terms.npy.
+    Image i's noise comes from its own generator (seed, i), so its terms do not depend on the batch
+    size or the number of processes. Its settings, files and figures: docs/evaluation.md.
 
     A plugin computes the bound of another reverse process of the same network (Analytic-DPM's
     variance, say) by subclassing it with its own ``name`` and overriding ``chain``; its figures and
@@ -53,7 +47,7 @@ class BitsPerDim(Metric):
     def chain(self, context) -> tuple[GaussianDiffusion, Callable[[Model], Model]]:
         """The diffusion whose bound is computed, and how the network is called on it (a respaced
         chain's ``on_original_timesteps``): the run's own, respaced to ``steps``, with ``variance``."""
-        from ..respacing import on_original_timesteps, respace, validate_steps
+        from ..respacing import on_original_timesteps, respace
 
         d = context.diffusion
         try:
@@ -61,10 +55,9 @@ class BitsPerDim(Metric):
                 d = d.with_variance(context.components.registry.build("variance", self.variance, {}))
             if self.steps is None:
                 return d, lambda model: model
-            validate_steps(self.steps, d.num_timesteps)
+            short, timestep_map = respace(d, self.steps)  # steps checked by respacing.validate_steps
         except DdpmKitError as exc:
             raise DdpmKitError(f"metric '{self.name}': {exc}") from None
-        short, timestep_map = respace(d, self.steps)
         return short, lambda model: on_original_timesteps(model, timestep_map)
 
     def compute(self, context) -> dict[str, float]:
@@ -109,15 +102,9 @@ class ClassifierFID(Metric):
     beside its real-vs-real floor at the same sample count, and how many samples the classifier
     labels with confidence: for digit-like data, offline. Names its extractor.
 
-    ``fid``: N samples against the test split; ``fid_real_floor``: N training images against the
-    same test split (what FID a perfect model would get with N samples); ``confident``: the
-    fraction of samples whose top class has probability > 0.9, beside ``confident_real`` for the
-    test split (images the classifier has not seen, like the samples). ``fid_stderr``: the
-    bootstrap standard error of ``fid`` over the draw of the samples; ``confident_stderr``: the
-    binomial one, sqrt(p (1 - p) / N). The test split's and the floor's statistics depend only on
-    the extractor and the data settings and are cached. Writes eval/fid_features_<N>[_<sampler
-    tag>].npz: the samples' features, confident flags and seed beside the test split's statistics, what
-    ``ddpm-kit report`` needs to compare two runs' samples index by index.
+    Each figure it reports, and eval/fid_features_<N>[_<sampler tag>].npz (what ``ddpm-kit report``
+    compares index by index), is described in docs/evaluation.md. The test split's and the floor's
+    statistics depend only on the extractor and the data settings and are cached.
     """
 
     name = "fid"
@@ -136,7 +123,7 @@ class ClassifierFID(Metric):
         fake, fake_y = context.labelled_samples(self.num_samples)
         floor_n = min(len(fake), len(train_x))
         key = {"extractor": f"classifier-{digest}", "data": context.data_key()}
-        summary = _FeatureSummary(context, net, int(train_y.max()) + 1)
+        summary = partial(_feature_summary, context, net, int(train_y.max()) + 1)
         test = context.cached({**key, "split": self.split, "rows": len(real)},
                               lambda: summary(real, f"features: {self.split} split", real_y))
         train = context.cached({**key, "split": "train", "rows": floor_n},
@@ -160,27 +147,22 @@ class ClassifierFID(Metric):
                 "fid_extractor": f"classifier-{digest} (test acc {float(test['accuracy']):.3f})"}
 
 
-class _FeatureSummary:
+def _feature_summary(context, net, num_classes: int, x: torch.Tensor, what: str, labels: torch.Tensor | None = None,
+                     keep_features: bool = False) -> dict[str, np.ndarray]:
     """A set of images as the classifier sees it: the Gaussian of its features, the confident
     fraction, the classifier score and (given labels) the accuracy. Work shared by the processes."""
+    from ..features import FeatureStats, classifier_score, confident_fraction, confident_rows, features_and_probs
 
-    def __init__(self, context, net, num_classes: int) -> None:
-        self.context, self.net, self.num_classes = context, net, num_classes
-
-    def __call__(self, x: torch.Tensor, what: str, labels: torch.Tensor | None = None,
-                 keep_features: bool = False) -> dict[str, np.ndarray]:
-        from ..features import FeatureStats, classifier_score, confident_fraction, confident_rows, features_and_probs
-
-        both = self.context.map_rows(x, lambda b: np.concatenate(features_and_probs(self.net, b), 1), desc=what)
-        feats, probs = both[:, :-self.num_classes], both[:, -self.num_classes:]
-        out = {**FeatureStats.fit(feats).arrays(), "confident": np.asarray(confident_fraction(probs)),
-               "classifier_score": np.asarray(classifier_score(probs))}
-        if keep_features:
-            out["features"], out["confident_rows"] = feats, confident_rows(probs)
-        if labels is not None:
-            out["accuracy"] = np.asarray((probs.argmax(1) == labels.numpy()).mean())
-            out["predicted"] = probs.argmax(1)
-        return out
+    both = context.map_rows(x, lambda b: np.concatenate(features_and_probs(net, b), 1), desc=what)
+    feats, probs = both[:, :-num_classes], both[:, -num_classes:]
+    out = {**FeatureStats.fit(feats).arrays(), "confident": np.asarray(confident_fraction(probs)),
+           "classifier_score": np.asarray(classifier_score(probs))}
+    if keep_features:
+        out["features"], out["confident_rows"] = feats, confident_rows(probs)
+    if labels is not None:
+        out["accuracy"] = np.asarray((probs.argmax(1) == labels.numpy()).mean())
+        out["predicted"] = probs.argmax(1)
+    return out
 
 
 def class_accuracy(samples: dict[str, np.ndarray], labels: torch.Tensor | None) -> dict[str, float]:

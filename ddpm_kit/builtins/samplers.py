@@ -14,16 +14,9 @@ from ..noise import NoiseSource, randn_like
 
 
 @torch.no_grad()
-def sample_ancestral(
-    diffusion,
-    model: Model,
-    x_T: torch.Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    callback: Callable[[dict[str, Any]], None] | None = None,
-    noise: NoiseSource | None = None,
-    clip_denoised: bool = True,
-) -> torch.Tensor:
+def sample_ancestral(diffusion, model: Model, x_T: torch.Tensor, *, generator: torch.Generator | None = None,
+                     callback: Callable[[dict[str, Any]], None] | None = None, noise: NoiseSource | None = None,
+                     clip_denoised: bool = True) -> torch.Tensor:
     """Algorithm 2: x_{t-1} = mu_theta(x_t, t) + sigma_t z, with no noise at the last step."""
     x = x_T
     for i in reversed(range(diffusion.num_timesteps)):
