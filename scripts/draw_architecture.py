@@ -16,8 +16,8 @@ RECIPE_KEY = [  # (what happens, where)
     ('diffusion.variance = { name = "fixed_beta" }', "recipe file (TOML), --set overrides, extends"),
     ("Recipe.model_validate: the recipe's own keys", "recipe.py (pydantic)"),
     ('COMPONENT_KEYS["diffusion.variance"] -> "variance"', "recipe.py: the one key -> kind table"),
-    ("registry.resolve('variance', 'fixed_beta')", "plugins.py: the provider, or 'did you mean'"),
-    ("validate_params: the factory's signature", "plugins.py (engine context from KINDS left out)"),
+    ("registry.resolve('variance', 'fixed_beta')", "plugins/registry.py: the provider, or 'did you mean'"),
+    ("validate_params: the factory's signature", "plugins/parameters.py (engine context from KINDS left out)"),
     ("build_components walks the same table", "engine/components.py: build_at(key)"),
     ("FixedBeta() -> GaussianDiffusion(...)", "builtins/variances.py -> diffusion.py"),
 ]
