@@ -197,6 +197,7 @@ class RunFolder:
     model = property(lambda self: self.path / "model")
     samples = property(lambda self: self.path / "samples")
     eval = property(lambda self: self.path / "eval")
+    resume_command = property(lambda self: RESUME.format(run=self.path))  # continues it from its latest checkpoint
 
     def checkpoint_dir(self, step: int) -> Path:
         return self.checkpoints / f"step_{step:07d}"
