@@ -134,9 +134,8 @@ def sha256(path: Path) -> str:
 def write_manifest(folder: Path, step: int | None) -> None:
     """Record every file's size and SHA-256 (written last: a folder with a manifest is complete)."""
     files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in sorted(folder.iterdir()) if p.is_file()}
-    tmp = folder / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps({"step": step, "files": files}, indent=1))
-    tmp.rename(folder / MANIFEST)
+    with atomic_file(folder / MANIFEST) as tmp:
+        tmp.write_text(json.dumps({"step": step, "files": files}, indent=1))
 
 
 def verify_manifest(folder: Path, only: str | None = None) -> str | None:
