@@ -63,8 +63,7 @@ class EvalContext:
 
     def images(self, split: str = "test", limit: int | None = None) -> torch.Tensor:
         """Data in [-1, 1], the first ``limit`` images of a split."""
-        pixels = self.components.data.rows(split)
-        return to_model_range(pixels[: min(limit, len(pixels)) if limit else len(pixels)])
+        return to_model_range(self.components.data.rows(split)[:limit or None])
 
     def labelled(self, split: str, label_column: str = "label") -> tuple[torch.Tensor, torch.Tensor]:
         """A split's images in [-1, 1] and its integer labels."""
