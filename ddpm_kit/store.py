@@ -32,11 +32,8 @@ PIXELS = "pixels.u8"
 def store_root(configured: str | None = None) -> Path:
     """The folder that holds prepared splits: ``data.store_dir``, else ``$DDPM_KIT_DATA_STORE``, else
     ``<cache>/data-store``."""
-    if configured:
-        return Path(configured).expanduser()
-    if os.environ.get("DDPM_KIT_DATA_STORE"):
-        return Path(os.environ["DDPM_KIT_DATA_STORE"]).expanduser()
-    return cache_root() / "data-store"
+    chosen = configured or os.environ.get("DDPM_KIT_DATA_STORE")
+    return Path(chosen).expanduser() if chosen else cache_root() / "data-store"
 
 
 def fingerprint(source: dict[str, Any], split_fingerprint: str, split: str, image_size: int, channels: int,
