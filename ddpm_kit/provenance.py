@@ -47,8 +47,8 @@ def library_versions() -> dict[str, str | None]:
 
 
 def record(run: RunFolder, command: str, registry: Registry, recipe: Recipe, state, **extra: Any) -> None:
-    """Append this command's record (what it runs with; ``extra``: the step it resumes, what it writes) on
-    the main process; a resume first says in one line what changed since training last ran."""
+    """Append this command's record to provenance.jsonl (main process; ``extra``: the step it resumes,
+    what it writes); a resume first says in one line what changed since training last ran."""
     if not state.is_main_process:
         return
     import torch
