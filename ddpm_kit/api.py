@@ -62,8 +62,7 @@ class FinishedRun:
         """The first ``limit`` images of a split, in [-1, 1] (as the network was trained on them)."""
         from .images import to_model_range
 
-        pixels = self._components.data.rows(split)
-        return to_model_range(pixels[: min(limit, len(pixels)) if limit else len(pixels)]).to(self.device)
+        return to_model_range(self._components.data.rows(split)[:limit or None]).to(self.device)
 
     @property
     def is_main_process(self) -> bool:

@@ -17,8 +17,7 @@ from typing import Any
 def cache_root() -> Path:
     """The folder that holds every cache: ``$DDPM_KIT_CACHE``, else ``$XDG_CACHE_HOME/ddpm-kit``, else
     ``~/.cache/ddpm-kit``."""
-    configured = os.environ.get("DDPM_KIT_CACHE")
-    if configured:
+    if configured := os.environ.get("DDPM_KIT_CACHE"):
         return Path(configured)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpm-kit"
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 
 class DdpmKitError(Exception):
@@ -31,3 +32,12 @@ def one_line(exc: BaseException) -> str:
     """``TypeName: message`` on one line."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextmanager
+def prefixed(prefix: str) -> Iterator[None]:
+    """A ``DdpmKitError`` raised inside, again as one line that starts with ``prefix`` (a file and key, say)."""
+    try:
+        yield
+    except DdpmKitError as exc:
+        raise DdpmKitError(f"{prefix}: {exc}") from None

@@ -68,8 +68,8 @@ def decode_images(items, image_size: int, channels: int, resize: str) -> np.ndar
     return np.stack(arrays)
 
 
-def to_uint8_tensor(ds: datasets.Dataset, image_size: int, channels: int, resize: str) -> torch.Tensor:
-    """A whole split as uint8 [N, C, H, W], held in memory (the engine uses ``store.prepared_split``)."""
+def undecoded(ds: datasets.Dataset) -> tuple[datasets.Dataset, str]:
+    """The split with its image column left encoded (decoded by ``decode_images``), and that column."""
     import datasets
 
     if len(ds) == 0:
@@ -77,6 +77,12 @@ def to_uint8_tensor(ds: datasets.Dataset, image_size: int, channels: int, resize
     column = image_column(ds)
     if isinstance(ds.features.get(column), datasets.Image):
         ds = ds.cast_column(column, datasets.Image(decode=False))
+    return ds, column
+
+
+def to_uint8_tensor(ds: datasets.Dataset, image_size: int, channels: int, resize: str) -> torch.Tensor:
+    """A whole split as uint8 [N, C, H, W], held in memory (the engine uses ``store.prepared_split``)."""
+    ds, column = undecoded(ds)
     return torch.from_numpy(decode_images(ds[column], image_size, channels, resize))
 
 

@@ -1,7 +1,5 @@
-"""Noise that belongs to an image, not to a batch: ``ImageNoise`` gives each image its own generator,
-seeded by (seed, image index), so image i's noise is the same whichever batch or process computes
-it (docs/training.md). Samplers draw through ``randn_like`` (docs/writing-a-plugin.md).
-"""
+"""Noise that belongs to an image, not to a batch (``ImageNoise``, seeded by (seed, image index):
+docs/training.md); samplers draw through ``randn_like`` (docs/writing-a-plugin.md)."""
 
 from __future__ import annotations
 

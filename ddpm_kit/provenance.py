@@ -13,9 +13,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import click
+
 from . import __version__
 from .plugins import Registry
 from .recipe import Recipe
+from .runs import RunFolder
 
 LIBRARIES = ("torch", "diffusers", "accelerate", "datasets", "safetensors", "pluggy", "numpy")
 
@@ -43,8 +46,11 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def record(command: str, registry: Registry, recipe: Recipe, state, **extra: Any) -> dict[str, Any]:
-    """This command's record: what it runs with, and ``extra`` (the step it resumes, what it writes)."""
+def record(run: RunFolder, command: str, registry: Registry, recipe: Recipe, state, **extra: Any) -> None:
+    """Append this command's record to provenance.jsonl (main process; ``extra``: the step it resumes,
+    what it writes); a resume first says in one line what changed since training last ran."""
+    if not state.is_main_process:
+        return
     import torch
 
     from .engine.distributed import describe
@@ -57,11 +63,16 @@ def record(command: str, registry: Registry, recipe: Recipe, state, **extra: Any
         components[key] = {"name": component.name, "plugin": plugin.name, "distribution": plugin.distribution,
                            "version": plugin.version}
     plugins = sorted({(p.distribution, p.version, p.name) for p in registry.plugins.info.values()})
-    return {"command": command, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra,
-            "ddpm_kit": source(), "libraries": library_versions(), "components": components,
-            "plugins": [{"name": n, "distribution": d, "version": v} for d, v, n in plugins],
-            "broken_plugins": [str(f) for f in registry.failures],
-            "processes": {**describe(state), "device_name": gpu or platform.processor() or platform.machine()}}
+    now = {"command": command, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra,
+           "ddpm_kit": source(), "libraries": library_versions(), "components": components,
+           "plugins": [{"name": n, "distribution": d, "version": v} for d, v, n in plugins],
+           "broken_plugins": [str(f) for f in registry.failures],
+           "processes": {**describe(state), "device_name": gpu or platform.processor() or platform.machine()}}
+    if command == "resume":
+        trained = [r for r in run.read_provenance() if r.get("command") in ("run", "resume")]
+        if trained and (changed := changes(trained[-1], now)):
+            click.echo(f"note: since {run.path} last trained: {'; '.join(changed)}", err=True)
+    run.record_provenance(now)
 
 
 def changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:

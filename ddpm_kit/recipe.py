@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import DdpmKitError, did_you_mean
+from .errors import DdpmKitError, did_you_mean, prefixed
 from .plugins import Registry
 from .plugins.parameters import ParamError, validate_params
 from .plugins.registry import run_check
@@ -263,10 +263,8 @@ def validate_recipe(data: dict[str, Any], registry: Registry, source: str) -> Re
     except pydantic.ValidationError as exc:
         raise DdpmKitError(format_validation_error(source, exc)) from None
     for key, kind, comp in recipe.components():
-        try:
+        with prefixed(f"{source}: {key}.name"):
             provider = registry.resolve(kind, comp.name)
-        except DdpmKitError as exc:
-            raise DdpmKitError(f"{source}: {key}.name: {exc}") from None
         try:
             values = validate_params(provider, comp.params)
             if kind != "dataset":  # a dataset's check runs when its data are needed

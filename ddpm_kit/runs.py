@@ -134,9 +134,8 @@ def sha256(path: Path) -> str:
 def write_manifest(folder: Path, step: int | None) -> None:
     """Record every file's size and SHA-256 (written last: a folder with a manifest is complete)."""
     files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in sorted(folder.iterdir()) if p.is_file()}
-    tmp = folder / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps({"step": step, "files": files}, indent=1))
-    tmp.rename(folder / MANIFEST)
+    with atomic_file(folder / MANIFEST) as tmp:
+        tmp.write_text(json.dumps({"step": step, "files": files}, indent=1))
 
 
 def verify_manifest(folder: Path, only: str | None = None) -> str | None:
@@ -197,6 +196,7 @@ class RunFolder:
     model = property(lambda self: self.path / "model")
     samples = property(lambda self: self.path / "samples")
     eval = property(lambda self: self.path / "eval")
+    resume_command = property(lambda self: RESUME.format(run=self.path))  # continues it from its latest checkpoint
 
     def checkpoint_dir(self, step: int) -> Path:
         return self.checkpoints / f"step_{step:07d}"

@@ -1,8 +1,7 @@
 """Every seed ddpm-kit derives, in one place: from the run's seed and where a draw happens.
 
 Nothing random in training, sampling or evaluation comes from a process's global RNG or from the
-order in which batches happen to run; each draw has its own generator, seeded by what identifies
-it:
+order batches run in; each draw has its own generator, seeded by what identifies it:
 
 - a training (micro-)step's global batch (row indices, flips, label dropout, timesteps, noise):
   (run seed, step, micro-step) -> ``step_seed``;
@@ -10,10 +9,8 @@ it:
 - an image of sampling or bits/dim (x_T and every step's noise): (seed, image index) -> ``image_seed``;
 - the samples evaluation draws for itself: ``evaluation_sample_seed(run seed)``.
 
-So P processes with batch B/P train like one process with batch B, a resumed run sees the batches
-of an uninterrupted one, and image i is the same whatever batch or process computes it. Changing
-any formula here changes every run's numbers (and a run resumed across the change would not
-continue the batches it started with).
+What that buys (P processes train like one, a resumed run like an uninterrupted one): docs/training.md.
+Changing any formula here changes every run's numbers, and a run resumed across the change.
 """
 
 from __future__ import annotations

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from .cache import cache_root, content_hash
-from .images import decode_images, image_column
-from .errors import DdpmKitError
+from .images import decode_images, undecoded
 from .progress import progress_bar
 
 STORE_FORMAT = 1
@@ -33,11 +32,8 @@ PIXELS = "pixels.u8"
 def store_root(configured: str | None = None) -> Path:
     """The folder that holds prepared splits: ``data.store_dir``, else ``$DDPM_KIT_DATA_STORE``, else
     ``<cache>/data-store``."""
-    if configured:
-        return Path(configured).expanduser()
-    if os.environ.get("DDPM_KIT_DATA_STORE"):
-        return Path(os.environ["DDPM_KIT_DATA_STORE"]).expanduser()
-    return cache_root() / "data-store"
+    chosen = configured or os.environ.get("DDPM_KIT_DATA_STORE")
+    return Path(chosen).expanduser() if chosen else cache_root() / "data-store"
 
 
 def fingerprint(source: dict[str, Any], split_fingerprint: str, split: str, image_size: int, channels: int,
@@ -46,18 +42,6 @@ def fingerprint(source: dict[str, Any], split_fingerprint: str, split: str, imag
     key = {"format": STORE_FORMAT, "source": source, "split": split, "split_fingerprint": split_fingerprint,
            "image_size": image_size, "channels": channels, "resize": resize}
     return content_hash(key, length=20)
-
-
-def _undecoded(ds) -> tuple[Any, str]:
-    """The split with its image column left encoded (decoded by ``decode_images``), and that column."""
-    import datasets
-
-    if len(ds) == 0:
-        raise DdpmKitError("dataset split is empty")
-    column = image_column(ds)
-    if isinstance(ds.features.get(column), datasets.Image):
-        ds = ds.cast_column(column, datasets.Image(decode=False))
-    return ds, column
 
 
 def _row_indices(index, rows: int) -> np.ndarray:
@@ -125,7 +109,7 @@ def _decode_range(bounds: tuple[int, int]) -> int:
 def build_store(ds, folder: Path, image_size: int, channels: int, resize: str, *, workers: int | None = None,
                 chunk: int = 256, progress: bool = True, desc: str = "preparing data") -> PixelStore:
     """Decode ``ds`` into ``folder`` (written under a temporary name, renamed when complete)."""
-    ds, column = _undecoded(ds)
+    ds, column = undecoded(ds)
     shape = (len(ds), channels, image_size, image_size)
     tmp = folder.with_name(f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
@@ -213,7 +197,7 @@ class EncodedSplit:
     decoded size would not fit on disk. Same interface as ``PixelStore``."""
 
     def __init__(self, ds, image_size: int, channels: int, resize: str) -> None:
-        ds, self.column = _undecoded(ds)
+        ds, self.column = undecoded(ds)
         self.ds, self.settings = ds, (image_size, channels, resize)
         self.shape = (len(ds), channels, image_size, image_size)
 

@@ -48,7 +48,7 @@ def run_recipe(registry: Registry, recipe_file: Path, overrides: list[str], *, r
     prepare_run_folder(run, resolved, recipe_file, resume=resume, overwrite=overwrite, state=state)
     for note in shadowing_notes(recipe, registry) if state.is_main_process else ():
         click.echo(f"note: {recipe_file}: {note}", err=True)
-    record_provenance(run, "resume" if resume else "run", registry, recipe, state)
+    provenance.record(run, "resume" if resume else "run", registry, recipe, state)
     trainer.fit(resume=resume)
     try:
         if do_sample:
@@ -82,19 +82,6 @@ def prepare_run_folder(run: RunFolder, resolved: dict, recipe_file: Path, *, res
     state.wait_for_everyone()
 
 
-def record_provenance(run: RunFolder, command: str, registry: Registry, recipe, state, **extra) -> None:
-    """Append this command's provenance record (main process); a resume first says in one line what
-    changed since training last ran (a plugin upgraded under the run, say) and carries on."""
-    if not state.is_main_process:
-        return
-    now = provenance.record(command, registry, recipe, state, **extra)
-    if command == "resume":
-        trained = [r for r in run.read_provenance() if r.get("command") in ("run", "resume")]
-        if trained and (changed := provenance.changes(trained[-1], now)):
-            click.echo(f"note: since {run.path} last trained: {'; '.join(changed)}", err=True)
-    run.record_provenance(now)
-
-
 def load_run(registry: Registry, run_dir: Path,
              override: SamplingOverride = SamplingOverride()) -> tuple[Components, RunFolder]:
     """A finished run's components, its recipe changed for this call by ``override``."""
@@ -112,7 +99,7 @@ def sample_from_run(registry: Registry, run_dir: Path, *, num_images: int | None
     components, run = load_run(registry, run_dir, override)
     name = name or run.sample_name(override.tag(components.recipe))
     state = process_state()
-    record_provenance(run, "sample", registry, components.recipe, state, writes=run.samples_file(name).name)
+    provenance.record(run, "sample", registry, components.recipe, state, writes=run.samples_file(name).name)
     sample_run(components, run, num_images or components.recipe.sample.num_images, device_for(state, device),
                name=name, seed=seed, use_ema=use_ema, state=state)
 
@@ -141,7 +128,7 @@ def evaluate_run(registry: Registry, run_dir: Path, *, limit: int | None, use_em
             only = f"{only}_{'.'.join(key)}{value}"
     state = process_state()
     tag = override.tag(components.recipe)
-    record_provenance(run, "evaluate", registry, components.recipe, state,
+    provenance.record(run, "evaluate", registry, components.recipe, state,
                       writes=run.results_file(only, None if only is None else tag).name)
     return evaluate(components, run, device_for(state, device), use_ema=use_ema, metrics=metrics, overrides=overrides,
                     state=state, sample_tag=tag, only=only)

@@ -19,7 +19,7 @@ from ..hookspecs import hookimpl
 from ..interfaces import CannotSample
 from ..respacing import validate_steps
 
-NAMES = {  # diffusers class -> sampler name (classes not listed get their lowercased name)
+NAMES = {  # diffusers class -> sampler name
     "DDIMScheduler": "ddim", "DDPMScheduler": "ddpm", "PNDMScheduler": "pndm", "LMSDiscreteScheduler": "lms",
     "EulerDiscreteScheduler": "euler", "HeunDiscreteScheduler": "heun",
     "EulerAncestralDiscreteScheduler": "euler-ancestral", "DPMSolverMultistepScheduler": "dpm-solver++",

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..diffusion import GaussianDiffusion
-from ..errors import DdpmKitError
+from ..errors import DdpmKitError, prefixed
 from ..hookspecs import hookimpl
 from ..interfaces import Metric, Model
 
@@ -50,14 +50,12 @@ class BitsPerDim(Metric):
         from ..respacing import on_original_timesteps, respace
 
         d = context.diffusion
-        try:
+        with prefixed(f"metric '{self.name}'"):
             if self.variance is not None:
                 d = d.with_variance(context.components.registry.build("variance", self.variance, {}))
             if self.steps is None:
                 return d, lambda model: model
             short, timestep_map = respace(d, self.steps)  # steps checked by respacing.validate_steps
-        except DdpmKitError as exc:
-            raise DdpmKitError(f"metric '{self.name}': {exc}") from None
         return short, lambda model: on_original_timesteps(model, timestep_map)
 
     def compute(self, context) -> dict[str, float]:

@@ -93,8 +93,7 @@ def _written_or_explained(run: RunFolder, step: int, tmp: Path):
         last = run.latest_checkpoint(report=lambda _: None)
         kept = f"{last.path} (step {last.step}) is intact" if last else "no earlier checkpoint exists"
         raise DdpmKitError(f"could not write the checkpoint of step {step} to {tmp.parent} ({_reason(exc)}); "
-                           f"{kept}: free space, then resume with `ddpm-kit run {run.recipe_file} --run-dir "
-                           f"{run.path} --resume latest`") from exc
+                           f"{kept}: free space, then resume with `{run.resume_command}`") from exc
 
 
 def _reason(exc: Exception) -> str:
@@ -112,7 +111,7 @@ def load_run_model(components: Components, run: RunFolder, *, use_ema: bool, dev
 
     model = components.build_backbone()
     weights = run.weights_file(use_ema)
-    again = f"`ddpm-kit run {run.recipe_file} --run-dir {run.path} --resume latest`"
+    again = f"`{run.resume_command}`"
     problem = run.weights_problem(weights)
     if problem == "missing":
         raise DdpmKitError(f"{run.path}: no trained weights at {weights}; finish training with {again}")

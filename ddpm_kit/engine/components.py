@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..diffusion import GaussianDiffusion
-from ..errors import DdpmKitError
+from ..errors import DdpmKitError, prefixed
 from ..interfaces import CannotSample, Objective, Sampler
 from ..plugins import Registry
 from ..recipe import COMPONENT_KEYS, Recipe
@@ -44,10 +44,8 @@ class Components:
                 raise DdpmKitError(f"{self.source}: conditioning: backbone '{r.backbone.name}' takes no class labels "
                                    "(its factory has no num_classes parameter); use unet2d, or drop [conditioning]")
             context["num_classes"] = self.num_classes
-        try:
+        with prefixed(f"{self.source}: backbone"):
             return self.registry.build("backbone", r.backbone.name, r.backbone.params, **context)
-        except DdpmKitError as exc:
-            raise DdpmKitError(f"{self.source}: backbone: {exc}") from None
 
     @property
     def num_classes(self) -> int | None:
@@ -74,10 +72,8 @@ def build_components(recipe: Recipe, registry: Registry, source: str = "recipe",
     diffusion = GaussianDiffusion(*(build_at(recipe, registry, source, f"diffusion.{part}")
                                     for part in ("schedule", "parameterization", "variance", "decoder")))
     objective = build_at(recipe, registry, source, "objective")
-    try:
+    with prefixed(f"{source}: objective"):
         objective.validate_diffusion(diffusion)
-    except DdpmKitError as exc:
-        raise DdpmKitError(f"{source}: objective: {exc}") from None
     context = {"num_timesteps": diffusion.num_timesteps, "diffusion": diffusion, "run_dir": run_dir,
                "registry": registry}
     try:

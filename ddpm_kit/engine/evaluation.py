@@ -63,8 +63,7 @@ class EvalContext:
 
     def images(self, split: str = "test", limit: int | None = None) -> torch.Tensor:
         """Data in [-1, 1], the first ``limit`` images of a split."""
-        pixels = self.components.data.rows(split)
-        return to_model_range(pixels[: min(limit, len(pixels)) if limit else len(pixels)])
+        return to_model_range(self.components.data.rows(split)[:limit or None])
 
     def labelled(self, split: str, label_column: str = "label") -> tuple[torch.Tensor, torch.Tensor]:
         """A split's images in [-1, 1] and its integer labels."""
@@ -204,12 +203,11 @@ def checked_figures(provider: Provider, figures: Any) -> dict[str, float | int |
 
 
 def evaluate(components: Components, run: RunFolder, device: torch.device, *, use_ema: bool | None = None,
-             metrics: list[Component] | None = None, overrides: dict[str, dict[str, Any]] | None = None, state=None,
-             sample_tag: str | None = None, only: str | None = None) -> dict[str, Any]:
+             metrics: list[Component] | None = None, overrides: dict[str, dict[str, Any]] | None = None,
+             state=LocalState(), sample_tag: str | None = None, only: str | None = None) -> dict[str, Any]:
     """The evaluation stage: ``metrics`` (default: the recipe's ``eval.metrics``) of the run's final
     weights, on every process of ``state``; the main process prints them and writes
     eval/metrics.json, or eval/<only>[_<sample_tag>].json when one metric was asked for."""
-    state = state or LocalState()
     started = time.time()
     use_ema = components.recipe.eval.use_ema if use_ema is None else use_ema
     model = load_run_model(components, run, use_ema=use_ema, device=device)

@@ -159,17 +159,16 @@ def sample_labels(components: Components, num_images: int) -> torch.Tensor | Non
 @torch.inference_mode()
 def sample_images(components: Components, model: torch.nn.Module, num_images: int, device: torch.device, *,
                   seed: int | None = None, callback: Callable[[dict[str, Any]], None] | None = None,
-                  state=None) -> torch.Tensor:
+                  state=LocalState()) -> torch.Tensor:
     """``num_images`` samples as uint8 [N, C, H, W], on every process of ``state``.
 
-    ``state`` (an accelerate ``PartialState``) splits the batches over its processes; None samples
-    in this process alone. ``callback`` sees the steps of the batch that holds image 0. A
+    ``state`` (an accelerate ``PartialState``) splits the batches over its processes; by default
+    this process samples alone. ``callback`` sees the steps of the batch that holds image 0. A
     conditional run draws image i of class ``sample_labels(...)[i]`` with ``sample.guidance_scale``.
     """
     s, data = components.recipe.sample, components.recipe.data
     labels = sample_labels(components, num_images)
     seed = s.seed if seed is None else seed
-    state = state or LocalState()
     model = prepare_for_sampling(model, components)
     bar = StepBar(len(my_batches(state, num_images, s.batch_size)), enabled=state.is_main_process)
     provider = components.registry.resolve("sampler", s.sampler.name)
@@ -242,10 +241,9 @@ class ProgressiveChain:
 
 
 def sample_run(components: Components, run: RunFolder, num_images: int, device: torch.device, *,
-               name: str = "final", seed: int | None = None, use_ema: bool = True, state=None) -> None:
+               name: str = "final", seed: int | None = None, use_ema: bool = True, state=LocalState()) -> None:
     """The sampling stage: ``num_images`` samples of the run's final weights by every process, written
     by the main process to samples/<name>.png/.npz with the progressive grid samples/<name>_progressive.png."""
-    state = state or LocalState()
     model = load_run_model(components, run, use_ema=use_ema, device=device)
     started, chain = time.time(), ProgressiveChain()
     images = sample_images(components, model, num_images, device, seed=seed, callback=chain, state=state)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..errors import DdpmKitError
+from ..errors import DdpmKitError, prefixed
 from ..plugins import Registry
 from ..plugins.registry import Validated
 from ..recipe import Recipe
@@ -33,10 +33,8 @@ class RunData:
         """The dataset's parameters, through its plugin's declared cheap check (a folder that exists,
         say) once; nothing is loaded."""
         dataset = self.recipe.data.dataset
-        try:
+        with prefixed(f"{self.source}: data.dataset"):
             return self.registry.validate("dataset", dataset.name, dataset.params)
-        except DdpmKitError as exc:
-            raise DdpmKitError(f"{self.source}: data.dataset: {exc}") from None
 
     def validate(self) -> None:
         self.validated  # noqa: B018 (computed once)
@@ -45,10 +43,8 @@ class RunData:
     def dataset(self) -> Any:
         """The dataset plugin's DatasetDict."""
         validated = self.validated
-        try:
+        with prefixed(f"{self.source}: data.dataset"):
             return validated.build()
-        except DdpmKitError as exc:
-            raise DdpmKitError(f"{self.source}: data.dataset: {exc}") from None
 
     def split(self, name: str) -> Any:
         """One split of the dataset (a ``datasets.Dataset``)."""
@@ -90,10 +86,8 @@ class RunData:
         if c is None:
             return None
         if split not in self._labels:
-            try:
+            with prefixed(f"{self.source}: conditioning.label"):
                 labels = self.label_column(split, c.label)
-            except DdpmKitError as exc:
-                raise DdpmKitError(f"{self.source}: conditioning.label: {exc}") from None
             if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= c.num_classes):
                 raise DdpmKitError(f"{self.source}: conditioning.num_classes: the '{split}' split's labels run "
                                    f"{int(labels.min())}..{int(labels.max())}, outside 0..{c.num_classes - 1}")

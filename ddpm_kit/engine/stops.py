@@ -95,6 +95,5 @@ class Interrupted(DdpmKitError):
     def __init__(self, step: int, run: RunFolder, signum: int = signal.SIGINT) -> None:
         self.exit_code = 128 + signum
         what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-        super().__init__(f"{what} after step {step}; checkpoint saved, continue with "
-                         f"`ddpm-kit run {run.recipe_file} --run-dir {run.path} --resume latest` "
+        super().__init__(f"{what} after step {step}; checkpoint saved, continue with `{run.resume_command}` "
                          f"(exit status {self.exit_code})")
