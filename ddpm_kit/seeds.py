@@ -10,7 +10,8 @@ order batches run in; each draw has its own generator, seeded by what identifies
 - the samples evaluation draws for itself: ``evaluation_sample_seed(run seed)``.
 
 What that buys (P processes train like one, a resumed run like an uninterrupted one): docs/training.md.
-Changing any formula here changes every run's numbers, and a run resumed across the change.
+Changing any formula here changes every run's numbers (and a run resumed across the change would not
+continue the batches it started with).
 """
 
 from __future__ import annotations

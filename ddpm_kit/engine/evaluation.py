@@ -87,21 +87,22 @@ class EvalContext:
         guidance and weights drew them, else drawn now by all processes together (and kept as
         samples/eval_<n>[_<tag>].npz, reused on the same condition)."""
         seed = self.samples_seed = evaluation_sample_seed(self.seed)
-        if self.keep_samples:
-            mine = drawn_by(self.components, self.use_ema)
-            name = self.run.metric_sample_name(n, self.sample_tag)
-            for stored, drawn_with in ((self.run.read_samples(), self.components.recipe.sample.seed),
-                                       (self.run.read_samples(name), seed)):
-                if stored is not None and stored.drawn_by == mine and len(stored.images) >= n:
-                    self.samples_seed = drawn_with
-                    labels = stored.labels
-                    return to_model_range(stored.images[:n]), None if labels is None else labels[:n]
+        if not self.keep_samples:
+            images = sample_images(self.components, self.model, n, self.device, seed=seed, state=self.state)
+            return to_model_range(images), sample_labels(self.components, n)
+        mine = drawn_by(self.components, self.use_ema)
+        name = self.run.metric_sample_name(n, self.sample_tag)
+        for stored, drawn_with in ((self.run.read_samples(), self.components.recipe.sample.seed),
+                                   (self.run.read_samples(name), seed)):
+            if stored is not None and stored.drawn_by == mine and len(stored.images) >= n:
+                self.samples_seed = drawn_with
+                labels = stored.labels
+                return to_model_range(stored.images[:n]), None if labels is None else labels[:n]
         images = sample_images(self.components, self.model, n, self.device, seed=seed, state=self.state)
         labels = sample_labels(self.components, n)
-        if self.keep_samples:
-            if self.is_main_process:
-                self.run.save_samples(images, name, labels, mine)
-            self.state.wait_for_everyone()
+        if self.is_main_process:
+            self.run.save_samples(images, name, labels, mine)
+        self.state.wait_for_everyone()
         return to_model_range(images), labels
 
     def image_noise(self, rows: range) -> ImageNoise:

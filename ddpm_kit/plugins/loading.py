@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
 
-from .. import __version__, builtins, hookspecs
+from .. import __version__, hookspecs
 from ..errors import DdpmKitError, did_you_mean, one_line
 
 ENTRY_POINT_GROUP = "ddpm_kit"
 BUILTIN_DISTRIBUTION = "ddpm-kit"
 
-# every module of ddpm_kit.builtins is a plugin (in the order of their names)
-DEFAULT_PLUGINS = tuple(f"{builtins.__name__}.{m.name}" for m in pkgutil.iter_modules(builtins.__path__))
+DEFAULT_PLUGINS: tuple[str, ...] = tuple(f"ddpm_kit.builtins.{module}" for module in (
+    "schedules", "parameterizations", "variances", "decoders", "samplers", "diffusers_samplers", "objectives",
+    "backbones", "datasets", "metrics"))
 
 
 @dataclass(frozen=True)
