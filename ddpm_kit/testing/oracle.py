@@ -11,6 +11,7 @@ independently of ddpm_kit's diffusion code, so tests can hold the library (and a
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,14 +27,22 @@ def linear_betas(T: int = 1000) -> np.ndarray:
     return np.linspace(1e-4, 0.02, T, dtype=np.float64)
 
 
-def _posterior(betas: np.ndarray):
+class _Posterior(NamedTuple):
     """alpha-bar_t and the posterior q(x_{t-1} | x_t, x0) (eqs. 6-7): its mean's coefficients,
     mu~ = c1 x0 + c2 x_t, and its variance beta-tilde_t."""
+
+    alpha_bar: np.ndarray
+    c1: np.ndarray
+    c2: np.ndarray
+    variance: np.ndarray
+
+
+def _posterior(betas: np.ndarray) -> _Posterior:
     ab = np.cumprod(1 - betas)
     ab_prev = np.append(1.0, ab[:-1])
     c1 = betas * np.sqrt(ab_prev) / (1 - ab)
     c2 = (1 - ab_prev) * np.sqrt(1 - betas) / (1 - ab)
-    return ab, c1, c2, betas * (1 - ab_prev) / (1 - ab)
+    return _Posterior(ab, c1, c2, betas * (1 - ab_prev) / (1 - ab))
 
 
 def _reverse_moments(A: np.ndarray, B: np.ndarray, var: np.ndarray) -> tuple[float, float]:
@@ -120,7 +129,7 @@ def _coefficients(betas: np.ndarray, m: float, s2: float):
 
 
 def sigma2(betas: np.ndarray, variance: str) -> np.ndarray:
-    return {"fixed_beta_tilde": _posterior(betas)[3], "fixed_beta": betas}[variance]
+    return {"fixed_beta_tilde": _posterior(betas).variance, "fixed_beta": betas}[variance]
 
 
 def sampled_moments(betas: np.ndarray, variance: str, m: float = M, s: float = S) -> tuple[float, float]:
@@ -199,7 +208,7 @@ def expected_bound(betas: np.ndarray, variance: str | np.ndarray, m: float = M, 
 def log_variances(betas: np.ndarray, variance: str | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """log beta-tilde_t and the model's log sigma_t^2, both with index 0 set to index 1 (Ho's clipping);
     ``variance`` an array: the model's log sigma_t^2 as given (index 0: the decoder's)."""
-    tilde = _posterior(betas)[3]
+    tilde = _posterior(betas).variance
     log_tilde = np.log(np.append(tilde[1], tilde[1:]))
     if isinstance(variance, np.ndarray):
         return log_tilde, variance
