@@ -35,7 +35,7 @@ class LayoutEntry(NamedTuple):
 
 RESUME = "ddpm-kit run {run}/recipe.toml --run-dir {run} --resume latest"
 REWEIGH = "rm -r {run}/model; " + RESUME  # the final weights again, from the latest checkpoint
-SAMPLE = "ddpm-kit sample {run} --name <name>"
+RESAMPLE = "ddpm-kit sample {run} --name <name>"
 LAYOUT: tuple[LayoutEntry, ...] = (
     LayoutEntry("recipe.toml", "the resolved recipe (defaults filled in, overrides applied)"),
     LayoutEntry("metrics.jsonl", "one JSON object per log interval (step, loss, lr, grad_norm, steps_per_s, "
@@ -59,11 +59,11 @@ LAYOUT: tuple[LayoutEntry, ...] = (
     LayoutEntry("model/ema.safetensors", "the final EMA weights (sampling and evaluation use them)", REWEIGH),
     LayoutEntry("model/manifest.json", "the final weights' sizes and SHA-256", REWEIGH),
     LayoutEntry("samples/<name>.npz", "uint8 samples [N, C, H, W], their classes and what drew them: final, "
-                "or final_<tag> for another sampler or guidance", SAMPLE),
+                "or final_<tag> for another sampler or guidance", RESAMPLE),
     LayoutEntry("samples/eval_<N>[_<tag>].npz", "samples a metric drew (fid), reused while the same sampler, "
                 "guidance and weights would draw them", "rm {path}; ddpm-kit evaluate {run} --metric fid"),
-    LayoutEntry("samples/<name>.png", "their grid (a row per class for a conditional run)", SAMPLE),
-    LayoutEntry("samples/<name>_progressive.png", "x0-hat along the reverse chain of the first 8 images", SAMPLE),
+    LayoutEntry("samples/<name>.png", "their grid (a row per class for a conditional run)", RESAMPLE),
+    LayoutEntry("samples/<name>_progressive.png", "x0-hat along the reverse chain of the first 8 images", RESAMPLE),
     LayoutEntry("samples/step_<NNNNNNN>.png", "grids during training (train.sample_every)"),
     LayoutEntry("eval/metrics.json", "every figure of the recipe's metrics, and which weights",
                 "ddpm-kit evaluate {run}"),
@@ -104,7 +104,10 @@ def _entry_for(relative: str) -> tuple[LayoutEntry, dict[str, str]] | None:
         if match := re.fullmatch(regex, relative):
             literal = len(re.sub(r"<\w+>|\[|\]", "", entry.pattern))
             found.append((literal, entry, match.groupdict()))
-    return max(found, key=lambda f: f[0])[1:] if found else None
+    if not found:
+        return None
+    _, entry, parts = max(found, key=lambda f: f[0])
+    return entry, parts
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
@@ -147,7 +150,8 @@ def verify_manifest(folder: Path, only: str | None = None) -> str | None:
         return f"unreadable manifest ({' '.join(str(exc).split())[:100]})"
     if only is not None and only not in files:
         return f"{only} is not in its manifest"
-    for name, meta in files.items() if only is None else [(only, files[only])]:
+    checked = files if only is None else {only: files[only]}
+    for name, meta in checked.items():
         path = folder / name
         if not path.is_file():
             return f"missing file {name}"
@@ -258,8 +262,9 @@ class RunFolder:
 
     def damaged(self, path: Path, reason: str) -> DamagedRunFile:
         """The error for a file of this run that cannot be read: its name, why, and how to write it again."""
-        inside = path.is_relative_to(self.path)
-        found = _entry_for(path.relative_to(self.path).as_posix() + ("/" if path.is_dir() else "")) if inside else None
+        found = None
+        if path.is_relative_to(self.path):
+            found = _entry_for(path.relative_to(self.path).as_posix() + ("/" if path.is_dir() else ""))
         text = f"{path}: damaged ({reason})"
         if found is not None and found[0].rewrite is not None:
             entry, parts = found
