@@ -2,7 +2,6 @@
 random state into each checkpoint 0.3 s late, as a slower node does (tests/test_distributed_faults.py)."""
 
 import os
-import sys
 import time
 
 import torch
@@ -17,6 +16,6 @@ if os.environ.get("RANK") == "1":
 
     torch.save = late_save
 
-from ddpm_kit.cli import main  # noqa: E402
+from ddpm_kit.cli import entry  # noqa: E402
 
-main(sys.argv[1:])
+entry()
