@@ -299,7 +299,7 @@ def entry() -> None:
     collections, and at exit the interpreter's final collection walks them all once more (about
     1 s), to free memory the operating system takes back anyway. A process of its own collects every
     10,000 new objects and, when the command ends, freezes what is alive (``gc.freeze``: the final
-    collection skips it; ``atexit`` handlers still run): each command starts and ends about 1.7 s
+    collection skips it; ``atexit`` handlers still run): each command starts and ends about 1.8 s
     sooner on a 2-core machine (docs/performance.md)."""
     gc.set_threshold(10_000)
     try:

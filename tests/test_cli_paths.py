@@ -1,6 +1,7 @@
 """CLI paths held against outside expectations: `sample --raw` draws from model.safetensors (a sample
 drawn here from those weights directly is the same), `--seed` decides the images, and a bad option
-of sample or evaluate is reported against the option. (`sweep`: tests/test_report.py.)"""
+of sample or evaluate is reported against the option; a `ddpm-kit` process starts and ends with
+fewer garbage collections. (`sweep`: tests/test_report.py.)"""
 
 from pathlib import Path
 
@@ -58,3 +59,34 @@ def test_a_bad_option_of_sample_or_evaluate_is_reported_against_the_option(run_c
     assert result.returncode == 2 and result.stderr.strip() == (
         "error: --sampler ancestral --sampler-param num_timesteps=5: sample.sampler.num_timesteps: sampler "
         "'ancestral': 'num_timesteps' is supplied by the engine, never by a recipe; remove it")
+
+
+def test_a_ddpm_kit_process_collects_garbage_every_10000_objects_and_skips_the_final_collection(monkeypatch):
+    """The console script and `python -m ddpm_kit` (what torchrun and accelerate launch start) run
+    ``entry``: ``main`` under a collection threshold of 10,000 (Python's default: 700), then what is
+    alive is frozen, so that the interpreter's final collection skips it."""
+    import gc
+    import runpy
+    from importlib.metadata import entry_points
+
+    from ddpm_kit import cli as cli_module
+
+    assert [e.value for e in entry_points(group="console_scripts", name="ddpm-kit")] == ["ddpm_kit.cli:entry"]
+    started = []
+    monkeypatch.setattr(cli_module, "entry", lambda: started.append("entry"))
+    runpy.run_module("ddpm_kit", run_name="__main__")
+    assert started == ["entry"]
+    monkeypatch.undo()
+
+    seen = {}
+    monkeypatch.setattr(cli_module, "main", lambda: seen.update(threshold=gc.get_threshold(),
+                                                                 frozen=gc.get_freeze_count()))
+    session = gc.get_threshold()
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)  # a fresh interpreter's
+    try:
+        cli_module.entry()
+        assert seen == {"threshold": (10_000, 10, 10), "frozen": 0} and gc.get_freeze_count() > 0
+    finally:
+        gc.freeze()
+        gc.set_threshold(*session)
