@@ -91,10 +91,11 @@ def pytest_unconfigure(config):
 
 
 def pytest_collection_modifyitems(items):
-    """The order that keeps both cores busy: tests in this process first (beside the background
-    work), then the tests marked ``launches`` (lock-step processes: both cores), then the tests that
-    read what the background work found."""
-    items.sort(key=lambda item: 1 if item.get_closest_marker("launches") else 2 if reads_background(item) else 0)
+    """The order that keeps both cores busy: the tests marked ``launches`` first (lock-step
+    processes on both cores; the background work starts meanwhile), then the tests in this process
+    (one core; the background work has the other), then the tests that read what the background
+    work found."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("launches") else 2 if reads_background(item) else 1)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,9 @@ import functools
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable
 
 from ddpm_kit.testing import TINY, ancestral_samples, cli, diffusion, statistical_seed  # noqa: F401 (the tests' names)
 
@@ -69,15 +71,21 @@ def leave_the_background() -> None:
         BACKGROUND.rmdir()
 
 
+def popen(args: list[str], **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen(args, **kwargs)``, the process moved into the background (in_the_background)."""
+    process = subprocess.Popen(args, **kwargs)
+    in_the_background(process.pid)
+    return process
+
+
 class Started:
     """A command started in the background (in_the_background) when the session starts, its
     stdout and stderr to the file ``log``; ``result()`` waits for it (conftest's ``background``)."""
 
-    def __init__(self, args: list[str], log: Path, **popen) -> None:
+    def __init__(self, args: list[str], log: Path, **kwargs) -> None:
         self.log = log
         with log.open("w") as out:
-            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, text=True, **popen)
-        in_the_background(self.process.pid)
+            self.process = popen(args, stdout=out, stderr=subprocess.STDOUT, text=True, **kwargs)
 
     def option(self, flag: str) -> str:
         """The value the command was given for ``flag`` (its ``--run-dir``, say)."""
@@ -90,6 +98,22 @@ class Started:
 
     def close(self) -> None:
         self.process.wait()
+
+
+class Scenarios:
+    """Scenarios started with the session (conftest's ``background``), each in a thread of its own
+    that starts its processes with ``popen``: ``scenarios[name]`` waits for one and returns what it
+    returned (or raises what it raised)."""
+
+    def __init__(self, **scenarios: Callable[[], Any]) -> None:
+        self._pool = ThreadPoolExecutor(len(scenarios))
+        self._outcomes = {name: self._pool.submit(scenario) for name, scenario in scenarios.items()}
+
+    def __getitem__(self, name: str) -> Any:
+        return self._outcomes[name].result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 def install_wheels(wheels, distributions, target):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ENV, SHORT_GRAPH, TINY, Started, assert_same_weights, cli, set_args, weights
+from helpers import ENV, SHORT_GRAPH, TINY, Scenarios, Started, assert_same_weights, cli, popen, set_args, weights
 
 pytestmark = pytest.mark.slow
 
@@ -80,25 +80,47 @@ def test_sample_and_evaluate_commands_on_a_finished_run(finished_run):
     assert metrics["bpd_images"] == 8 and metrics["weights"] == "raw"
 
 
-def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
-    steps = "train.steps=40"
-    reference = tmp_path / "reference"
-    args = ["--set", steps, "--set", "train.checkpoint_every=4", "--set", "backbone.dropout=0.2",  # masks too
-            "--no-sample", "--no-eval"]
-    assert cli("run", str(TINY), "--run-dir", str(reference), *args, threads=1).returncode == 0
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(killed), *args],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "checkpoints" / "step_0000008" / "manifest.json").exists():
-        assert time.time() < deadline and proc.poll() is None, "run ended before it could be killed"
+# with dropout, so that the resumed run must draw the same masks too
+KILLED_ARGS = ["--set", "train.steps=40", "--set", "train.checkpoint_every=4", "--set", "backbone.dropout=0.2",
+               "--no-sample", "--no-eval"]
+COMPILED_ARGS = [*set_args(("train.steps=1", "train.log_every=1", *SHORT_GRAPH)), "--no-sample", "--no-eval"]
+
+
+def killed_after_its_checkpoint_of_step_8(run: Path) -> float:
+    """A run of KILLED_ARGS, SIGKILLed once its checkpoint of step 8 is complete; the seconds it ran."""
+    started = time.time()
+    proc = popen([sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(run), *KILLED_ARGS], env=ENV,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (run / "checkpoints" / "step_0000008" / "manifest.json").exists():
+        assert time.time() < started + 300 and proc.poll() is None, "run ended before it could be killed"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    return time.time() - started
+
+
+def compiled_run(run: Path) -> subprocess.CompletedProcess:
+    """The compiled run of test_compiled_training_equals_the_plain_run, in its own process (inductor's
+    compilation, 10-60 s of CPU, fills the core the tests beside it leave idle)."""
+    return Started([sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(run), "--set",
+                    "train.compile=true", *COMPILED_ARGS], run.parent / "out.log", env=ENV).result()
+
+
+def start_in_background(request) -> Scenarios:
+    """The killed run and the compiled run, started with the session (conftest's ``background``)."""
+    folder = request.getfixturevalue("tmp_path_factory").mktemp("background")
+    return Scenarios(killed=lambda: (folder / "killed", killed_after_its_checkpoint_of_step_8(folder / "killed")),
+                     compiled=lambda: (folder / "compiled", compiled_run(folder / "compiled")))
+
+
+def test_killed_run_resumes_to_the_uninterrupted_weights(background, tmp_path):
+    killed, seconds = background[__name__]["killed"]
+    reference = tmp_path / "reference"
+    assert cli("run", str(TINY), "--run-dir", str(reference), *KILLED_ARGS, threads=1).returncode == 0
     assert not (killed / "model").exists()  # it really was stopped mid-way
     before = json.loads((killed / "summary.json").read_text())["train_seconds"]  # counted up to its checkpoints
-    assert 0 < before < time.time() - (deadline - 120)
-    result = cli("run", str(TINY), "--run-dir", str(killed), "--resume", "latest", *args, threads=1)
+    assert 0 < before < seconds
+    result = cli("run", str(TINY), "--run-dir", str(killed), "--resume", "latest", *KILLED_ARGS, threads=1)
     assert result.returncode == 0, result.stderr
     loaded = int(result.stdout.split(f"resuming {killed} from step ")[1].split()[0])
     assert loaded >= 8 and loaded % 4 == 0  # the latest checkpoint it had written, not a fresh start
@@ -112,26 +134,15 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
     assert [got[s] for s in range(2, 41, 2)] == ref_losses
 
 
-COMPILED_ARGS = [*set_args(("train.steps=1", "train.log_every=1", *SHORT_GRAPH)), "--no-sample", "--no-eval"]
-
-
-def start_in_background(request) -> Started:
-    """The compiled run of test_compiled_training_equals_the_plain_run, in its own process (inductor's
-    compilation, 10-60 s of CPU, fills the core the tests beside it leave idle)."""
-    run = request.getfixturevalue("tmp_path_factory").mktemp("compiled") / "run"
-    return Started([sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(run), "--set",
-                    "train.compile=true", *COMPILED_ARGS], run.parent / "out.log", env=ENV)
-
-
 def test_compiled_training_equals_the_plain_run(background, tmp_path):
     """train.compile (accelerate's inductor backend) changes kernels, not results, and the saved
     weights keep the plain module's names."""
     result = cli("run", str(TINY), "--run-dir", str(tmp_path / "plain"), "--set", "train.compile=false",
                  *COMPILED_ARGS, threads=1)
     assert result.returncode == 0, result.stderr
-    compiled = background[__name__].result()
+    compiled_dir, compiled = background[__name__]["compiled"]
     assert compiled.returncode == 0, compiled.stdout[-3000:]
-    runs = {"false": tmp_path / "plain", "true": Path(background[__name__].option("--run-dir"))}
+    runs = {"false": tmp_path / "plain", "true": compiled_dir}
     plain, compiled = (json.loads((r / "metrics.jsonl").read_text()) for r in runs.values())  # the one logged step
     paths = {k: json.loads((r / "summary.json").read_text())["train_paths"] for k, r in runs.items()}
     assert paths["false"]["compiled_graphs"] == 0 and paths["true"]["compiled_graphs"] >= 1  # dynamo compiled it

@@ -15,7 +15,7 @@ from PIL import Image
 
 from ddpm_kit.errors import DdpmKitError
 from ddpm_kit.runs import write_manifest
-from helpers import ENV, TINY, assert_same_weights, cli, weights
+from helpers import ENV, TINY, Scenarios, assert_same_weights, cli, popen, weights
 
 pytestmark = pytest.mark.slow
 QUIET = ["--no-sample", "--no-eval"]
@@ -165,41 +165,47 @@ def test_a_non_finite_step_never_reaches_the_weights_the_ema_or_a_checkpoint(tmp
     assert all(torch.isfinite(p).all() for p in seen["ema"].shadow_params)
 
 
-@pytest.mark.parametrize("sig,code,said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "stopped by SIGTERM")],
-                         ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_the_run_resumes_exactly(tmp_path, uninterrupted, sig, code,
-                                                                           said):
+SIGNALS = {"ctrl-c": (signal.SIGINT, 130, "interrupted"), "sigterm": (signal.SIGTERM, 143, "stopped by SIGTERM")}
+
+
+def signalled(sig: signal.Signals, run) -> tuple[int, str, float]:
+    """A run of SIGNALLED sent ``sig`` once it has logged its first step: its exit status, its
+    stderr and the seconds it ran."""
+    started = time.time()
+    proc = popen([sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(run), *SIGNALLED], env=ENV,
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (run / "metrics.jsonl").exists():
+        assert time.time() < started + 300 and proc.poll() is None
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err, time.time() - started
+
+
+@pytest.mark.parametrize("name", SIGNALS)
+def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_the_run_resumes_exactly(background, uninterrupted, name):
     """SIGTERM (what SLURM and Kubernetes send before killing a job) acts like Ctrl-C: a checkpoint
     of the last finished step, then the shell's exit status for the signal (a job script requeues
     on 143); resumed, the run loads that step, logs no step twice and ends at the uninterrupted
     run's weights."""
-    args, reference = SIGNALLED, uninterrupted
-    run = tmp_path / "run"
-    started = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(run), *args],
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (run / "metrics.jsonl").exists():
-        assert time.time() < deadline and proc.poll() is None
-        time.sleep(0.01)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == code, err
+    _, code, said = SIGNALS[name]
+    run, (returncode, err, seconds) = background[__name__][name]
+    assert returncode == code, err
     assert f"{said} after step" in err and "--resume latest" in err and f"(exit status {code})" in err
     step = int(err.split(f"{said} after step ")[1].split(";")[0])
     assert (run / "checkpoints" / f"step_{step:07d}" / "manifest.json").is_file()
     assert step < 40
     interrupted = json.loads((run / "summary.json").read_text())["train_seconds"]  # the stopped segment counts
-    assert 0 < interrupted < time.time() - started
+    assert 0 < interrupted < seconds
     started = time.time()
-    result = cli("run", str(TINY), "--run-dir", str(run), "--resume", "latest", *args, threads=1)
+    result = cli("run", str(TINY), "--run-dir", str(run), "--resume", "latest", *SIGNALLED, threads=1)
     assert result.returncode == 0, result.stderr
     assert f"resuming {run} from step {step}" in result.stdout
     total = json.loads((run / "summary.json").read_text())["train_seconds"]
     assert interrupted < total < interrupted + (time.time() - started)  # both segments, each once
     assert [m["step"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == \
         list(range(1, 41))
-    assert_same_weights(weights(reference), weights(run))
+    assert_same_weights(weights(uninterrupted), weights(run))
 
 
 @pytest.mark.parametrize("case", ["corrupt image", "empty folder"])
@@ -259,32 +265,47 @@ def test_non_finite_training_does_what_the_recipe_says_under_fp16_and_accumulati
     assert metrics[-1]["skipped_steps"] >= 1
 
 
-def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one_and_says_so(tmp_path):
-    """A full disk, simulated by a file size limit (RLIMIT_FSIZE) under which the optimizer state
-    no longer fits: the run stops in one line naming the intact previous checkpoint, which a
-    resume without the limit then continues from."""
-    import resource
+LIMITED = ["--set", "train.checkpoint_every=2", *QUIET]
+FILE_SIZE_LIMIT = 2 ** 19  # 512 KiB: below the optimizer state (about 1.6 MB), above the small files
 
-    run = tmp_path / "run"
-    args = ["--set", "train.checkpoint_every=2", *QUIET]
-    assert cli("run", str(TINY), "--run-dir", str(run), "--set", "train.steps=2", *args).returncode == 0
+
+def resumed_under_a_file_size_limit(run) -> tuple[dict[str, bytes], subprocess.CompletedProcess]:
+    """A full disk, simulated: the run trained 2 steps, then resumed to 4 under a file size limit
+    (prlimit; Python ignores SIGXFSZ, so a write past it fails with EFBIG). The checkpoint of step 2
+    as it was before, and the resumed run's outcome."""
+    command = [sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(run), *LIMITED]
+    first = popen([*command, "--set", "train.steps=2"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                  text=True)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
     before = {p.name: p.read_bytes() for p in (run / "checkpoints" / "step_0000002").iterdir()}
-    limit = 2 ** 19  # 512 KiB: below the optimizer state (about 1.6 MB), above the small files
+    limited = popen(["prlimit", f"--fsize={FILE_SIZE_LIMIT}", *command, "--resume", "latest", "--set", "train.steps=4"],
+                    env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = limited.communicate(timeout=300)
+    return before, subprocess.CompletedProcess(limited.args, limited.returncode, out, err)
 
-    def small_files() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    result = subprocess.run([sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(run), "--resume",
-                             "latest", "--set", "train.steps=4", *args], env=ENV, capture_output=True, text=True,
-                            preexec_fn=small_files, timeout=300)
+def start_in_background(request) -> Scenarios:
+    """The signalled runs and the run under a file size limit, started with the session (conftest's
+    ``background``): each scenario returns its run folder and what it saw."""
+    folder = request.getfixturevalue("tmp_path_factory").mktemp("background")
+    scenarios = {name: lambda sig=sig, run=folder / name: (run, signalled(sig, run))
+                 for name, (sig, _, _) in SIGNALS.items()}
+    limited = folder / "limited"
+    return Scenarios(**scenarios, limited=lambda: (limited, resumed_under_a_file_size_limit(limited)))
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one_and_says_so(background):
+    """The run stops in one line naming the intact previous checkpoint, which a resume without the
+    limit then continues from."""
+    run, (before, result) = background[__name__]["limited"]
     assert result.returncode == 2 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: could not write the checkpoint of step 4 to {run / 'checkpoints'} (File too large); "
                            f"{run / 'checkpoints' / 'step_0000002'} (step 2) is intact: free space"), line
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000002"]  # no half-written folder
     assert {p.name: p.read_bytes() for p in (run / "checkpoints" / "step_0000002").iterdir()} == before
-    result = cli("run", str(TINY), "--run-dir", str(run), "--resume", "latest", "--set", "train.steps=4", *args)
+    result = cli("run", str(TINY), "--run-dir", str(run), "--resume", "latest", "--set", "train.steps=4", *LIMITED)
     assert result.returncode == 0 and f"resuming {run} from step 2" in result.stdout
 
 

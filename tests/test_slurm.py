@@ -101,7 +101,7 @@ def torchrun_reference(folder: Path) -> Path:
     return run
 
 
-def wait_for_checkpoint(run: Path, step: int, timeout: float = 180) -> None:
+def wait_for_checkpoint(run: Path, step: int, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while not (run / "checkpoints" / f"step_{step:07d}" / "manifest.json").exists():
         assert time.time() < deadline, f"no checkpoint {step} in {run}"
