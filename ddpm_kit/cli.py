@@ -295,7 +295,7 @@ def entry() -> None:
     workers that torchrun and accelerate launch start (``main`` is the in-process form).
 
     Python's default collects garbage every 700 new objects, and each full collection walks every
-    object alive: importing torch and diffusers (about 450,000 objects) then spends about 0.7 s in
+    object alive: importing torch and diffusers (about 450,000 objects) then spends about 0.8 s in
     collections, and at exit the interpreter's final collection walks them all once more (about
     1 s), to free memory the operating system takes back anyway. A process of its own collects every
     10,000 new objects and, when the command ends, freezes what is alive (``gc.freeze``: the final
