@@ -5,6 +5,7 @@ import functools
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -69,6 +70,15 @@ def leave_the_background() -> None:
     """Remove the background's cgroup (the kernel refuses while a process is in it)."""
     with contextlib.suppress(OSError):
         BACKGROUND.rmdir()
+
+
+def wait_for(path: Path, process: subprocess.Popen | None = None, timeout: float = 300) -> None:
+    """Return once ``path`` exists; fail if ``process`` ends first or ``timeout`` seconds pass."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert time.time() < deadline, f"no {path} after {timeout} s"
+        assert process is None or process.poll() is None, f"{process.args[:6]} ended before {path} appeared"
+        time.sleep(0.005)
 
 
 def popen(args: list[str], **kwargs) -> subprocess.Popen:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY, assert_same_weights, cli, weights
+from helpers import TINY, assert_same_weights, cli, wait_for, weights
 from test_distributed import processes_seen
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -100,10 +100,7 @@ def test_sigterm_stops_every_rank_after_one_step_with_a_checkpoint_whatever_log_
 
     run = tmp_path / "run"
     proc = launch(run, [*ARGS, "--set", "train.log_every=1000"])
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "step_0000004" / "manifest.json").exists():  # training, past the imports
-        assert time.time() < deadline and proc.poll() is None
-        time.sleep(0.005)
+    wait_for(run / "checkpoints" / "step_0000004" / "manifest.json", proc, timeout=120)  # training, past the imports
     workers = psutil.Process(proc.pid).children()
     assert len(workers) == 2, workers
     for target in [proc.pid, *(w.pid for w in workers)] if targets == "every process" else [proc.pid]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ENV, SHORT_GRAPH, TINY, Scenarios, Started, assert_same_weights, cli, popen, set_args, weights
+from helpers import ENV, SHORT_GRAPH, TINY, Scenarios, Started, assert_same_weights, cli, popen, set_args, wait_for, weights
 
 pytestmark = pytest.mark.slow
 
@@ -91,9 +91,7 @@ def killed_after_its_checkpoint_of_step_8(run: Path) -> float:
     started = time.time()
     proc = popen([sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(run), *KILLED_ARGS], env=ENV,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (run / "checkpoints" / "step_0000008" / "manifest.json").exists():
-        assert time.time() < started + 300 and proc.poll() is None, "run ended before it could be killed"
-        time.sleep(0.01)
+    wait_for(run / "checkpoints" / "step_0000008" / "manifest.json", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return time.time() - started

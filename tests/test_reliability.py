@@ -15,7 +15,7 @@ from PIL import Image
 
 from ddpm_kit.errors import DdpmKitError
 from ddpm_kit.runs import write_manifest
-from helpers import ENV, TINY, Scenarios, assert_same_weights, cli, popen, weights
+from helpers import ENV, TINY, Scenarios, assert_same_weights, cli, popen, wait_for, weights
 
 pytestmark = pytest.mark.slow
 QUIET = ["--no-sample", "--no-eval"]
@@ -174,9 +174,7 @@ def signalled(sig: signal.Signals, run) -> tuple[int, str, float]:
     started = time.time()
     proc = popen([sys.executable, "-m", "ddpm_kit", "run", str(TINY), "--run-dir", str(run), *SIGNALLED], env=ENV,
                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not (run / "metrics.jsonl").exists():
-        assert time.time() < started + 300 and proc.poll() is None
-        time.sleep(0.01)
+    wait_for(run / "metrics.jsonl", proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
     return proc.returncode, err, time.time() - started

@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import ENV, assert_same_weights, in_the_background, weights
+from helpers import ENV, assert_same_weights, in_the_background, wait_for, weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from kill_loop import finish, free_port, launch, recipe_args  # noqa: E402
@@ -101,11 +101,8 @@ def torchrun_reference(folder: Path) -> Path:
     return run
 
 
-def wait_for_checkpoint(run: Path, step: int, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while not (run / "checkpoints" / f"step_{step:07d}" / "manifest.json").exists():
-        assert time.time() < deadline, f"no checkpoint {step} in {run}"
-        time.sleep(0.01)
+def wait_for_checkpoint(run: Path, step: int) -> None:
+    wait_for(run / "checkpoints" / f"step_{step:07d}" / "manifest.json")
 
 
 def stopped_step(log: str) -> int:
