@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ENV, SHORT_GRAPH, TINY, Scenarios, Started, assert_same_weights, cli, popen, set_args, wait_for, weights
+from helpers import (ENV, SHORT_GRAPH, TINY, Scenarios, Started, assert_same_weights, cli, popen, set_args, wait_for,
+                     weights)
 
 pytestmark = pytest.mark.slow
 
